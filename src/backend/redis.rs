@@ -1,0 +1,526 @@
+//! A Redis master over a few long-lived, multiplexed connections. Requests from every client
+//! session are queued on a connection's channel; one task per connection writes everything queued
+//! in one batch and matches replies to requests in order. A connection that breaks fails its
+//! pending requests at once and reconnects with backoff, so a dead master costs an operation
+//! nothing and a hung one costs at most the caller's deadline — and never more than
+//! `max_pending_per_connection` queued requests.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::resp::{self, Frame, Script};
+use super::{BackendError, KeyState, Master};
+use crate::config::{BackendConfig, MasterAddr};
+
+/// Largest batch one connection writes at once; more waits for the next turn.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// A handle on one master; clones share the connections.
+#[derive(Debug, Clone)]
+pub struct RedisMaster(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    addr: MasterAddr,
+    conns: Box<[Conn]>,
+    conns_up: AtomicUsize,
+    /// Unix seconds of the last up/down change, for INFO.
+    changed_at: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    tx: mpsc::UnboundedSender<Request>,
+    /// Bounds what is queued or awaiting a reply, so a hung master cannot pile up work.
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    up: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Request {
+    bytes: Bytes,
+    reply: oneshot::Sender<Frame>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// One master's health, as `INFO` shows it.
+#[derive(Debug, Clone)]
+pub struct MasterStatus {
+    /// Where it is (password masked).
+    pub addr: String,
+    /// At least one connection is up.
+    pub up: bool,
+    /// Connections up.
+    pub conns_up: usize,
+    /// Connections configured.
+    pub conns: usize,
+    /// Requests queued or awaiting a reply.
+    pub pending: usize,
+    /// Requests sent since start.
+    pub requests: u64,
+    /// Requests that got no usable answer.
+    pub failures: u64,
+    /// Successful reconnects after a connection was lost.
+    pub reconnects: u64,
+    /// Unix time of the last up/down change.
+    pub changed_at: u64,
+}
+
+impl RedisMaster {
+    /// Starts the connections to `addr` on `tracker`; they run until `shutdown`.
+    pub fn start(
+        addr: MasterAddr,
+        cfg: &BackendConfig,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> RedisMaster {
+        let mut conns = Vec::with_capacity(cfg.connections_per_master);
+        let mut receivers = Vec::with_capacity(cfg.connections_per_master);
+        for _ in 0..cfg.connections_per_master {
+            let (tx, rx) = mpsc::unbounded_channel();
+            conns.push(Conn {
+                tx,
+                slots: Arc::new(Semaphore::new(cfg.max_pending_per_connection)),
+                capacity: cfg.max_pending_per_connection,
+                up: AtomicBool::new(false),
+            });
+            receivers.push(rx);
+        }
+        let master = RedisMaster(Arc::new(Inner {
+            addr,
+            conns: conns.into_boxed_slice(),
+            conns_up: AtomicUsize::new(0),
+            changed_at: AtomicU64::new(unix_now()),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        }));
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let link = Link {
+                master: master.0.clone(),
+                index: i,
+                cfg: cfg.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tracker.spawn(link.run(rx));
+        }
+        master
+    }
+
+    /// The address it was started with.
+    pub fn addr(&self) -> &MasterAddr {
+        &self.0.addr
+    }
+
+    /// A snapshot of its health.
+    pub fn status(&self) -> MasterStatus {
+        let inner = &self.0;
+        let conns_up = inner.conns_up.load(Ordering::Relaxed);
+        MasterStatus {
+            addr: inner.addr.to_string(),
+            up: conns_up > 0,
+            conns_up,
+            conns: inner.conns.len(),
+            pending: inner.conns.iter().map(|c| c.slots_in_use()).sum(),
+            requests: inner.requests.load(Ordering::Relaxed),
+            failures: inner.failures.load(Ordering::Relaxed),
+            reconnects: inner.reconnects.load(Ordering::Relaxed),
+            changed_at: inner.changed_at.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues `args` on the connection that owns `key` (so one key's requests stay in order)
+    /// and returns the reply's future. Queuing happens now; failing to queue fails at once.
+    fn call(
+        &self,
+        key: &[u8],
+        args: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let queued = self.queue(key, args);
+        let inner = self.0.clone();
+        async move {
+            let result = match queued {
+                Ok(rx) => rx.await.map_err(|_| BackendError::Disconnected),
+                Err(e) => Err(e),
+            };
+            let result = result.and_then(|frame| match frame {
+                Frame::Error(e) => Err(BackendError::Reply(e.to_string())),
+                other => Ok(other),
+            });
+            if result.is_err() {
+                inner.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        }
+    }
+
+    fn queue(&self, key: &[u8], args: &[&[u8]]) -> Result<oneshot::Receiver<Frame>, BackendError> {
+        let inner = &self.0;
+        inner.requests.fetch_add(1, Ordering::Relaxed);
+        let n = inner.conns.len();
+        let home = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % n;
+        // The key's own connection first; another one only if that one is down.
+        let conn = (0..n)
+            .map(|i| &inner.conns[(home + i) % n])
+            .find(|c| c.up.load(Ordering::Acquire))
+            .ok_or(BackendError::Down)?;
+        let slot = conn
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BackendError::Overloaded)?;
+        let mut bytes = BytesMut::new();
+        resp::encode_command(&mut bytes, args);
+        let (reply, rx) = oneshot::channel();
+        conn.tx
+            .send(Request {
+                bytes: bytes.freeze(),
+                reply,
+                _slot: slot,
+            })
+            .map_err(|_| BackendError::Down)?;
+        Ok(rx)
+    }
+
+    /// Runs a script by SHA, falling back to sending its body once if the master lost it.
+    fn eval(
+        &self,
+        script: &'static Script,
+        key: &[u8],
+        argv: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + argv.len());
+        args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), b"1", key]);
+        args.extend_from_slice(argv);
+        let first = self.call(key, &args);
+        let this = self.clone();
+        let mut fallback: Vec<Bytes> = Vec::with_capacity(args.len());
+        fallback.extend([
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(script.body.as_bytes()),
+            Bytes::from_static(b"1"),
+            Bytes::copy_from_slice(key),
+        ]);
+        fallback.extend(argv.iter().map(|a| Bytes::copy_from_slice(a)));
+        async move {
+            match first.await {
+                Err(BackendError::Reply(e)) if e.starts_with("NOSCRIPT") => {
+                    let args: Vec<&[u8]> = fallback.iter().map(|b| &b[..]).collect();
+                    this.call(&fallback[3], &args).await
+                }
+                other => other,
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Requests queued or awaiting a reply: each holds a slot until its reply or its
+    /// connection's end.
+    fn slots_in_use(&self) -> usize {
+        self.capacity - self.slots.available_permits()
+    }
+}
+
+fn expect_bool(frame: Result<Frame, BackendError>) -> Result<bool, BackendError> {
+    match frame? {
+        Frame::Integer(n) => Ok(n == 1),
+        Frame::SimpleString(s) if &s[..] == b"OK" => Ok(true),
+        Frame::Null => Ok(false),
+        other => Err(BackendError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+impl Master for RedisMaster {
+    fn acquire(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let mut ttl = itoa::Buffer::new();
+        let reply = self.call(
+            key,
+            &[
+                b"SET",
+                key,
+                token,
+                b"NX",
+                b"PX",
+                ttl.format(ttl_ms).as_bytes(),
+            ],
+        );
+        async move { expect_bool(reply.await) }
+    }
+
+    fn release(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let reply = self.eval(&resp::RELEASE, key, &[token]);
+        async move { expect_bool(reply.await) }
+    }
+
+    fn extend(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let mut ttl = itoa::Buffer::new();
+        let reply = self.eval(&resp::EXTEND, key, &[token, ttl.format(ttl_ms).as_bytes()]);
+        async move { expect_bool(reply.await) }
+    }
+
+    fn inspect(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
+        let reply = self.eval(&resp::INSPECT, key, &[]);
+        async move {
+            match reply.await? {
+                Frame::Null => Ok(None),
+                Frame::Array(items) => match &items[..] {
+                    [Frame::BulkString(token), Frame::Integer(pttl)] => Ok(Some(KeyState {
+                        token: token.clone(),
+                        pttl_ms: u64::try_from(*pttl).ok(),
+                    })),
+                    _ => Err(BackendError::Unexpected(format!("{items:?}"))),
+                },
+                other => Err(BackendError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+}
+
+/// The task behind one connection: connect, serve until it breaks, back off, repeat.
+struct Link {
+    master: Arc<Inner>,
+    index: usize,
+    cfg: BackendConfig,
+    shutdown: CancellationToken,
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let min = Duration::from_millis(self.cfg.reconnect_min_ms);
+        let max = Duration::from_millis(self.cfg.reconnect_max_ms);
+        let mut backoff = min;
+        let mut ever_up = false;
+        let mut failures_in_a_row = 0u32;
+        loop {
+            let connect = tokio::time::timeout(
+                Duration::from_millis(self.cfg.connect_timeout_ms),
+                connect(&self.master.addr),
+            );
+            let attempt = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = connect => r.unwrap_or_else(|_| Err("connect timed out".to_owned())),
+            };
+            match attempt {
+                Ok(stream) => {
+                    backoff = min;
+                    failures_in_a_row = 0;
+                    if ever_up {
+                        self.master.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ever_up = true;
+                    self.set_up(true);
+                    let ended = self.serve(stream, &mut rx).await;
+                    self.set_up(false);
+                    if let Err(e) = ended {
+                        debug!(master = %self.master.addr, conn = self.index, "connection lost: {e}");
+                    }
+                }
+                Err(e) => {
+                    failures_in_a_row += 1;
+                    if failures_in_a_row == 1 && self.index == 0 {
+                        warn!(master = %self.master.addr, "cannot connect: {e}");
+                    } else {
+                        debug!(master = %self.master.addr, conn = self.index, "cannot connect: {e}");
+                    }
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            // Whatever raced into the queue while the connection went down fails now, rather
+            // than reaching the master late on the next connection.
+            while rx.try_recv().is_ok() {}
+            let pause = jitter(backoff);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            while rx.try_recv().is_ok() {}
+            backoff = (backoff * 2).min(max);
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        let conn = &self.master.conns[self.index];
+        if conn.up.swap(up, Ordering::AcqRel) == up {
+            return;
+        }
+        let addr = &self.master.addr;
+        let total = self.master.conns.len();
+        if up {
+            if self.master.conns_up.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.master.changed_at.store(unix_now(), Ordering::Relaxed);
+                info!(master = %addr, "master up");
+            }
+        } else if self.master.conns_up.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.master.changed_at.store(unix_now(), Ordering::Relaxed);
+            if self.shutdown.is_cancelled() {
+                debug!(master = %addr, "master connections closed");
+            } else {
+                warn!(master = %addr, connections = total, "master down");
+            }
+        }
+    }
+
+    /// Writes queued requests in batches and hands replies back in order, until the connection
+    /// breaks or shutdown. Requests still pending at the end fail when their senders drop.
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        rx: &mut mpsc::UnboundedReceiver<Request>,
+    ) -> Result<(), String> {
+        let (mut rd, mut wr) = stream.into_split();
+        let pending: Mutex<VecDeque<Request>> = Mutex::new(VecDeque::new());
+        let writer = async {
+            let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES);
+            loop {
+                let Some(first) = rx.recv().await else {
+                    return Ok(());
+                };
+                buf.clear();
+                {
+                    let mut queue = pending.lock().expect("pending queue poisoned");
+                    buf.extend_from_slice(&first.bytes);
+                    queue.push_back(first);
+                    while buf.len() < MAX_BATCH_BYTES {
+                        let Ok(next) = rx.try_recv() else { break };
+                        buf.extend_from_slice(&next.bytes);
+                        queue.push_back(next);
+                    }
+                }
+                wr.write_all(&buf).await.map_err(|e| e.to_string())?;
+            }
+        };
+        let reader = async {
+            let mut buf = BytesMut::with_capacity(16 * 1024);
+            loop {
+                if rd.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("master closed the connection".to_owned());
+                }
+                while let Some(frame) = resp::decode_reply(&mut buf)? {
+                    let waiter = pending
+                        .lock()
+                        .expect("pending queue poisoned")
+                        .pop_front()
+                        .ok_or("reply without a request")?;
+                    // The caller may have given up (deadline); its reply is dropped here.
+                    let _ = waiter.reply.send(frame);
+                }
+            }
+        };
+        tokio::select! {
+            r = writer => r,
+            r = reader => r,
+            _ = self.shutdown.cancelled() => Ok(()),
+        }
+    }
+}
+
+/// Opens a connection and prepares it: credentials, database, scripts.
+async fn connect(addr: &MasterAddr) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(addr.host_port())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    if let Some(password) = &addr.password {
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(user) = &addr.username {
+            args.push(user.as_bytes());
+        }
+        args.push(password.as_bytes());
+        expect_ok(round_trip(&mut stream, &mut buf, &args).await?, "AUTH")?;
+    }
+    if addr.db != 0 {
+        let db = addr.db.to_string();
+        expect_ok(
+            round_trip(&mut stream, &mut buf, &[b"SELECT", db.as_bytes()]).await?,
+            "SELECT",
+        )?;
+    }
+    for script in resp::all_scripts() {
+        match round_trip(
+            &mut stream,
+            &mut buf,
+            &[b"SCRIPT", b"LOAD", script.body.as_bytes()],
+        )
+        .await?
+        {
+            Frame::BulkString(sha) if sha[..] == *script.sha.as_bytes() => {}
+            other => return Err(format!("SCRIPT LOAD answered {other:?}")),
+        }
+    }
+    Ok(stream)
+}
+
+async fn round_trip(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    args: &[&[u8]],
+) -> Result<Frame, String> {
+    let mut out = BytesMut::new();
+    resp::encode_command(&mut out, args);
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    loop {
+        if let Some(frame) = resp::decode_reply(buf)? {
+            return Ok(frame);
+        }
+        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("master closed the connection during the handshake".to_owned());
+        }
+    }
+}
+
+fn expect_ok(frame: Frame, what: &str) -> Result<(), String> {
+    match frame {
+        Frame::SimpleString(s) if &s[..] == b"OK" => Ok(()),
+        other => Err(format!("{what} failed: {other:?}")),
+    }
+}
+
+/// Backoff with ±25% jitter, so proxies reconnecting to one master spread out.
+fn jitter(d: Duration) -> Duration {
+    use rand::RngExt;
+    d.mul_f64(rand::rng().random_range(0.75..1.25))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,107 @@
+//! Command-line flags. Each overrides the matching key of the configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::config::{Config, ConfigError, MasterAddr};
+
+/// Default configuration file, used when it exists and `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "config.toml";
+
+/// A Redis-protocol server that grants Redlock distributed locks over independent Redis masters.
+#[derive(Debug, Parser)]
+#[command(name = "redlock-proxy", version, about)]
+pub struct Cli {
+    /// Configuration file [default: ./config.toml when it exists]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:7379]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    /// A Redis master, HOST:PORT or redis://[user:pass@]HOST:PORT[/db]; repeat for each.
+    /// Without any, three local redis-server masters are started.
+    #[arg(long = "backend", value_name = "ADDR")]
+    pub backends: Vec<MasterAddr>,
+
+    /// The longest TTL a client may ask for, in ms [default: 60000]
+    #[arg(long, value_name = "N")]
+    pub max_ttl_ms: Option<u64>,
+
+    /// Password clients must AUTH with
+    #[arg(long, value_name = "PASSWORD")]
+    pub requirepass: Option<String>,
+
+    /// Validate the configuration, print the effective one, and exit (0 valid, 1 invalid)
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl Cli {
+    /// The configuration file's contents (or the defaults), with the flags applied, validated.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None if Path::new(DEFAULT_CONFIG).is_file() => Config::load(Path::new(DEFAULT_CONFIG))?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if !self.backends.is_empty() {
+            config.backend.masters = self.backends.clone();
+        }
+        if let Some(ms) = self.max_ttl_ms {
+            config.redlock.max_ttl_ms = ms;
+        }
+        if let Some(pass) = &self.requirepass {
+            config.server.requirepass = pass.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("redlock-proxy-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[redlock]\nmax_ttl_ms = 1000\n[server]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "redlock-proxy",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:2",
+            "--backend",
+            "127.0.0.1:7000",
+            "--backend",
+            "redis://:pw@127.0.0.1:7001/2",
+        ]);
+        let c = cli.load_config().unwrap();
+        assert_eq!(c.server.listen.port(), 2);
+        assert_eq!(c.redlock.max_ttl_ms, 1000);
+        assert_eq!(c.backend.masters.len(), 2);
+        assert_eq!(c.backend.masters[1].db, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["redlock-proxy", "--backend", "nope"]).is_err());
+        let cli = Cli::parse_from(["redlock-proxy", "--max-ttl-ms", "1"]);
+        assert!(cli.load_config().is_err());
+    }
+}

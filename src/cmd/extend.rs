@@ -1,0 +1,46 @@
+//! `EXTEND key token ttl-ms`: reset a held lock's TTL on the masters. `:1` when a quorum extended
+//! it with validity to spare, `:0` otherwise (not held with that token, or too slow).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{ArgDoc, Client, Outcome, Shared, Spec, lock_failure, parse_ttl_ms};
+use crate::error::Error;
+use crate::protocol::Reply;
+use crate::stats::Stats;
+
+pub const SPEC: Spec = Spec {
+    name: "extend",
+    arity: 4,
+    flags: &["write"],
+    key_pos: 1,
+    group: "generic",
+    summary: "Sets a held lock's TTL anew; 1 when a quorum extended it in time, 0 otherwise",
+    complexity: "O(N) where N is the number of masters",
+    args: &[
+        ArgDoc::new("key", "key"),
+        ArgDoc::new("token", "string"),
+        ArgDoc::new("ttl-ms", "integer"),
+    ],
+    no_auth: false,
+    run,
+};
+
+fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
+    let ttl_ms = parse_ttl_ms(&argv[3], "extend", shared)?;
+    let key = shared.lock_key(client.db, &argv[1]);
+    let token = argv[2].clone();
+    let shared = shared.clone();
+    Ok(Outcome::later(async move {
+        match shared.redlock.extend(&key, &token, ttl_ms).await {
+            Ok(validity) => {
+                if validity.is_some() {
+                    Stats::bump(&shared.stats.extends);
+                }
+                Reply::Integer(i64::from(validity.is_some()))
+            }
+            Err(e) => lock_failure(&shared, e),
+        }
+    }))
+}

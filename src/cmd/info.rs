@@ -1,0 +1,146 @@
+//! `INFO [section ...]`: `field:value` lines under `# Section` headers, as Redis writes them, so
+//! tools that parse Redis's INFO (ioredis's ready check among them) parse this too. The
+//! `masters` section shows each master's health.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{ArgDoc, Client, Outcome, Shared, Spec};
+use crate::error::Error;
+use crate::protocol::Reply;
+use crate::stats::Stats;
+
+pub const SPEC: Spec = Spec {
+    name: "info",
+    arity: -1,
+    flags: &["loading", "stale"],
+    key_pos: 0,
+    group: "server",
+    summary: "Returns information and statistics about the proxy and its masters",
+    complexity: "O(1)",
+    args: &[ArgDoc {
+        name: "section",
+        kind: "string",
+        optional: true,
+        multiple: true,
+    }],
+    no_auth: false,
+    run,
+};
+
+/// Writes one section's lines.
+type Section = fn(&Shared, &mut String);
+
+/// Sections in the order they print; all of them are in the default set.
+const SECTIONS: &[(&str, Section)] = &[
+    ("server", server),
+    ("clients", clients),
+    ("persistence", persistence),
+    ("stats", stats),
+    ("masters", masters),
+    ("keyspace", |_, _| {}),
+];
+
+fn run(argv: Vec<Bytes>, _: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
+    let wanted: Vec<String> = argv[1..]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .collect();
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
+    let mut out = String::with_capacity(1024);
+    for (name, write) in SECTIONS {
+        if all || wanted.iter().any(|w| w == name) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            let mut title = name.to_string();
+            title[..1].make_ascii_uppercase();
+            let _ = write!(out, "# {title}\r\n");
+            write(shared, &mut out);
+        }
+    }
+    Ok(Reply::Verbatim(Bytes::from(out)).into())
+}
+
+fn line(out: &mut String, field: &str, value: impl std::fmt::Display) {
+    let _ = write!(out, "{field}:{value}\r\n");
+}
+
+fn server(shared: &Shared, out: &mut String) {
+    let uptime = shared.started.elapsed().as_secs();
+    // The Redis version whose commands and replies the proxy follows, for tools that check it.
+    line(out, "redis_version", "7.0.15");
+    line(out, "redlock_proxy_version", env!("CARGO_PKG_VERSION"));
+    line(out, "redis_mode", "standalone");
+    line(out, "arch_bits", usize::BITS);
+    line(out, "process_id", std::process::id());
+    line(out, "run_id", &shared.run_id);
+    line(out, "tcp_port", shared.port);
+    line(out, "uptime_in_seconds", uptime);
+    line(out, "uptime_in_days", uptime / 86_400);
+}
+
+fn clients(shared: &Shared, out: &mut String) {
+    line(
+        out,
+        "connected_clients",
+        Stats::get(&shared.stats.connected_clients),
+    );
+    line(out, "maxclients", shared.config.server.max_clients);
+    line(out, "blocked_clients", 0);
+}
+
+fn persistence(_: &Shared, out: &mut String) {
+    line(out, "loading", 0);
+}
+
+fn stats(shared: &Shared, out: &mut String) {
+    let s = &shared.stats;
+    let counters = [
+        ("total_connections_received", &s.connections_received),
+        ("total_commands_processed", &s.commands_processed),
+        ("rejected_connections", &s.rejected_connections),
+        ("total_error_replies", &s.error_replies),
+        ("locks_granted", &s.locks_granted),
+        ("locks_refused", &s.locks_refused),
+        ("locks_released", &s.unlocks),
+        ("locks_extended", &s.extends),
+        ("noquorum_replies", &s.noquorum),
+    ];
+    for (field, counter) in counters {
+        line(out, field, Stats::get(counter));
+    }
+}
+
+fn masters(shared: &Shared, out: &mut String) {
+    let masters = shared.redlock.masters();
+    let statuses: Vec<_> = masters.iter().map(|m| m.status()).collect();
+    line(out, "masters", masters.len());
+    line(out, "quorum", shared.redlock.quorum());
+    line(out, "masters_up", statuses.iter().filter(|s| s.up).count());
+    line(
+        out,
+        "master_deadline_ms",
+        shared.config.redlock.master_deadline_ms,
+    );
+    for (i, s) in statuses.iter().enumerate() {
+        let _ = write!(
+            out,
+            "master{i}:addr={},state={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={}\r\n",
+            s.addr,
+            if s.up { "up" } else { "down" },
+            s.conns_up,
+            s.conns,
+            s.pending,
+            s.requests,
+            s.failures,
+            s.reconnects,
+            s.changed_at,
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! `LOCK key ttl-ms`: take a lock on a quorum. A token when granted, null when someone else
+//! holds it (never an error: benchmarks and pollers treat contention as normal), `NOQUORUM` when
+//! the masters could not decide.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{ArgDoc, Client, Outcome, Shared, Spec, lock_failure, parse_ttl_ms};
+use crate::error::Error;
+use crate::protocol::Reply;
+use crate::stats::Stats;
+
+pub const SPEC: Spec = Spec {
+    name: "lock",
+    arity: 3,
+    flags: &["write"],
+    key_pos: 1,
+    group: "generic",
+    summary: "Takes a distributed lock on a quorum of masters; returns its token, or nil when it is held",
+    complexity: "O(N) where N is the number of masters",
+    args: &[ArgDoc::new("key", "key"), ArgDoc::new("ttl-ms", "integer")],
+    no_auth: false,
+    run,
+};
+
+fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
+    let ttl_ms = parse_ttl_ms(&argv[2], "lock", shared)?;
+    let key = shared.lock_key(client.db, &argv[1]);
+    let shared = shared.clone();
+    Ok(Outcome::later(async move {
+        match shared.redlock.lock(&key, ttl_ms).await {
+            Ok(Some(grant)) => {
+                Stats::bump(&shared.stats.locks_granted);
+                Reply::Bulk(grant.token)
+            }
+            Ok(None) => {
+                Stats::bump(&shared.stats.locks_refused);
+                Reply::Null
+            }
+            Err(e) => lock_failure(&shared, e),
+        }
+    }))
+}

@@ -1,0 +1,374 @@
+//! Commands: one file each (parse argv → run → reply), and [`COMMANDS`], the one table that maps
+//! names to them. A command never touches a socket: it gets the argv, the connection's
+//! [`Client`] state and the process-wide [`Shared`] state, and returns an [`Outcome`].
+
+mod auth;
+mod client;
+mod command;
+mod config;
+mod echo;
+mod extend;
+mod hello;
+mod info;
+mod lock;
+mod lockttl;
+mod ping;
+mod quit;
+mod reset;
+mod select;
+mod unlock;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::backend::redis::RedisMaster;
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::{Protocol, Reply};
+use crate::redlock::Redlock;
+use crate::redlock::quorum::MIN_TTL_MS;
+use crate::stats::Stats;
+
+/// Every command the proxy answers, in the order `COMMAND` lists them.
+pub static COMMANDS: &[&Spec] = &[
+    &lock::SPEC,
+    &unlock::SPEC,
+    &extend::SPEC,
+    &lockttl::SPEC,
+    &hello::SPEC,
+    &auth::SPEC,
+    &select::SPEC,
+    &client::SPEC,
+    &ping::SPEC,
+    &echo::SPEC,
+    &quit::SPEC,
+    &reset::SPEC,
+    &info::SPEC,
+    &config::SPEC,
+    &command::SPEC,
+];
+
+/// A command's name, arity, documentation (for `COMMAND` and `COMMAND DOCS`) and handler.
+#[derive(Debug)]
+pub struct Spec {
+    /// Lower-case name.
+    pub name: &'static str,
+    /// Redis convention: N means exactly N arguments including the name, -N means at least N.
+    pub arity: i32,
+    /// Flags as `COMMAND` reports them.
+    pub flags: &'static [&'static str],
+    /// Position of the key argument, 0 when there is none.
+    pub key_pos: i32,
+    /// Documentation group.
+    pub group: &'static str,
+    /// One-line summary.
+    pub summary: &'static str,
+    /// Time complexity, as `COMMAND DOCS` reports it.
+    pub complexity: &'static str,
+    /// The arguments, for `COMMAND DOCS` (redis-cli hints and `help`).
+    pub args: &'static [ArgDoc],
+    /// Runs before authentication (AUTH, HELLO, QUIT).
+    pub no_auth: bool,
+    /// The handler; arity is already checked.
+    pub run: Handler,
+}
+
+/// One documented argument.
+#[derive(Debug)]
+pub struct ArgDoc {
+    /// Name shown in hints.
+    pub name: &'static str,
+    /// Redis argument type: `key`, `string`, `integer`, `pure-token`.
+    pub kind: &'static str,
+    /// May be left out.
+    pub optional: bool,
+    /// May repeat.
+    pub multiple: bool,
+}
+
+impl ArgDoc {
+    /// A required argument.
+    pub const fn new(name: &'static str, kind: &'static str) -> ArgDoc {
+        ArgDoc {
+            name,
+            kind,
+            optional: false,
+            multiple: false,
+        }
+    }
+
+    /// An optional argument.
+    pub const fn optional(name: &'static str, kind: &'static str) -> ArgDoc {
+        ArgDoc {
+            name,
+            kind,
+            optional: true,
+            multiple: false,
+        }
+    }
+}
+
+/// A command handler.
+pub type Handler = fn(Vec<Bytes>, &mut Client, &Arc<Shared>) -> Result<Outcome, Error>;
+
+/// A reply still being computed (it waits on the masters).
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// What running a command gives the session.
+pub enum Outcome {
+    /// The reply, ready now.
+    Reply(Reply),
+    /// The reply, once the masters have answered.
+    Later(ReplyFuture),
+    /// Send this reply, then close the connection (QUIT).
+    Close(Reply),
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Reply(r) => f.debug_tuple("Reply").field(r).finish(),
+            Outcome::Later(_) => f.write_str("Later(..)"),
+            Outcome::Close(r) => f.debug_tuple("Close").field(r).finish(),
+        }
+    }
+}
+
+impl Outcome {
+    /// A reply that waits on `fut`.
+    pub fn later(fut: impl Future<Output = Reply> + Send + 'static) -> Outcome {
+        Outcome::Later(Box::pin(fut))
+    }
+}
+
+impl From<Reply> for Outcome {
+    fn from(r: Reply) -> Outcome {
+        Outcome::Reply(r)
+    }
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// The lock service.
+    pub redlock: Redlock<RedisMaster>,
+    /// Counters for `INFO`.
+    pub stats: Stats,
+    /// When the proxy started.
+    pub started: Instant,
+    /// Random identity of this process, as Redis's `run_id`.
+    pub run_id: String,
+    /// Port the proxy listens on, for `INFO`.
+    pub port: u16,
+    next_client_id: AtomicU64,
+}
+
+impl Shared {
+    /// State for a proxy listening on `port`.
+    pub fn new(config: Config, redlock: Redlock<RedisMaster>, port: u16) -> Shared {
+        let run_id = format!(
+            "{}{}",
+            String::from_utf8_lossy(&crate::redlock::token::generate()),
+            &String::from_utf8_lossy(&crate::redlock::token::generate())[..8]
+        );
+        Shared {
+            config,
+            redlock,
+            stats: Stats::default(),
+            started: Instant::now(),
+            run_id,
+            port,
+            next_client_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A new connection's id.
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The key the masters store a client's lock under: the configured prefix, the selected
+    /// database and the client's key. The database number ends at the first `:`, so no two
+    /// (database, key) pairs share a master key.
+    pub fn lock_key(&self, db: u32, key: &[u8]) -> Bytes {
+        let prefix = self.config.redlock.key_prefix.as_bytes();
+        let mut num = itoa::Buffer::new();
+        let db = num.format(db).as_bytes();
+        let mut out = BytesMut::with_capacity(prefix.len() + db.len() + 1 + key.len());
+        out.put_slice(prefix);
+        out.put_slice(db);
+        out.put_u8(b':');
+        out.put_slice(key);
+        out.freeze()
+    }
+
+    /// `requirepass` is set.
+    pub fn auth_required(&self) -> bool {
+        !self.config.server.requirepass.is_empty()
+    }
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Client {
+    /// Id, as `CLIENT ID` reports it.
+    pub id: u64,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Protocol its replies are encoded in (HELLO switches it).
+    pub proto: Protocol,
+    /// Passed AUTH, or no password is configured.
+    pub authenticated: bool,
+    /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
+    pub name: Option<Bytes>,
+    /// Set by `CLIENT SETINFO LIB-NAME`.
+    pub lib_name: Option<Bytes>,
+    /// Set by `CLIENT SETINFO LIB-VER`.
+    pub lib_ver: Option<Bytes>,
+    /// Selected database: locks in different databases are distinct.
+    pub db: u32,
+}
+
+impl Client {
+    /// A fresh connection from `addr`.
+    pub fn new(id: u64, addr: SocketAddr, shared: &Shared) -> Client {
+        Client {
+            id,
+            addr,
+            proto: Protocol::Resp2,
+            authenticated: !shared.auth_required(),
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            db: 0,
+        }
+    }
+}
+
+/// Finds a command by name, in any case.
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    COMMANDS
+        .iter()
+        .copied()
+        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Runs one request. Checks follow Redis's order: unknown command, arity, authentication.
+pub fn dispatch(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Outcome {
+    Stats::bump(&shared.stats.commands_processed);
+    let result = match lookup(&argv[0]) {
+        None => Err(Error::unknown_command(&argv)),
+        Some(spec) if !arity_ok(spec.arity, argv.len()) => Err(Error::WrongArity(spec.name)),
+        Some(spec) if !client.authenticated && !spec.no_auth => Err(Error::NoAuth),
+        Some(spec) => (spec.run)(argv, client, shared),
+    };
+    match result {
+        Ok(Outcome::Reply(r)) | Ok(Outcome::Close(r)) if r.is_error() => {
+            Stats::bump(&shared.stats.error_replies);
+            Outcome::Reply(r)
+        }
+        Ok(outcome) => outcome,
+        Err(e) => {
+            Stats::bump(&shared.stats.error_replies);
+            Outcome::Reply(e.into())
+        }
+    }
+}
+
+fn arity_ok(arity: i32, argc: usize) -> bool {
+    let argc = i64::try_from(argc).unwrap_or(i64::MAX);
+    let arity = i64::from(arity);
+    if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
+    }
+}
+
+/// Parses a signed 64-bit integer the way Redis does: optional `-`, digits, nothing else.
+pub fn parse_int(arg: &[u8]) -> Result<i64, Error> {
+    let text = std::str::from_utf8(arg).map_err(|_| Error::NotInteger)?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::NotInteger);
+    }
+    text.parse().map_err(|_| Error::NotInteger)
+}
+
+/// Parses a lock TTL in milliseconds for `cmd`: an integer between [`MIN_TTL_MS`] and the
+/// configured maximum.
+pub fn parse_ttl_ms(arg: &[u8], cmd: &'static str, shared: &Shared) -> Result<u64, Error> {
+    let max = shared.config.redlock.max_ttl_ms;
+    let ttl = parse_int(arg)?;
+    u64::try_from(ttl)
+        .ok()
+        .filter(|t| (MIN_TTL_MS..=max).contains(t))
+        .ok_or(Error::InvalidTtl {
+            cmd,
+            min: MIN_TTL_MS,
+            max,
+        })
+}
+
+/// Counts a lock operation's failure and turns it into its reply.
+fn lock_failure(shared: &Shared, e: crate::redlock::LockError) -> Reply {
+    Stats::bump(&shared.stats.noquorum);
+    Stats::bump(&shared.stats.error_replies);
+    Error::from(e).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_lowercase_and_found_in_any_case() {
+        let mut names: Vec<&str> = COMMANDS.iter().map(|s| s.name).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| !c.is_ascii_uppercase()))
+        );
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), COMMANDS.len());
+        assert_eq!(lookup(b"LoCk").map(|s| s.name), Some("lock"));
+        assert!(lookup(b"lockx").is_none());
+    }
+
+    #[test]
+    fn arity_follows_redis_convention() {
+        assert!(arity_ok(3, 3));
+        assert!(!arity_ok(3, 4));
+        assert!(arity_ok(-2, 2));
+        assert!(arity_ok(-2, 5));
+        assert!(!arity_ok(-2, 1));
+    }
+
+    #[test]
+    fn integers_parse_strictly() {
+        assert_eq!(parse_int(b"5000").unwrap(), 5000);
+        assert_eq!(parse_int(b"-1").unwrap(), -1);
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+5",
+            b" 5",
+            b"5 ",
+            b"1e3",
+            b"5.0",
+            b"99999999999999999999",
+            b"\xff",
+        ] {
+            assert_eq!(parse_int(bad), Err(Error::NotInteger), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! `PING [message]`: `+PONG`, or the message as a bulk string.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{ArgDoc, Client, Outcome, Shared, Spec};
+use crate::error::Error;
+use crate::protocol::Reply;
+
+pub const SPEC: Spec = Spec {
+    name: "ping",
+    arity: -1,
+    flags: &["fast"],
+    key_pos: 0,
+    group: "connection",
+    summary: "Returns PONG, or the message given",
+    complexity: "O(1)",
+    args: &[ArgDoc::optional("message", "string")],
+    no_auth: false,
+    run,
+};
+
+fn run(mut argv: Vec<Bytes>, _: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
+    match argv.len() {
+        1 => Ok(Reply::Status("PONG".into()).into()),
+        2 => Ok(Reply::Bulk(argv.swap_remove(1)).into()),
+        _ => Err(Error::WrongArity("ping")),
+    }
+}

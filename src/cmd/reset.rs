@@ -1,0 +1,28 @@
+//! `RESET`: back to a fresh connection's state (RESP2, database 0, no name, and
+//! unauthenticated when a password is configured).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Client, Outcome, Shared, Spec};
+use crate::error::Error;
+use crate::protocol::Reply;
+
+pub const SPEC: Spec = Spec {
+    name: "reset",
+    arity: 1,
+    flags: &["fast", "no-auth"],
+    key_pos: 0,
+    group: "connection",
+    summary: "Resets the connection's state",
+    complexity: "O(1)",
+    args: &[],
+    no_auth: true,
+    run,
+};
+
+fn run(_: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
+    *client = super::Client::new(client.id, client.addr, shared);
+    Ok(Reply::Status("RESET".into()).into())
+}

@@ -1,0 +1,488 @@
+//! Declarative configuration: one struct per `config.toml` section, named defaults, units in key
+//! names, unknown keys rejected, validated once at load. `config.toml` at the repository root
+//! documents every key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The most masters a deployment may name; Redlock's fan-out is meant for a handful.
+pub const MAX_MASTERS: usize = 7;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file named.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type or an unknown key.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value out of its range, or values that contradict each other.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Client-facing listener and per-connection limits.
+    pub server: ServerConfig,
+    /// The lock algorithm.
+    pub redlock: RedlockConfig,
+    /// Connections to the Redis masters.
+    pub backend: BackendConfig,
+    /// Local masters started when no backend address is configured.
+    pub embedded: EmbeddedConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// When non-empty, clients must `AUTH` (or `HELLO ... AUTH`) with it.
+    pub requirepass: String,
+    /// Connections beyond this are refused with an error reply.
+    pub max_clients: usize,
+    /// Commands one connection may have in flight before the proxy stops reading from it.
+    pub max_pipeline: usize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Longest single argument, in bytes.
+    pub max_arg_bytes: usize,
+    /// Longest inline (non-RESP) command line, in bytes.
+    pub max_inline_bytes: usize,
+    /// Largest single request, all arguments together, in bytes.
+    pub max_request_bytes: usize,
+    /// On SIGINT/SIGTERM, how long in-flight commands get to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[redlock]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedlockConfig {
+    /// The longest TTL a client may ask for; longer is refused.
+    pub max_ttl_ms: u64,
+    /// How long one master's answer is waited for; a later answer never counts as a vote.
+    pub master_deadline_ms: u64,
+    /// Every lock key on the masters starts with this, so locks never collide with application keys.
+    pub key_prefix: String,
+}
+
+/// `[backend]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// The independent Redis masters: `HOST:PORT` or `redis://[user:pass@]HOST:PORT[/db]`.
+    /// Empty: start local masters (see `[embedded]`).
+    pub masters: Vec<MasterAddr>,
+    /// Multiplexed connections kept open to each master.
+    pub connections_per_master: usize,
+    /// Requests one connection may have queued or awaiting a reply; beyond it requests fail at once.
+    pub max_pending_per_connection: usize,
+    /// Deadline for opening a connection and its handshake.
+    pub connect_timeout_ms: u64,
+    /// First delay before reconnecting to a master that went away; doubles up to the maximum.
+    pub reconnect_min_ms: u64,
+    /// Largest delay between reconnect attempts.
+    pub reconnect_max_ms: u64,
+}
+
+/// `[embedded]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// How many local masters to start when no backend is configured.
+    pub masters: usize,
+    /// The `redis-server` executable to run.
+    pub redis_server: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `redlock_proxy=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7379)),
+            requirepass: String::new(),
+            max_clients: 10_000,
+            max_pipeline: 1024,
+            max_args: 1024,
+            max_arg_bytes: 512 * 1024,
+            max_inline_bytes: 64 * 1024,
+            max_request_bytes: 1024 * 1024,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for RedlockConfig {
+    fn default() -> Self {
+        RedlockConfig {
+            max_ttl_ms: 60_000,
+            master_deadline_ms: 50,
+            key_prefix: "redlock:".to_owned(),
+        }
+    }
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            masters: Vec::new(),
+            connections_per_master: 2,
+            max_pending_per_connection: 4096,
+            connect_timeout_ms: 1_000,
+            reconnect_min_ms: 50,
+            reconnect_max_ms: 2_000,
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            masters: 3,
+            redis_server: "redis-server".to_owned(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file; call [`Config::validate`] after applying overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks ranges and the relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        let s = &self.server;
+        let r = &self.redlock;
+        let b = &self.backend;
+        if s.max_clients == 0 {
+            return bad("server.max_clients must be at least 1".into());
+        }
+        if s.max_pipeline == 0 {
+            return bad("server.max_pipeline must be at least 1".into());
+        }
+        if s.max_args < 4 || s.max_arg_bytes < 64 || s.max_inline_bytes < 64 {
+            return bad(
+                "server.max_args must be at least 4 and max_arg_bytes, max_inline_bytes at least 64"
+                    .into(),
+            );
+        }
+        if s.max_request_bytes < s.max_arg_bytes.max(s.max_inline_bytes) {
+            return bad(
+                "server.max_request_bytes must be at least max_arg_bytes and max_inline_bytes"
+                    .into(),
+            );
+        }
+        if r.max_ttl_ms < crate::redlock::quorum::MIN_TTL_MS {
+            return bad(format!(
+                "redlock.max_ttl_ms must be at least {} ms",
+                crate::redlock::quorum::MIN_TTL_MS
+            ));
+        }
+        if r.max_ttl_ms > i64::MAX as u64 / 2 {
+            return bad("redlock.max_ttl_ms is too large".into());
+        }
+        if r.master_deadline_ms == 0 || r.master_deadline_ms >= r.max_ttl_ms {
+            return bad(format!(
+                "redlock.master_deadline_ms must be between 1 and max_ttl_ms ({}), got {}",
+                r.max_ttl_ms, r.master_deadline_ms
+            ));
+        }
+        if r.key_prefix.is_empty() {
+            return bad("redlock.key_prefix must not be empty: lock keys would collide with application keys".into());
+        }
+        if b.masters.len() > MAX_MASTERS {
+            return bad(format!(
+                "at most {MAX_MASTERS} masters are supported, got {}",
+                b.masters.len()
+            ));
+        }
+        if b.connections_per_master == 0 || b.connections_per_master > 64 {
+            return bad("backend.connections_per_master must be between 1 and 64".into());
+        }
+        if b.max_pending_per_connection == 0 {
+            return bad("backend.max_pending_per_connection must be at least 1".into());
+        }
+        if b.connect_timeout_ms == 0
+            || b.reconnect_min_ms == 0
+            || b.reconnect_max_ms < b.reconnect_min_ms
+        {
+            return bad("backend.connect_timeout_ms and reconnect_min_ms must be positive and reconnect_max_ms >= reconnect_min_ms".into());
+        }
+        if b.masters.is_empty() && !(1..=MAX_MASTERS).contains(&self.embedded.masters) {
+            return bad(format!(
+                "embedded.masters must be between 1 and {MAX_MASTERS}"
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &b.masters {
+            if !seen.insert((m.host.as_str(), m.port, m.db)) {
+                return bad(format!("master {m} is listed twice: it would vote twice"));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad(format!(
+                "log.level {:?} is not a valid filter",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, passwords masked.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.server.requirepass.is_empty() {
+            shown.server.requirepass = "***".into();
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Per-master answer deadline.
+    pub fn master_deadline(&self) -> Duration {
+        Duration::from_millis(self.redlock.master_deadline_ms)
+    }
+}
+
+/// One master's address, parsed from `HOST:PORT` or `redis://[user:pass@]HOST:PORT[/db]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MasterAddr {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// ACL user, if any.
+    pub username: Option<String>,
+    /// Password, if any.
+    pub password: Option<String>,
+    /// Database index selected after connecting.
+    pub db: u32,
+}
+
+impl MasterAddr {
+    /// `host:port`, for connecting.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// A plain address with no credentials and database 0.
+    pub fn local(port: u16) -> MasterAddr {
+        MasterAddr {
+            host: "127.0.0.1".into(),
+            port,
+            username: None,
+            password: None,
+            db: 0,
+        }
+    }
+}
+
+impl std::str::FromStr for MasterAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = |why: &str| format!("bad master address {s:?}: {why}");
+        let (mut username, mut password, mut db) = (None, None, 0);
+        let hostport = if let Some(rest) = s.strip_prefix("redis://") {
+            let (auth_host, path) = match rest.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (rest, None),
+            };
+            if let Some(p) = path.filter(|p| !p.is_empty()) {
+                db = p
+                    .parse()
+                    .map_err(|_| err("the database must be a number"))?;
+            }
+            match auth_host.rsplit_once('@') {
+                Some((auth, host)) => {
+                    match auth.split_once(':') {
+                        Some((u, p)) => {
+                            username = (!u.is_empty()).then(|| u.to_owned());
+                            password = Some(p.to_owned());
+                        }
+                        None => password = Some(auth.to_owned()),
+                    }
+                    host
+                }
+                None => auth_host,
+            }
+        } else if s.contains("://") {
+            return Err(err("only redis:// URLs are supported"));
+        } else {
+            s
+        };
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .ok_or_else(|| err("expected HOST:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(err("empty host"));
+        }
+        let port: u16 = port.parse().map_err(|_| err("the port must be 1-65535"))?;
+        if port == 0 {
+            return Err(err("the port must be 1-65535"));
+        }
+        Ok(MasterAddr {
+            host: host.to_owned(),
+            port,
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+impl TryFrom<String> for MasterAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MasterAddr> for String {
+    fn from(m: MasterAddr) -> String {
+        m.to_string()
+    }
+}
+
+/// Shows the address with the password masked, so it can be logged and printed.
+impl fmt::Display for MasterAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.username.is_none() && self.password.is_none() && self.db == 0 {
+            return f.write_str(&self.host_port());
+        }
+        f.write_str("redis://")?;
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) => write!(f, "{u}:***@")?,
+            (None, Some(_)) => f.write_str("***@")?,
+            _ => {}
+        }
+        f.write_str(&self.host_port())?;
+        if self.db != 0 {
+            write!(f, "/{}", self.db)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for MasterAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_documented_file_holds_the_defaults() {
+        let documented = Config::parse(include_str!("../config.toml")).unwrap();
+        assert_eq!(documented.to_toml(), Config::default().to_toml());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `listne`"), "{e}");
+        let e = Config::parse("[srever]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `srever`"), "{e}");
+    }
+
+    #[test]
+    fn master_addresses_parse() {
+        let m: MasterAddr = "10.0.0.1:6379".parse().unwrap();
+        assert_eq!((m.host.as_str(), m.port, m.db), ("10.0.0.1", 6379, 0));
+        let m: MasterAddr = "redis://u:p@h:7000/3".parse().unwrap();
+        assert_eq!(m.username.as_deref(), Some("u"));
+        assert_eq!(m.password.as_deref(), Some("p"));
+        assert_eq!((m.host.as_str(), m.port, m.db), ("h", 7000, 3));
+        assert_eq!(m.to_string(), "redis://u:***@h:7000/3");
+        let m: MasterAddr = "redis://:secret@h:1".parse().unwrap();
+        assert_eq!((m.username, m.password.as_deref()), (None, Some("secret")));
+        let m: MasterAddr = "redis://[::1]:6379".parse().unwrap();
+        assert_eq!(m.host_port(), "[::1]:6379");
+        for bad in ["h", "h:0", "h:x", "http://h:1", "redis://h:1/x", ":1"] {
+            assert!(bad.parse::<MasterAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = Config::default();
+        c.redlock.master_deadline_ms = c.redlock.max_ttl_ms;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.backend.masters = (1..=8).map(MasterAddr::local).collect();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.backend.masters = vec![MasterAddr::local(1), MasterAddr::local(1)];
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        let mut c = Config::default();
+        c.redlock.key_prefix.clear();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn effective_config_round_trips_and_masks_secrets() {
+        let mut c = Config::default();
+        c.server.requirepass = "hunter2".into();
+        c.backend.masters = vec![MasterAddr::local(7000)];
+        let text = c.to_toml();
+        assert!(!text.contains("hunter2"));
+        let back = Config::parse(&text).unwrap();
+        assert_eq!(back.backend.masters, c.backend.masters);
+    }
+}

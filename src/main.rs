@@ -1,0 +1,119 @@
+//! `redlock-proxy`: flags → configuration → logging → local masters if none are configured →
+//! serve until SIGINT/SIGTERM → drain → exit 0.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use redlock_proxy::cli::Cli;
+use redlock_proxy::embedded::{self, RedisServer};
+use redlock_proxy::redlock::quorum::quorum;
+use redlock_proxy::server::Proxy;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match cli.load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("redlock-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check_config {
+        print!("{}", config.to_toml());
+        if config.backend.masters.is_empty() {
+            println!(
+                "# no masters configured: {} local redis-server masters will be started",
+                config.embedded.masters
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // Started on the main thread, which lives as long as the process: they die with it.
+    let mut local: Vec<RedisServer> = Vec::new();
+    if config.backend.masters.is_empty() {
+        match embedded::start_masters(config.embedded.masters, &config.embedded.redis_server) {
+            Ok(servers) => local = servers,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("redlock-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let ports: Vec<u16> = local.iter().map(RedisServer::port).collect();
+        info!(
+            "no backend configured: started {} local redis-server masters on 127.0.0.1 ports {ports:?} \
+             (no persistence, stopped when the proxy exits)",
+            local.len()
+        );
+        config.backend.masters = local.iter().map(RedisServer::addr).collect();
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redlock-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        let masters: Vec<String> = config
+            .backend
+            .masters
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let n = masters.len();
+        let proxy = match Proxy::start(config).await {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                error!("cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(
+            listen = %proxy.local_addr(),
+            masters = ?masters,
+            quorum = quorum(n),
+            "redlock-proxy {} ready",
+            env!("CARGO_PKG_VERSION")
+        );
+        wait_for_signal().await;
+        info!("shutting down: no new connections; finishing in-flight commands");
+        proxy.shutdown(grace).await;
+        ExitCode::SUCCESS
+    });
+    drop(local);
+    code
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

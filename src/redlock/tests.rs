@@ -1,0 +1,170 @@
+//! The Redlock core against fake masters, on tokio's paused clock so delays are exact.
+
+use std::time::Duration;
+
+use super::fake::{FakeMaster, Mode};
+use super::*;
+
+const DEADLINE: Duration = Duration::from_millis(50);
+
+fn cluster(n: usize) -> (Redlock<FakeMaster>, Vec<FakeMaster>) {
+    let masters: Vec<FakeMaster> = (0..n).map(|_| FakeMaster::new()).collect();
+    (Redlock::new(masters.clone(), DEADLINE), masters)
+}
+
+#[tokio::test(start_paused = true)]
+async fn grant_refuse_release_regrant() {
+    let (rl, masters) = cluster(3);
+    let g = rl.lock(b"k", 10_000).await.unwrap().expect("granted");
+    assert_eq!(g.validity_ms, 10_000 - 102);
+    assert!(
+        masters
+            .iter()
+            .all(|m| m.holder(b"k") == Some(g.token.clone()))
+    );
+    assert_eq!(rl.lock(b"k", 10_000).await.unwrap(), None);
+    assert!(!rl.unlock(b"k", b"wrong").await.unwrap());
+    assert!(rl.unlock(b"k", &g.token).await.unwrap());
+    assert!(masters.iter().all(|m| m.holder(b"k").is_none()));
+    assert!(rl.lock(b"k", 10_000).await.unwrap().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_master_down_still_grants_two_down_is_no_quorum() {
+    let (rl, masters) = cluster(3);
+    masters[0].set_mode(Mode::Down);
+    let g = rl
+        .lock(b"k", 1_000)
+        .await
+        .unwrap()
+        .expect("granted with 2 of 3");
+    assert!(rl.unlock(b"k", &g.token).await.unwrap());
+    masters[1].set_mode(Mode::Down);
+    let err = rl.lock(b"k", 1_000).await.unwrap_err();
+    assert_eq!(
+        err,
+        LockError::NoQuorum {
+            answered: 1,
+            needed: 2,
+            total: 3
+        }
+    );
+    assert!(
+        err.to_string()
+            .starts_with("NOQUORUM 1 of 3 masters answered, 2 needed")
+    );
+    // The lone SET that landed was undone.
+    assert_eq!(masters[2].holder(b"k"), None);
+    assert!(matches!(
+        rl.unlock(b"k", b"t").await,
+        Err(LockError::NoQuorum { .. })
+    ));
+    assert!(matches!(
+        rl.inspect(b"k").await,
+        Err(LockError::NoQuorum { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_master_costs_nothing_when_the_rest_agree() {
+    let (rl, masters) = cluster(3);
+    masters[2].set_mode(Mode::Hung);
+    let start = Instant::now();
+    assert!(rl.lock(b"k", 1_000).await.unwrap().is_some());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_hung_masters_cost_exactly_the_deadline() {
+    let (rl, masters) = cluster(3);
+    masters[1].set_mode(Mode::Hung);
+    masters[2].set_mode(Mode::Hung);
+    let start = Instant::now();
+    let err = rl.lock(b"k", 1_000).await.unwrap_err();
+    assert_eq!(start.elapsed(), DEADLINE);
+    assert!(matches!(err, LockError::NoQuorum { answered: 1, .. }));
+    assert_eq!(masters[0].holder(b"k"), None, "released after the failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_acquire_releases_what_it_set() {
+    let (rl, masters) = cluster(3);
+    masters[0].put(b"k", b"other", Duration::from_secs(10));
+    masters[1].put(b"k", b"other", Duration::from_secs(10));
+    assert_eq!(rl.lock(b"k", 1_000).await.unwrap(), None);
+    assert_eq!(masters[2].holder(b"k"), None);
+    assert_eq!(masters[0].holder(b"k").as_deref(), Some(&b"other"[..]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_quorum_is_too_late_not_granted() {
+    let (rl, masters) = cluster(3);
+    for m in &masters {
+        m.set_mode(Mode::Slow(Duration::from_micros(7_500)));
+    }
+    let err = rl.lock(b"k", 10).await.unwrap_err();
+    assert_eq!(
+        err,
+        LockError::TooLate {
+            elapsed_ms: 8,
+            ttl_ms: 10
+        }
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(masters.iter().all(|m| m.holder(b"k").is_none()));
+    // One millisecond faster, and validity is positive.
+    for m in &masters {
+        m.set_mode(Mode::Slow(Duration::from_millis(7)));
+    }
+    let g = rl.lock(b"k2", 10).await.unwrap().expect("granted");
+    assert_eq!(g.validity_ms, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slower_than_the_deadline_never_counts() {
+    let (rl, masters) = cluster(3);
+    for m in &masters {
+        m.set_mode(Mode::Slow(DEADLINE + Duration::from_millis(1)));
+    }
+    let err = rl.lock(b"k", 10_000).await.unwrap_err();
+    assert!(matches!(err, LockError::NoQuorum { answered: 0, .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn extend_needs_the_token_and_a_quorum() {
+    let (rl, masters) = cluster(3);
+    let g = rl.lock(b"k", 1_000).await.unwrap().unwrap();
+    assert_eq!(rl.extend(b"k", b"nope", 5_000).await.unwrap(), None);
+    assert_eq!(
+        rl.extend(b"k", &g.token, 5_000).await.unwrap(),
+        Some(5_000 - 52)
+    );
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        masters[0].holder(b"k"),
+        Some(g.token.clone()),
+        "outlived its first TTL"
+    );
+    masters[0].set_mode(Mode::Down);
+    masters[1].set_mode(Mode::Down);
+    assert!(matches!(
+        rl.extend(b"k", &g.token, 5_000).await,
+        Err(LockError::NoQuorum { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn inspect_reports_what_a_quorum_holds() {
+    let (rl, masters) = cluster(3);
+    assert_eq!(rl.inspect(b"k").await.unwrap(), None);
+    let g = rl.lock(b"k", 10_000).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (token, ttl) = rl.inspect(b"k").await.unwrap().unwrap();
+    assert_eq!(token, g.token);
+    assert_eq!(ttl, 9_000 - 92);
+    // Only one master holds a different token: no quorum agrees on it.
+    masters[0].put(b"j", b"t", Duration::from_secs(5));
+    assert_eq!(rl.inspect(b"j").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(rl.inspect(b"k").await.unwrap(), None);
+}

@@ -1,0 +1,188 @@
+//! The running proxy: connections to the masters, the accept loop with its connection limit,
+//! and graceful shutdown (stop accepting → sessions answer what they have read → masters'
+//! connections close).
+
+pub mod session;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::backend::redis::RedisMaster;
+use crate::cmd::Shared;
+use crate::config::Config;
+use crate::redlock::Redlock;
+use crate::stats::Stats;
+
+/// How long the masters' connections get to close after the sessions are done.
+const BACKEND_CLOSE: Duration = Duration::from_secs(1);
+
+/// A started proxy. Dropping it leaves its tasks running; call [`Proxy::shutdown`].
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    /// Stops the accept loop and tells sessions to finish.
+    clients_stop: CancellationToken,
+    /// The accept loop and every session, so shutdown can wait for them.
+    sessions: TaskTracker,
+    /// Stops the masters' connections, after the sessions no longer need them.
+    backend_stop: CancellationToken,
+    backend: TaskTracker,
+}
+
+impl Proxy {
+    /// Binds `config.server.listen` and starts serving.
+    pub async fn start(config: Config) -> io::Result<Proxy> {
+        let listener = TcpListener::bind(config.server.listen).await?;
+        Proxy::start_on(config, listener)
+    }
+
+    /// Starts serving on `listener` (tests bind `127.0.0.1:0`). `config` must be validated and
+    /// name at least one master.
+    pub fn start_on(config: Config, listener: TcpListener) -> io::Result<Proxy> {
+        let local_addr = listener.local_addr()?;
+        let backend_stop = CancellationToken::new();
+        let backend = TaskTracker::new();
+        let masters: Vec<RedisMaster> = config
+            .backend
+            .masters
+            .iter()
+            .map(|addr| {
+                RedisMaster::start(
+                    addr.clone(),
+                    &config.backend,
+                    backend_stop.clone(),
+                    &backend,
+                )
+            })
+            .collect();
+        let redlock = Redlock::new(masters, config.master_deadline());
+        let shared = Arc::new(Shared::new(config, redlock, local_addr.port()));
+        let clients_stop = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        sessions.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            clients_stop.clone(),
+            sessions.clone(),
+        ));
+        Ok(Proxy {
+            shared,
+            local_addr,
+            clients_stop,
+            sessions,
+            backend_stop,
+            backend,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The state every session shares.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Waits until every master has a connection up, or `within` passes; true if they did.
+    pub async fn wait_for_masters(&self, within: Duration) -> bool {
+        let all_up = || self.shared.redlock.masters().iter().all(|m| m.status().up);
+        let poll = async {
+            while !all_up() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(within, poll).await.is_ok()
+    }
+
+    /// Stops accepting, lets sessions answer the requests they have read (for at most
+    /// `grace`), then closes the masters' connections.
+    pub async fn shutdown(self, grace: Duration) {
+        self.clients_stop.cancel();
+        self.sessions.close();
+        if tokio::time::timeout(grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "{} connections still busy after the {} ms grace period; closing anyway",
+                Stats::get(&self.shared.stats.connected_clients),
+                grace.as_millis()
+            );
+        }
+        self.backend_stop.cancel();
+        self.backend.close();
+        let _ = tokio::time::timeout(BACKEND_CLOSE, self.backend.wait()).await;
+        info!("proxy stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    sessions: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.server.max_clients));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (mut stream, addr) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        Stats::bump(&shared.stats.connections_received);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Stats::bump(&shared.stats.rejected_connections);
+            sessions.spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        sessions.spawn(async move {
+            let _connected = Connected::new(&shared.stats);
+            session::run(stream, addr, shared.clone(), stop).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Counts a connection in `connected_clients` for as long as it lives.
+struct Connected<'a>(&'a Stats);
+
+impl<'a> Connected<'a> {
+    fn new(stats: &'a Stats) -> Self {
+        Stats::bump(&stats.connected_clients);
+        Connected(stats)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0
+            .connected_clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

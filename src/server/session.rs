@@ -1,0 +1,144 @@
+//! One client connection: read whatever requests have arrived, dispatch each at once so
+//! requests that wait on the masters run concurrently, and write replies in request order with
+//! one write per batch. At most `max_pipeline` requests are in flight; beyond that the session
+//! stops reading, so a client that pipelines without end gets backpressure, not memory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::cmd::{self, Client, Outcome, ReplyFuture, Shared};
+use crate::protocol::{self, Limits, Protocol, Reply};
+use crate::stats::Stats;
+
+/// Bytes read per call when the buffer has no room.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A reply in its place in the pipeline, with the protocol in force when its request ran
+/// (a `HELLO` later in the pipeline must not change how an earlier reply is encoded).
+enum Slot {
+    Ready(Option<(Protocol, Reply)>),
+    Waiting(Protocol, ReplyFuture),
+}
+
+impl Future for Slot {
+    type Output = (Protocol, Reply);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Slot::Ready(r) => Poll::Ready(r.take().expect("a slot is polled to completion once")),
+            Slot::Waiting(proto, fut) => fut.as_mut().poll(cx).map(|r| (*proto, r)),
+        }
+    }
+}
+
+/// Serves `stream` until the client leaves, sends QUIT, breaks the protocol, or `shutdown` —
+/// in which case requests already read are answered before closing.
+pub async fn run(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let server = &shared.config.server;
+    let limits = Limits {
+        max_args: server.max_args,
+        max_bulk_bytes: server.max_arg_bytes,
+        max_inline_bytes: server.max_inline_bytes,
+    };
+    let max_in_flight = server.max_pipeline;
+    let max_request = server.max_request_bytes;
+    let mut client = Client::new(shared.next_client_id(), addr, &shared);
+    let mut rbuf = BytesMut::new();
+    let mut wbuf = BytesMut::new();
+    let mut in_flight: FuturesOrdered<Slot> = FuturesOrdered::new();
+    let mut closing = false;
+    loop {
+        // Dispatch every complete request, as far as the in-flight bound allows.
+        while !closing && in_flight.len() < max_in_flight {
+            let argv = match protocol::decode(&mut rbuf, &limits) {
+                Ok(Some(argv)) if argv.is_empty() => continue,
+                Ok(Some(argv)) => argv,
+                Ok(None) if rbuf.len() > max_request => {
+                    closing = true;
+                    Stats::bump(&shared.stats.error_replies);
+                    let e = format!("ERR Protocol error: request larger than {max_request} bytes");
+                    push(&mut in_flight, &mut wbuf, client.proto, Reply::error(e));
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    closing = true;
+                    Stats::bump(&shared.stats.error_replies);
+                    push(
+                        &mut in_flight,
+                        &mut wbuf,
+                        client.proto,
+                        Reply::error(format!("ERR {e}")),
+                    );
+                    break;
+                }
+            };
+            let outcome = cmd::dispatch(argv, &mut client, &shared);
+            // After dispatch: HELLO's own reply is in the protocol it switches to.
+            let proto = client.proto;
+            match outcome {
+                Outcome::Reply(reply) => push(&mut in_flight, &mut wbuf, proto, reply),
+                Outcome::Later(fut) => in_flight.push_back(Slot::Waiting(proto, fut)),
+                Outcome::Close(reply) => {
+                    push(&mut in_flight, &mut wbuf, proto, reply);
+                    closing = true;
+                }
+            }
+        }
+        // Collect every reply that is ready now, then write them in one go.
+        while let Some(Some((proto, reply))) = in_flight.next().now_or_never() {
+            reply.encode(proto, &mut wbuf);
+        }
+        if !wbuf.is_empty() {
+            if stream.write_all(&wbuf).await.is_err() {
+                break;
+            }
+            wbuf.clear();
+        }
+        if closing && in_flight.is_empty() {
+            break;
+        }
+        let can_read = !closing && in_flight.len() < max_in_flight;
+        if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = stream.read_buf(&mut rbuf), if can_read => match read {
+                // The client is gone or half-closed: answer what it sent, then close.
+                Ok(0) | Err(_) => closing = true,
+                Ok(_) => {}
+            },
+            Some((proto, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+                reply.encode(proto, &mut wbuf);
+            }
+            _ = shutdown.cancelled(), if !closing => closing = true,
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Queues a ready reply behind the ones still in flight, or straight into the write buffer
+/// when nothing is ahead of it.
+fn push(in_flight: &mut FuturesOrdered<Slot>, wbuf: &mut BytesMut, proto: Protocol, reply: Reply) {
+    if in_flight.is_empty() {
+        reply.encode(proto, wbuf);
+    } else {
+        in_flight.push_back(Slot::Ready(Some((proto, reply))));
+    }
+}

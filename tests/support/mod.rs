@@ -1,0 +1,244 @@
+//! Test harness: real `redis-server` masters on free loopback ports (killed on drop), a proxy
+//! in-process on `127.0.0.1:0`, and a raw RESP connection for asserting exact bytes. Every wait
+//! is bounded.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis_protocol::resp3::decode::complete::decode;
+use redis_protocol::resp3::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use redlock_proxy::config::Config;
+use redlock_proxy::embedded::{self, RedisServer};
+use redlock_proxy::server::Proxy;
+
+/// How long any single reply may take in a test before it fails.
+pub const REPLY_WITHIN: Duration = Duration::from_secs(5);
+
+/// Starts `n` real masters.
+pub fn masters(n: usize) -> Vec<RedisServer> {
+    embedded::start_masters(n, "redis-server").expect("redis-server must be installed")
+}
+
+/// A proxy over `masters`, after `tweak` has adjusted the test configuration.
+pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)) -> TestProxy {
+    let mut config = Config::default();
+    config.backend.masters = masters.iter().map(RedisServer::addr).collect();
+    config.server.shutdown_grace_ms = 2_000;
+    tweak(&mut config);
+    config.validate().expect("test config is valid");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start_on(config, listener).unwrap();
+    let live: Vec<bool> = masters.iter().map(|m| m.pid().is_some()).collect();
+    if live.iter().all(|l| *l) {
+        assert!(
+            proxy.wait_for_masters(REPLY_WITHIN).await,
+            "masters did not come up"
+        );
+    }
+    TestProxy {
+        addr: proxy.local_addr(),
+        proxy: Some(proxy),
+    }
+}
+
+/// A proxy over `masters` with the default test configuration.
+pub async fn proxy(masters: &[RedisServer]) -> TestProxy {
+    proxy_with(masters, |_| {}).await
+}
+
+/// A running in-process proxy.
+pub struct TestProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    proxy: Option<Proxy>,
+}
+
+impl TestProxy {
+    /// The proxy itself.
+    pub fn inner(&self) -> &Proxy {
+        self.proxy.as_ref().unwrap()
+    }
+
+    /// A raw connection to it.
+    pub async fn conn(&self) -> Conn {
+        Conn::connect(self.addr).await
+    }
+
+    /// `redis://` URL of the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// Graceful shutdown.
+    pub async fn stop(mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// A raw client connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Writes one command as a RESP array.
+    pub async fn send_cmd(&mut self, args: &[&str]) {
+        let mut out = String::new();
+        out.push_str(&format!("*{}\r\n", args.len()));
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.send(out.as_bytes()).await;
+    }
+
+    /// Reads exactly `expected.len()` bytes and asserts they are `expected`.
+    pub async fn expect(&mut self, expected: &[u8]) {
+        while self.buf.len() < expected.len() {
+            self.fill().await;
+        }
+        let got = self.buf.split_to(expected.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected),
+            "unexpected bytes from the proxy"
+        );
+    }
+
+    /// Sends `args` and asserts the exact reply bytes.
+    pub async fn roundtrip(&mut self, args: &[&str], expected: &[u8]) {
+        self.send_cmd(args).await;
+        self.expect(expected).await;
+    }
+
+    /// Reads one whole reply (RESP2 or RESP3).
+    pub async fn reply(&mut self) -> OwnedFrame {
+        loop {
+            // RESP2's nulls, which the RESP3 decoder does not know.
+            if self.buf.starts_with(b"$-1\r\n") || self.buf.starts_with(b"*-1\r\n") {
+                let _ = self.buf.split_to(5);
+                return OwnedFrame::Null;
+            }
+            match decode(&self.buf) {
+                Ok(Some((frame, used))) => {
+                    let _ = self.buf.split_to(used);
+                    return frame;
+                }
+                Ok(None) => {}
+                // The decoder can mistake a cut-off frame for a streamed one; more bytes tell.
+                Err(e) => assert!(
+                    !self.buf.ends_with(b"\r\n"),
+                    "invalid RESP: {e:?} in {:?}",
+                    String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])
+                ),
+            }
+            self.fill().await;
+        }
+    }
+
+    /// Sends `args` and reads the reply.
+    pub async fn call(&mut self, args: &[&str]) -> OwnedFrame {
+        self.send_cmd(args).await;
+        self.reply().await
+    }
+
+    /// True when the proxy closes the connection (within the reply deadline), with nothing
+    /// more to read.
+    pub async fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(REPLY_WITHIN, self.stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        ) && self.buf.is_empty()
+    }
+
+    async fn fill(&mut self) {
+        let n = tokio::time::timeout(REPLY_WITHIN, self.stream.read_buf(&mut self.buf))
+            .await
+            .expect("reply within the deadline")
+            .unwrap();
+        assert!(n > 0, "proxy closed the connection; had {:?}", self.buf);
+    }
+}
+
+/// The bulk string inside a frame, as text.
+pub fn text(frame: &OwnedFrame) -> String {
+    match frame {
+        OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => {
+            String::from_utf8(data.clone()).unwrap()
+        }
+        OwnedFrame::VerbatimString { data, .. } => String::from_utf8(data.clone()).unwrap(),
+        other => panic!("expected a string, got {other:?}"),
+    }
+}
+
+/// The integer inside a frame.
+pub fn int(frame: &OwnedFrame) -> i64 {
+    match frame {
+        OwnedFrame::Number { data, .. } => *data,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+/// The error text inside a frame.
+pub fn error(frame: &OwnedFrame) -> String {
+    match frame {
+        OwnedFrame::SimpleError { data, .. } => data.clone(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Every string and number in a frame, in order, space-separated: for asserting on nested
+/// replies without spelling out their structure.
+pub fn flatten(frame: &OwnedFrame) -> String {
+    fn walk(f: &OwnedFrame, out: &mut Vec<String>) {
+        match f {
+            OwnedFrame::BlobString { data, .. }
+            | OwnedFrame::SimpleString { data, .. }
+            | OwnedFrame::VerbatimString { data, .. } => {
+                out.push(String::from_utf8_lossy(data).into_owned())
+            }
+            OwnedFrame::SimpleError { data, .. } => out.push(data.clone()),
+            OwnedFrame::Number { data, .. } => out.push(data.to_string()),
+            OwnedFrame::Null => out.push("(nil)".into()),
+            OwnedFrame::Array { data, .. } => data.iter().for_each(|f| walk(f, out)),
+            OwnedFrame::Set { data, .. } => data.iter().for_each(|f| walk(f, out)),
+            OwnedFrame::Map { data, .. } => data.iter().for_each(|(k, v)| {
+                walk(k, out);
+                walk(v, out);
+            }),
+            other => out.push(format!("{other:?}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk(frame, &mut out);
+    out.join(" ")
+}
+
+/// True for RESP2 or RESP3 null.
+pub fn is_null(frame: &OwnedFrame) -> bool {
+    matches!(frame, OwnedFrame::Null)
+}
