@@ -242,3 +242,41 @@ pub fn flatten(frame: &OwnedFrame) -> String {
 pub fn is_null(frame: &OwnedFrame) -> bool {
     matches!(frame, OwnedFrame::Null)
 }
+
+/// A loopback port the OS just had free, for a child process that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a child process to completion within `within`, feeding it `stdin`. On timeout (or a
+/// panic while waiting) the child is dropped, which kills it.
+pub async fn run_bounded(
+    cmd: &mut tokio::process::Command,
+    stdin: &[u8],
+    within: Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the program is installed");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // Written concurrently with reading the output, so neither side's pipe can fill and stall.
+    let writer = tokio::spawn(async move {
+        let _ = input.write_all(&stdin).await;
+    });
+    let output = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd:?} did not finish within {within:?}"))
+        .unwrap();
+    let _ = writer.await;
+    output
+}
