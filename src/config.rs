@@ -100,6 +100,13 @@ pub struct BackendConfig {
     pub reconnect_min_ms: u64,
     /// Largest delay between reconnect attempts.
     pub reconnect_max_ms: u64,
+    /// The operator asserts every master persists every write before answering
+    /// (`appendfsync always`), so a restarted master lost no lock: no restart quarantine.
+    pub persistent_masters: bool,
+    /// Set by the proxy itself (never from the file) when it started the masters: they are known
+    /// empty, so their first run needs no quarantine.
+    #[serde(skip)]
+    pub fresh_at_start: bool,
 }
 
 /// `[embedded]`
@@ -155,6 +162,8 @@ impl Default for BackendConfig {
             connect_timeout_ms: 1_000,
             reconnect_min_ms: 50,
             reconnect_max_ms: 2_000,
+            persistent_masters: false,
+            fresh_at_start: false,
         }
     }
 }

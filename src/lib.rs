@@ -30,6 +30,7 @@
 //! Start with `redlock/quorum.rs` for the safety rules, `server/session.rs` for the wire.
 
 pub mod backend;
+pub mod checker;
 pub mod cli;
 pub mod cmd;
 pub mod config;

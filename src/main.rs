@@ -59,6 +59,7 @@ fn main() -> ExitCode {
             local.len()
         );
         config.backend.masters = local.iter().map(RedisServer::addr).collect();
+        config.backend.fresh_at_start = true;
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use redis_protocol::resp3::types::OwnedFrame;
 use redlock_proxy::embedded::RedisServer;
 use support::{TestProxy, error, flatten, int, is_null, text};
 
@@ -159,9 +160,10 @@ async fn a_hung_master_cannot_pile_up_requests() {
 }
 
 #[tokio::test]
-async fn a_restarted_master_is_used_again() {
+async fn a_restarted_master_is_quarantined_then_used_again() {
     let mut m = support::masters(3);
     let p = support::proxy_with(&m, |c| {
+        c.redlock.max_ttl_ms = 1_000;
         c.backend.reconnect_min_ms = 10;
         c.backend.reconnect_max_ms = 100;
     })
@@ -171,9 +173,26 @@ async fn a_restarted_master_is_used_again() {
     wait_masters_up(&p, 2).await;
     m[0].restart().expect("restart on the same port");
     wait_masters_up(&p, 3).await;
-    // Only master 0 and master 2 left: a grant now needs the restarted one.
+    // Up, but younger than max-ttl-ms: it may have lost live locks, so it must not vote.
+    let info = flatten(&c.call(&["INFO", "masters"]).await);
+    assert!(info.contains("masters_voting:2"), "{info}");
+    assert!(info.contains("state=quarantined"), "{info}");
     m[1].kill();
-    let token = text(&c.call(&["LOCK", "k", "5000"]).await);
+    assert_eq!(
+        error(&c.call(&["LOCK", "k", "1000"]).await),
+        "NOQUORUM 1 of 3 masters answered, 2 needed"
+    );
+    // Once it has been up for max-ttl-ms it votes again (bounded wait: 1 s quarantine).
+    let mut token = None;
+    for _ in 0..300 {
+        let reply = c.call(&["LOCK", "k", "1000"]).await;
+        if let OwnedFrame::BlobString { .. } = reply {
+            token = Some(text(&reply));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let token = token.expect("granted once the quarantine ended");
     let mut direct = support::Conn::connect(([127, 0, 0, 1], m[0].port()).into()).await;
     assert_eq!(text(&direct.call(&["GET", "redlock:0:k"]).await), token);
     let info = flatten(&c.call(&["INFO", "masters"]).await);

@@ -45,6 +45,12 @@ pub struct KeyState {
 /// queued for sending when the method is called, not when the future is first polled: dropping
 /// the future abandons the reply, not the request.
 pub trait Master: Send + Sync + 'static {
+    /// False while the master must not vote (restart quarantine). It still gets every request,
+    /// so it holds the locks granted meanwhile; only its answers are not counted.
+    fn votes(&self) -> bool {
+        true
+    }
+
     /// `SET key token NX PX ttl`: true when this call set the key.
     fn acquire(
         &self,

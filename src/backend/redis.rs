@@ -10,7 +10,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +41,31 @@ struct Inner {
     requests: AtomicU64,
     failures: AtomicU64,
     reconnects: AtomicU64,
+    policy: Quarantine,
+    identity: Mutex<Identity>,
+}
+
+/// When a master may vote after (re)connecting.
+#[derive(Debug, Clone, Copy)]
+pub struct Quarantine {
+    /// The longest lock a client can hold: a master up for less may have lost live locks.
+    pub max_ttl: Duration,
+    /// The operator asserts every write is fsynced: a restart loses nothing, never quarantine.
+    pub persistent_masters: bool,
+    /// The masters are known empty when the proxy starts (it started them): the first run
+    /// seen of each needs no quarantine.
+    pub fresh_at_start: bool,
+}
+
+/// What the proxy knows of a master's current run.
+#[derive(Debug, Default)]
+struct Identity {
+    /// `run_id` from `INFO server`; changes when the process restarts.
+    run_id: Option<String>,
+    /// The first run seen, which `fresh_at_start` vouches for.
+    first_run: Option<String>,
+    /// The master does not vote before this instant.
+    quarantined_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -80,6 +105,10 @@ pub struct MasterStatus {
     pub reconnects: u64,
     /// Unix time of the last up/down change.
     pub changed_at: u64,
+    /// The current run's id, once connected.
+    pub run_id: Option<String>,
+    /// Milliseconds before it may vote again; `None` when it votes.
+    pub quarantine_left_ms: Option<u64>,
 }
 
 impl RedisMaster {
@@ -87,6 +116,7 @@ impl RedisMaster {
     pub fn start(
         addr: MasterAddr,
         cfg: &BackendConfig,
+        policy: Quarantine,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> RedisMaster {
@@ -110,6 +140,8 @@ impl RedisMaster {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            policy,
+            identity: Mutex::new(Identity::default()),
         }));
         for (i, rx) in receivers.into_iter().enumerate() {
             let link = Link {
@@ -132,6 +164,11 @@ impl RedisMaster {
     pub fn status(&self) -> MasterStatus {
         let inner = &self.0;
         let conns_up = inner.conns_up.load(Ordering::Relaxed);
+        // Two statements: each takes the identity lock once and lets it go.
+        let run_id = inner.identity().run_id.clone();
+        let quarantine_left_ms = inner
+            .quarantine_left()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         MasterStatus {
             addr: inner.addr.to_string(),
             up: conns_up > 0,
@@ -142,6 +179,8 @@ impl RedisMaster {
             failures: inner.failures.load(Ordering::Relaxed),
             reconnects: inner.reconnects.load(Ordering::Relaxed),
             changed_at: inner.changed_at.load(Ordering::Relaxed),
+            run_id,
+            quarantine_left_ms,
         }
     }
 
@@ -230,6 +269,55 @@ impl RedisMaster {
     }
 }
 
+impl Inner {
+    fn identity(&self) -> std::sync::MutexGuard<'_, Identity> {
+        self.identity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn quarantine_left(&self) -> Option<Duration> {
+        let until = self.identity().quarantined_until?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Records the run a new connection found. Returns when quarantine ends, if this run must
+    /// sit one out: a master up for less than the longest TTL may have restarted without
+    /// locks that are still live elsewhere, and letting it vote could grant one twice.
+    fn observe_run(&self, run_id: &str, uptime: Duration) -> Option<Instant> {
+        let mut id = self.identity();
+        if id.first_run.is_none() {
+            id.first_run = Some(run_id.to_owned());
+        }
+        if id.run_id.as_deref() != Some(run_id) {
+            if id.run_id.is_some() {
+                warn!(master = %self.addr, run_id, "master restarted (run_id changed)");
+            }
+            id.run_id = Some(run_id.to_owned());
+        }
+        let vouched = self.policy.fresh_at_start && id.first_run.as_deref() == Some(run_id);
+        let exempt = self.policy.persistent_masters || vouched;
+        let left = self
+            .policy
+            .max_ttl
+            .checked_sub(uptime)
+            .filter(|d| !d.is_zero());
+        let until = Instant::now() + left.filter(|_| !exempt)?;
+        if id.quarantined_until.is_some_and(|u| u >= until) {
+            return None;
+        }
+        id.quarantined_until = Some(until);
+        warn!(
+            master = %self.addr,
+            uptime_s = uptime.as_secs(),
+            quarantine_ms = (until - Instant::now()).as_millis() as u64,
+            "master quarantined: up for less than max-ttl-ms, it may have lost live locks; \
+             it gets requests but no vote until then"
+        );
+        Some(until)
+    }
+}
+
 impl Conn {
     /// Requests queued or awaiting a reply: each holds a slot until its reply or its
     /// connection's end.
@@ -248,6 +336,10 @@ fn expect_bool(frame: Result<Frame, BackendError>) -> Result<bool, BackendError>
 }
 
 impl Master for RedisMaster {
+    fn votes(&self) -> bool {
+        self.0.quarantine_left().is_none()
+    }
+
     fn acquire(
         &self,
         key: &[u8],
@@ -335,7 +427,10 @@ impl Link {
                 r = connect => r.unwrap_or_else(|_| Err("connect timed out".to_owned())),
             };
             match attempt {
-                Ok(stream) => {
+                Ok((stream, run_id, uptime)) => {
+                    if let Some(until) = self.master.observe_run(&run_id, uptime) {
+                        self.announce_release(until);
+                    }
                     backoff = min;
                     failures_in_a_row = 0;
                     if ever_up {
@@ -372,6 +467,22 @@ impl Link {
             while rx.try_recv().is_ok() {}
             backoff = (backoff * 2).min(max);
         }
+    }
+
+    /// Logs the end of a quarantine when it comes (unless a later one replaced it).
+    fn announce_release(&self, until: Instant) {
+        let master = self.master.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep_until(until.into()) => {
+                    if master.identity().quarantined_until == Some(until) {
+                        info!(master = %master.addr, "master left quarantine: it votes again");
+                    }
+                }
+            }
+        });
     }
 
     fn set_up(&self, up: bool) {
@@ -450,8 +561,9 @@ impl Link {
     }
 }
 
-/// Opens a connection and prepares it: credentials, database, scripts.
-async fn connect(addr: &MasterAddr) -> Result<TcpStream, String> {
+/// Opens a connection and prepares it: credentials, database, scripts; returns it with the
+/// master's run id and uptime.
+async fn connect(addr: &MasterAddr) -> Result<(TcpStream, String, Duration), String> {
     let mut stream = TcpStream::connect(addr.host_port())
         .await
         .map_err(|e| e.to_string())?;
@@ -484,7 +596,25 @@ async fn connect(addr: &MasterAddr) -> Result<TcpStream, String> {
             other => return Err(format!("SCRIPT LOAD answered {other:?}")),
         }
     }
-    Ok(stream)
+    let info = match round_trip(&mut stream, &mut buf, &[b"INFO", b"server"]).await? {
+        Frame::BulkString(text) => String::from_utf8_lossy(&text).into_owned(),
+        other => return Err(format!("INFO server answered {other:?}")),
+    };
+    let (run_id, uptime) = parse_run(&info).ok_or("INFO server lacks run_id or uptime")?;
+    Ok((stream, run_id, uptime))
+}
+
+/// `run_id` and `uptime_in_seconds` from `INFO server` text. The uptime is whole seconds,
+/// rounded down by Redis: the conservative direction for quarantine.
+fn parse_run(info: &str) -> Option<(String, Duration)> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let run_id = field("run_id")?.to_owned();
+    let uptime = field("uptime_in_seconds")?.parse().ok()?;
+    Some((run_id, Duration::from_secs(uptime)))
 }
 
 async fn round_trip(
@@ -523,4 +653,83 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_identity_parses_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\nuptime_in_seconds:42\r\n";
+        assert_eq!(
+            parse_run(info),
+            Some(("abc123".to_owned(), Duration::from_secs(42)))
+        );
+        assert_eq!(parse_run("run_id:x\r\n"), None);
+    }
+
+    fn inner(policy: Quarantine) -> Inner {
+        Inner {
+            addr: MasterAddr::local(1),
+            conns: Box::new([]),
+            conns_up: AtomicUsize::new(0),
+            changed_at: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            policy,
+            identity: Mutex::new(Identity::default()),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn young_masters_sit_out_until_max_ttl() {
+        let m = inner(Quarantine {
+            max_ttl: TTL,
+            persistent_masters: false,
+            fresh_at_start: false,
+        });
+        assert!(m.observe_run("a", Duration::from_secs(10)).is_some());
+        let left = m.quarantine_left().unwrap();
+        assert!(
+            left > Duration::from_secs(49) && left <= Duration::from_secs(50),
+            "{left:?}"
+        );
+        // A second connection to the same run does not shorten it.
+        assert!(m.observe_run("a", Duration::from_secs(11)).is_none());
+        assert!(m.quarantine_left().unwrap() > Duration::from_secs(49));
+        // An old master votes at once.
+        let m = inner(Quarantine {
+            max_ttl: TTL,
+            persistent_masters: false,
+            fresh_at_start: false,
+        });
+        assert!(m.observe_run("a", Duration::from_secs(60)).is_none());
+        assert!(m.quarantine_left().is_none());
+    }
+
+    #[test]
+    fn exemptions_are_explicit() {
+        let persistent = inner(Quarantine {
+            max_ttl: TTL,
+            persistent_masters: true,
+            fresh_at_start: false,
+        });
+        assert!(persistent.observe_run("a", Duration::ZERO).is_none());
+        assert!(persistent.observe_run("b", Duration::ZERO).is_none());
+        // Known-empty masters are trusted for their first run only: a restart is quarantined.
+        let fresh = inner(Quarantine {
+            max_ttl: TTL,
+            persistent_masters: false,
+            fresh_at_start: true,
+        });
+        assert!(fresh.observe_run("a", Duration::ZERO).is_none());
+        assert!(fresh.observe_run("a", Duration::from_secs(1)).is_none());
+        assert!(fresh.observe_run("b", Duration::ZERO).is_some());
+        assert!(fresh.quarantine_left().is_some());
+        assert!(fresh.quarantine_left().is_some());
+    }
 }

@@ -125,15 +125,29 @@ fn masters(shared: &Shared, out: &mut String) {
     line(out, "masters_up", statuses.iter().filter(|s| s.up).count());
     line(
         out,
+        "masters_voting",
+        statuses
+            .iter()
+            .filter(|s| s.up && s.quarantine_left_ms.is_none())
+            .count(),
+    );
+    line(
+        out,
         "master_deadline_ms",
         shared.config.redlock.master_deadline_ms,
     );
     for (i, s) in statuses.iter().enumerate() {
         let _ = write!(
             out,
-            "master{i}:addr={},state={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={}\r\n",
+            "master{i}:addr={},state={},quarantine_left_ms={},run_id={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={}\r\n",
             s.addr,
-            if s.up { "up" } else { "down" },
+            match (s.up, s.quarantine_left_ms) {
+                (false, _) => "down",
+                (true, Some(_)) => "quarantined",
+                (true, None) => "up",
+            },
+            s.quarantine_left_ms.unwrap_or(0),
+            s.run_id.as_deref().unwrap_or("-"),
             s.conns_up,
             s.conns,
             s.pending,

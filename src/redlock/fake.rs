@@ -28,6 +28,7 @@ pub enum Mode {
 #[derive(Debug)]
 struct State {
     mode: Mode,
+    votes: bool,
     keys: HashMap<Bytes, (Bytes, Instant)>,
 }
 
@@ -40,6 +41,7 @@ impl FakeMaster {
     pub fn new() -> Self {
         FakeMaster(Arc::new(Mutex::new(State {
             mode: Mode::Healthy,
+            votes: true,
             keys: HashMap::new(),
         })))
     }
@@ -47,6 +49,11 @@ impl FakeMaster {
     /// Changes how it behaves from now on.
     pub fn set_mode(&self, mode: Mode) {
         self.0.lock().unwrap().mode = mode;
+    }
+
+    /// Lets it vote, or quarantines it.
+    pub fn set_votes(&self, votes: bool) {
+        self.0.lock().unwrap().votes = votes;
     }
 
     /// The token it holds for `key`, if unexpired.
@@ -109,6 +116,10 @@ fn holds(keys: &HashMap<Bytes, (Bytes, Instant)>, key: &[u8], token: &[u8]) -> b
 }
 
 impl Master for FakeMaster {
+    fn votes(&self) -> bool {
+        self.0.lock().unwrap().votes
+    }
+
     fn acquire(
         &self,
         key: &[u8],

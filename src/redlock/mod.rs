@@ -140,8 +140,13 @@ impl<M: Master> Redlock<M> {
     /// it; `None` when no quorum holds one token.
     pub async fn inspect(&self, key: &[u8]) -> Result<Option<(Bytes, u64)>, LockError> {
         let start = Instant::now();
-        let mut pending: FuturesUnordered<_> =
-            self.masters.iter().map(|m| m.inspect(key)).collect();
+        // A quarantined master may have lost the key: its view does not count.
+        let mut pending: FuturesUnordered<_> = self
+            .masters
+            .iter()
+            .filter(|m| m.votes())
+            .map(|m| m.inspect(key))
+            .collect();
         let mut states: Vec<Option<KeyState>> = Vec::with_capacity(self.masters.len());
         let collect = async {
             while let Some(answer) = pending.next().await {
@@ -177,13 +182,22 @@ impl<M: Master> Redlock<M> {
         F: Future<Output = Result<bool, BackendError>>,
     {
         let mut tally = Tally::new(self.masters.len());
-        let mut pending: FuturesUnordered<F> = self.masters.iter().map(ask).collect();
+        // Every master gets the request; a quarantined one's answer is not a vote.
+        let mut pending: FuturesUnordered<_> = self
+            .masters
+            .iter()
+            .map(|m| {
+                let votes = m.votes();
+                let answer = ask(m);
+                async move { (votes, answer.await) }
+            })
+            .collect();
         let count = async {
             while let Some(answer) = pending.next().await {
                 match answer {
-                    Ok(true) => tally.yes += 1,
-                    Ok(false) => tally.no += 1,
-                    Err(_) => tally.failed += 1,
+                    (true, Ok(true)) => tally.yes += 1,
+                    (true, Ok(false)) => tally.no += 1,
+                    (false, _) | (_, Err(_)) => tally.failed += 1,
                 }
                 if tally.is_decided() {
                     break;

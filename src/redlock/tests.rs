@@ -59,10 +59,8 @@ async fn one_master_down_still_grants_two_down_is_no_quorum() {
         rl.unlock(b"k", b"t").await,
         Err(LockError::NoQuorum { .. })
     ));
-    assert!(matches!(
-        rl.inspect(b"k").await,
-        Err(LockError::NoQuorum { .. })
-    ));
+    let seen = rl.inspect(b"k").await;
+    assert!(matches!(seen, Err(LockError::NoQuorum { .. })), "{seen:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -167,4 +165,35 @@ async fn inspect_reports_what_a_quorum_holds() {
     assert_eq!(rl.inspect(b"j").await.unwrap(), None);
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(rl.inspect(b"k").await.unwrap(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quarantined_master_gets_requests_but_no_vote() {
+    let (rl, masters) = cluster(3);
+    masters[0].set_votes(false);
+    let g = rl
+        .lock(b"k", 1_000)
+        .await
+        .unwrap()
+        .expect("two voters agree");
+    assert_eq!(
+        masters[0].holder(b"k"),
+        Some(g.token.clone()),
+        "it still holds the lock"
+    );
+    masters[1].set_mode(Mode::Down);
+    assert!(matches!(
+        rl.lock(b"j", 1_000).await,
+        Err(LockError::NoQuorum { answered: 1, .. })
+    ));
+    assert!(matches!(
+        rl.extend(b"k", &g.token, 1_000).await,
+        Err(LockError::NoQuorum { .. })
+    ));
+    // Its view of a key does not count either.
+    let seen = rl.inspect(b"k").await;
+    assert!(matches!(seen, Err(LockError::NoQuorum { .. })), "{seen:?}");
+    masters[1].set_mode(Mode::Healthy);
+    assert!(rl.unlock(b"k", &g.token).await.unwrap());
+    assert_eq!(masters[0].holder(b"k"), None, "released there too");
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::backend::redis::RedisMaster;
+use crate::backend::redis::{Quarantine, RedisMaster};
 use crate::cmd::Shared;
 use crate::config::Config;
 use crate::redlock::Redlock;
@@ -52,6 +52,11 @@ impl Proxy {
         let local_addr = listener.local_addr()?;
         let backend_stop = CancellationToken::new();
         let backend = TaskTracker::new();
+        let policy = Quarantine {
+            max_ttl: Duration::from_millis(config.redlock.max_ttl_ms),
+            persistent_masters: config.backend.persistent_masters,
+            fresh_at_start: config.backend.fresh_at_start,
+        };
         let masters: Vec<RedisMaster> = config
             .backend
             .masters
@@ -60,6 +65,7 @@ impl Proxy {
                 RedisMaster::start(
                     addr.clone(),
                     &config.backend,
+                    policy,
                     backend_stop.clone(),
                     &backend,
                 )
@@ -95,9 +101,15 @@ impl Proxy {
         &self.shared
     }
 
-    /// Waits until every master has a connection up, or `within` passes; true if they did.
+    /// Waits until every master has a connection up and votes, or `within` passes; true if
+    /// they did.
     pub async fn wait_for_masters(&self, within: Duration) -> bool {
-        let all_up = || self.shared.redlock.masters().iter().all(|m| m.status().up);
+        let all_up = || {
+            self.shared.redlock.masters().iter().all(|m| {
+                let s = m.status();
+                s.up && s.quarantine_left_ms.is_none()
+            })
+        };
         let poll = async {
             while !all_up() {
                 tokio::time::sleep(Duration::from_millis(5)).await;

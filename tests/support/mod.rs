@@ -30,6 +30,8 @@ pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)
     let mut config = Config::default();
     config.backend.masters = masters.iter().map(RedisServer::addr).collect();
     config.server.shutdown_grace_ms = 2_000;
+    // The harness just started these masters: they hold nothing yet.
+    config.backend.fresh_at_start = true;
     tweak(&mut config);
     config.validate().expect("test config is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

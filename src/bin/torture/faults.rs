@@ -1,0 +1,413 @@
+//! The fault schedule. Runs on the main thread, which spawned every child process: on Linux a
+//! child dies with the thread that spawned it, so restarts must not happen on a pool thread
+//! that may exit.
+//!
+//! A fault fires every `interval` (randomised ±50%). Its kind is drawn from the enabled ones;
+//! with more than one enabled, a quarter of faults bring a second kind along within 200 ms.
+//! Follow-up actions (restart after a downtime, resume after a pause) are queued and run when
+//! due, so faults overlap freely.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use rand::RngExt;
+use rand::rngs::StdRng;
+use redlock_proxy::embedded::RedisServer;
+
+use crate::clients::Shared;
+use crate::clock::{now_us, secs};
+use crate::procs::ProxyProc;
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaultKind {
+    /// SIGKILL a master and start it again empty on the same port after a short downtime;
+    /// half the time a second master follows within 60 ms.
+    RestartEmpty,
+    /// SIGSTOP a master for 100–2000 ms, then SIGCONT.
+    Pause,
+    /// SIGKILL a proxy mid-traffic and start it again on the same port.
+    KillProxy,
+    /// No faults (only meaningful alone).
+    None,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::RestartEmpty => "restart-empty",
+            FaultKind::Pause => "pause",
+            FaultKind::KillProxy => "kill-proxy",
+            FaultKind::None => "none",
+        }
+    }
+}
+
+/// How many of each were injected.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FaultCounts {
+    /// Masters killed and restarted empty.
+    pub master_restarts: u64,
+    /// Restart faults that took down two masters in quick succession.
+    pub double_restarts: u64,
+    pub pauses: u64,
+    pub proxy_kills: u64,
+    /// Faults that brought a second kind along.
+    pub compound: u64,
+    /// Restarts that failed (the process stayed down until the next attempt).
+    pub restart_failures: u64,
+}
+
+/// One logged injection.
+#[derive(Debug, Clone)]
+pub struct FaultEvent {
+    pub at_us: u64,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MasterState {
+    Up,
+    Paused,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Inject(FaultKind),
+    KillMaster { index: usize, downtime_ms: u64 },
+    RestartMaster { index: usize, attempt: u32 },
+    ResumeMaster(usize),
+    RestartProxy { index: usize, attempt: u32 },
+}
+
+const RESTART_ATTEMPTS: u32 = 5;
+
+/// The injector and what it has done.
+#[derive(Debug)]
+pub struct Injector<'a> {
+    masters: &'a mut [RedisServer],
+    proxies: &'a mut [ProxyProc],
+    kinds: Vec<FaultKind>,
+    interval_ms: u64,
+    rng: StdRng,
+    shared: Arc<Shared>,
+    state: Vec<MasterState>,
+    pending: Vec<(Instant, Action)>,
+    pub counts: FaultCounts,
+    pub events: Vec<FaultEvent>,
+}
+
+impl<'a> Injector<'a> {
+    pub fn new(
+        masters: &'a mut [RedisServer],
+        proxies: &'a mut [ProxyProc],
+        kinds: Vec<FaultKind>,
+        interval_ms: u64,
+        rng: StdRng,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let state = vec![MasterState::Up; masters.len()];
+        Injector {
+            masters,
+            proxies,
+            kinds: kinds
+                .into_iter()
+                .filter(|k| *k != FaultKind::None)
+                .collect(),
+            interval_ms,
+            rng,
+            shared,
+            state,
+            pending: Vec::new(),
+            counts: FaultCounts::default(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Injects faults until the run's deadline or a stop, then undoes what is still pending
+    /// (restarts the dead, resumes the paused). Each iteration sleeps at most 10 ms; the
+    /// iteration count is capped as well.
+    pub fn run(&mut self) {
+        let max_wait = Duration::from_millis(self.shared.max_ttl_ms / 2);
+        // A restart is aimed at a moment when some lock still has this much promise left.
+        let aim_ms = self.shared.max_ttl_ms * 2 / 5;
+        let mut next = Instant::now() + self.next_interval();
+        let mut armed: Option<Instant> = None;
+        let max_iterations = self.shared.deadline_us / 1_000 * 4 + 10_000;
+        let mut iterations = 0;
+        while !self.shared.should_stop() {
+            iterations += 1;
+            if iterations > max_iterations {
+                self.log("fault loop hit its iteration cap: no more faults".into());
+                break;
+            }
+            let now = Instant::now();
+            self.run_due(now);
+            if let Some(since) = armed {
+                let ready = self.shared.longest_promise_left_ms() >= aim_ms;
+                if ready || now.duration_since(since) >= max_wait {
+                    armed = None;
+                    self.inject(FaultKind::RestartEmpty);
+                }
+            } else if now >= next && !self.kinds.is_empty() {
+                let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
+                if kind == FaultKind::RestartEmpty {
+                    armed = Some(now);
+                } else {
+                    self.inject(kind);
+                }
+                if self.kinds.len() > 1 && self.rng.random_bool(0.25) {
+                    let others: Vec<FaultKind> =
+                        self.kinds.iter().copied().filter(|k| *k != kind).collect();
+                    let second = others[self.rng.random_range(0..others.len())];
+                    let delay = Duration::from_millis(self.rng.random_range(0..=200));
+                    self.counts.compound += 1;
+                    self.pending.push((now + delay, Action::Inject(second)));
+                }
+                next = now + self.next_interval();
+            }
+            // While a restart is armed `next` may be past: the 10 ms tick paces the loop then.
+            let tick = now + Duration::from_millis(10);
+            let wake = self
+                .pending
+                .iter()
+                .map(|(t, _)| *t)
+                .chain([if armed.is_some() { tick } else { next }, tick])
+                .min()
+                .unwrap_or(tick);
+            std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+        }
+        self.settle();
+    }
+
+    fn next_interval(&mut self) -> Duration {
+        let i = self.interval_ms;
+        Duration::from_millis(self.rng.random_range(i / 2..=i + i / 2))
+    }
+
+    /// Runs every queued action that is due, earliest first.
+    fn run_due(&mut self, now: Instant) {
+        // Bounded: each pass removes one action; actions queue at most two follow-ups.
+        for _ in 0..64 {
+            let Some(i) = self
+                .pending
+                .iter()
+                .enumerate()
+                .filter(|(_, (t, _))| *t <= now)
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(i, _)| i)
+            else {
+                return;
+            };
+            let (_, action) = self.pending.swap_remove(i);
+            self.act(action);
+        }
+    }
+
+    /// After the run: restart what is down and resume what is paused, so the last unlocks go
+    /// through and the processes end cleanly. No new faults.
+    fn settle(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_by_key(|(t, _)| *t);
+        for (_, action) in pending {
+            match action {
+                Action::RestartMaster { index, .. } => {
+                    let outcome = self.masters[index].restart().map_err(|e| e.to_string());
+                    self.state[index] = MasterState::Up;
+                    self.log(format!("end of run: master {index} restarted: {outcome:?}"));
+                }
+                Action::ResumeMaster(i) => {
+                    self.masters[i].resume();
+                    self.state[i] = MasterState::Up;
+                    self.log(format!("end of run: master {i} resumed"));
+                }
+                Action::RestartProxy { index, .. } => {
+                    let outcome = self.proxies[index].restart();
+                    self.log(format!("end of run: proxy {index} restarted: {outcome:?}"));
+                }
+                Action::Inject(_) | Action::KillMaster { .. } => {}
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Inject(kind) => self.inject(kind),
+            Action::KillMaster { index, downtime_ms } => {
+                if self.state[index] != MasterState::Down {
+                    self.kill_master(index, downtime_ms, "second of a double restart");
+                }
+            }
+            Action::RestartMaster { index, attempt } => match self.masters[index].restart() {
+                Ok(()) => {
+                    self.state[index] = MasterState::Up;
+                    self.log(format!("master {index} restarted empty"));
+                }
+                Err(e) => self.retry_later(
+                    format!("master {index} restart failed: {e}"),
+                    attempt,
+                    Action::RestartMaster {
+                        index,
+                        attempt: attempt + 1,
+                    },
+                ),
+            },
+            Action::ResumeMaster(i) => {
+                if self.state[i] == MasterState::Paused {
+                    self.masters[i].resume();
+                    self.state[i] = MasterState::Up;
+                    self.log(format!("master {i} resumed (SIGCONT)"));
+                }
+            }
+            Action::RestartProxy { index, attempt } => match self.proxies[index].restart() {
+                Ok(()) => self.log(format!("proxy {index} restarted")),
+                Err(e) => self.retry_later(
+                    format!("proxy {index} restart failed: {e}"),
+                    attempt,
+                    Action::RestartProxy {
+                        index,
+                        attempt: attempt + 1,
+                    },
+                ),
+            },
+        }
+    }
+
+    fn retry_later(&mut self, why: String, attempt: u32, again: Action) {
+        self.counts.restart_failures += 1;
+        self.log(why);
+        if attempt + 1 < RESTART_ATTEMPTS {
+            self.pending
+                .push((Instant::now() + Duration::from_millis(200), again));
+        }
+    }
+
+    fn inject(&mut self, kind: FaultKind) {
+        match kind {
+            FaultKind::RestartEmpty => {
+                let up = self.masters_in(&[MasterState::Up]);
+                if up.is_empty() {
+                    return self.log("restart-empty skipped: no master up".into());
+                }
+                let a = up[self.rng.random_range(0..up.len())];
+                let downtime = self.rng.random_range(20..=150);
+                let left = self.shared.longest_promise_left_ms();
+                // Two restarts inside one lock's life can hand its majority to someone else
+                // when restarted masters vote at once.
+                let others: Vec<usize> = self
+                    .masters_in(&[MasterState::Up, MasterState::Paused])
+                    .into_iter()
+                    .filter(|&i| i != a)
+                    .collect();
+                let double = !others.is_empty() && self.rng.random_bool(0.5);
+                let what = format!(
+                    "restart-empty{} (longest lock promise left: {left} ms)",
+                    if double { ", double" } else { "" }
+                );
+                self.kill_master(a, downtime, &what);
+                if double {
+                    let b = others[self.rng.random_range(0..others.len())];
+                    let gap = Duration::from_millis(self.rng.random_range(0..=60));
+                    let downtime_ms = self.rng.random_range(20..=150);
+                    self.counts.double_restarts += 1;
+                    self.pending.push((
+                        Instant::now() + gap,
+                        Action::KillMaster {
+                            index: b,
+                            downtime_ms,
+                        },
+                    ));
+                }
+            }
+            FaultKind::Pause => {
+                let up = self.masters_in(&[MasterState::Up]);
+                if up.is_empty() {
+                    return self.log("pause skipped: no master up".into());
+                }
+                let i = up[self.rng.random_range(0..up.len())];
+                let ms = self.rng.random_range(100..=2_000);
+                self.masters[i].pause();
+                self.state[i] = MasterState::Paused;
+                self.counts.pauses += 1;
+                self.pending.push((
+                    Instant::now() + Duration::from_millis(ms),
+                    Action::ResumeMaster(i),
+                ));
+                self.log(format!(
+                    "pause: master {i} (port {}) SIGSTOP for {ms} ms",
+                    self.masters[i].port()
+                ));
+            }
+            FaultKind::KillProxy => {
+                let up: Vec<usize> = (0..self.proxies.len())
+                    .filter(|&i| self.proxies[i].is_up())
+                    .collect();
+                if up.is_empty() {
+                    return self.log("kill-proxy skipped: no proxy up".into());
+                }
+                let i = up[self.rng.random_range(0..up.len())];
+                let ms = self.rng.random_range(50..=500);
+                self.proxies[i].kill();
+                self.counts.proxy_kills += 1;
+                self.pending.push((
+                    Instant::now() + Duration::from_millis(ms),
+                    Action::RestartProxy {
+                        index: i,
+                        attempt: 0,
+                    },
+                ));
+                self.log(format!(
+                    "kill-proxy: proxy {i} ({}) SIGKILL, restart in {ms} ms",
+                    self.proxies[i].addr()
+                ));
+            }
+            FaultKind::None => {}
+        }
+    }
+
+    fn kill_master(&mut self, i: usize, downtime_ms: u64, why: &str) {
+        // A paused master may be killed too; its resume is then moot.
+        self.pending.retain(|(_, a)| *a != Action::ResumeMaster(i));
+        self.masters[i].kill();
+        self.state[i] = MasterState::Down;
+        self.counts.master_restarts += 1;
+        self.pending.push((
+            Instant::now() + Duration::from_millis(downtime_ms),
+            Action::RestartMaster {
+                index: i,
+                attempt: 0,
+            },
+        ));
+        self.log(format!(
+            "{why}: master {i} (port {}) SIGKILL, restart empty in {downtime_ms} ms",
+            self.masters[i].port()
+        ));
+    }
+
+    fn masters_in(&self, states: &[MasterState]) -> Vec<usize> {
+        (0..self.masters.len())
+            .filter(|&i| states.contains(&self.state[i]))
+            .collect()
+    }
+
+    fn log(&mut self, what: String) {
+        let at_us = now_us();
+        println!("[{}] fault {what}", secs(at_us));
+        self.events.push(FaultEvent { at_us, what });
+    }
+}
+
+/// The faults logged between `from_us` and `to_us`, one per line, for a violation's report.
+pub fn events_between(events: &[FaultEvent], from_us: u64, to_us: u64) -> String {
+    let mut out = String::new();
+    for e in events
+        .iter()
+        .filter(|e| e.at_us >= from_us && e.at_us <= to_us)
+    {
+        let _ = writeln!(out, "      [{}] {}", secs(e.at_us), e.what);
+    }
+    out
+}

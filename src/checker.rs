@@ -1,0 +1,425 @@
+//! The history checker of the torture tool: pure functions over a recorded history of lock
+//! holds, with no I/O and no clock.
+//!
+//! A **hold** is one client's use of one granted lock: from the moment the grant reply arrived
+//! (`start`) to the moment the client finished its critical section (`end`), both in
+//! microseconds on one monotonic clock. A hold is **counted** only when the client stayed
+//! inside the validity the grant promised (`end <= start + promised_validity`); a client that
+//! overran its validity gets no guarantee, so its hold proves nothing either way.
+//!
+//! A **violation** is two counted holds of the same key, by different tokens, whose intervals
+//! share a stretch of positive length. Touching intervals (`a.end == b.start`) are not an
+//! overlap: the first holder was done before the second began.
+//!
+//! The caller decides how `promised_validity_ms` is measured; it must never exceed what the
+//! lock service promised, or the checker could blame the service for a client's overrun.
+
+use std::collections::BTreeMap;
+
+/// One client's use of one granted lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The lock's key.
+    pub key: String,
+    /// Which client held it.
+    pub client: u32,
+    /// Which proxy granted it.
+    pub proxy: u32,
+    /// The token the grant returned.
+    pub token: String,
+    /// When the grant reply was received, µs since the start of the run.
+    pub start_us: u64,
+    /// How long from `start_us` the lock was promised to be safe, in ms.
+    pub promised_validity_ms: u64,
+    /// When the client finished its critical section, µs since the start of the run.
+    pub end_us: u64,
+    /// A fencing token, when the lock service hands one out; not checked yet.
+    pub fence: Option<u64>,
+}
+
+impl Hold {
+    /// The last instant, µs, at which the hold is still inside its promised validity.
+    pub fn deadline_us(&self) -> u64 {
+        self.start_us
+            .saturating_add(self.promised_validity_ms.saturating_mul(1_000))
+    }
+
+    /// True when the client finished inside the promised validity (and the record is sane:
+    /// it did not end before it began).
+    pub fn counted(&self) -> bool {
+        self.start_us <= self.end_us && self.end_us <= self.deadline_us()
+    }
+}
+
+/// Two counted holds of one key that overlapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The hold that started first (or, at equal starts, the one listed first).
+    pub first: Hold,
+    /// The hold that started while `first` was still held.
+    pub second: Hold,
+}
+
+impl Violation {
+    /// The key both held.
+    pub fn key(&self) -> &str {
+        &self.first.key
+    }
+
+    /// How long both held the key at once, µs.
+    pub fn overlap_us(&self) -> u64 {
+        let start = self.first.start_us.max(self.second.start_us);
+        let end = self.first.end_us.min(self.second.end_us);
+        end.saturating_sub(start)
+    }
+}
+
+/// Holds of one key, by whether they count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Holds that ended inside their promised validity.
+    pub counted: usize,
+    /// Holds that overran their validity (or were malformed): not checked.
+    pub not_counted: usize,
+}
+
+/// What the checker found in a history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Per key, how many holds counted and how many did not.
+    pub keys: BTreeMap<String, KeyCounts>,
+    /// Every overlapping pair of counted holds, ordered by the second hold's start.
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    /// Counted holds over all keys.
+    pub fn counted(&self) -> usize {
+        self.keys.values().map(|k| k.counted).sum()
+    }
+
+    /// Not-counted holds over all keys.
+    pub fn not_counted(&self) -> usize {
+        self.keys.values().map(|k| k.not_counted).sum()
+    }
+
+    /// True when no two counted holds overlapped.
+    pub fn is_safe(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Checks a history of holds, in any order.
+///
+/// Per key, the counted holds are swept in order of start while the ones not yet ended stay in
+/// an active set. In a safe history the active set holds at most one entry, so the sweep is
+/// O(n log n); every pair it inspects beyond that is a violation it reports.
+pub fn check(holds: &[Hold]) -> Report {
+    let mut report = Report::default();
+    let mut by_key: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
+    for h in holds {
+        let counts = report.keys.entry(h.key.clone()).or_default();
+        if h.counted() {
+            counts.counted += 1;
+            by_key.entry(&h.key).or_default().push(h);
+        } else {
+            counts.not_counted += 1;
+        }
+    }
+    for mut list in by_key.into_values() {
+        // Stable sort: equal starts keep the caller's order, so reports are deterministic.
+        list.sort_by_key(|h| h.start_us);
+        let mut active: Vec<&Hold> = Vec::new();
+        for &b in &list {
+            // Sorted by start, so a hold that ended by b's start ends before every later one.
+            active.retain(|a| a.end_us > b.start_us);
+            // Each active a has a.start <= b.start < a.end, so the shared stretch is
+            // [b.start, min(a.end, b.end)): positive exactly when b itself has positive length.
+            if b.end_us > b.start_us {
+                for &a in &active {
+                    if a.token != b.token {
+                        report.violations.push(Violation {
+                            first: a.clone(),
+                            second: b.clone(),
+                        });
+                    }
+                }
+                active.push(b);
+            }
+        }
+    }
+    report
+        .violations
+        .sort_by_key(|v| (v.second.start_us, v.first.start_us));
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hold(key: &str, token: &str, start_ms: u64, end_ms: u64, validity_ms: u64) -> Hold {
+        Hold {
+            key: key.to_owned(),
+            client: 0,
+            proxy: 0,
+            token: token.to_owned(),
+            start_us: start_ms * 1_000,
+            promised_validity_ms: validity_ms,
+            end_us: end_ms * 1_000,
+            fence: None,
+        }
+    }
+
+    fn pairs(report: &Report) -> Vec<(String, String)> {
+        report
+            .violations
+            .iter()
+            .map(|v| (v.first.token.clone(), v.second.token.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_history_is_safe() {
+        let r = check(&[]);
+        assert!(r.is_safe());
+        assert_eq!(r.counted(), 0);
+        assert!(r.keys.is_empty());
+    }
+
+    #[test]
+    fn sequential_holds_are_safe() {
+        let r = check(&[
+            hold("k", "a", 0, 100, 500),
+            hold("k", "b", 150, 300, 500),
+            hold("k", "c", 400, 800, 500),
+        ]);
+        assert!(r.is_safe(), "{:?}", r.violations);
+        assert_eq!(r.keys["k"].counted, 3);
+    }
+
+    #[test]
+    fn overlapping_holds_are_a_violation() {
+        let r = check(&[hold("k", "a", 0, 100, 500), hold("k", "b", 50, 200, 500)]);
+        assert_eq!(pairs(&r), vec![("a".to_owned(), "b".to_owned())]);
+        assert_eq!(r.violations[0].overlap_us(), 50_000);
+        assert_eq!(r.violations[0].key(), "k");
+    }
+
+    #[test]
+    fn a_hold_inside_another_is_a_violation() {
+        let r = check(&[hold("k", "b", 20, 30, 500), hold("k", "a", 0, 100, 500)]);
+        assert_eq!(pairs(&r), vec![("a".to_owned(), "b".to_owned())]);
+        assert_eq!(r.violations[0].overlap_us(), 10_000);
+    }
+
+    #[test]
+    fn touching_intervals_do_not_overlap() {
+        let r = check(&[
+            hold("k", "a", 0, 100, 500),
+            hold("k", "b", 100, 200, 500),
+            hold("k", "c", 200, 200, 500),
+            hold("k", "d", 200, 300, 500),
+        ]);
+        assert!(r.is_safe(), "{:?}", r.violations);
+        assert_eq!(r.counted(), 4);
+    }
+
+    #[test]
+    fn equal_starts_overlap() {
+        let r = check(&[hold("k", "a", 10, 20, 500), hold("k", "b", 10, 11, 500)]);
+        assert_eq!(r.violations.len(), 1);
+    }
+
+    #[test]
+    fn one_microsecond_is_enough() {
+        let mut a = hold("k", "a", 0, 100, 500);
+        let mut b = hold("k", "b", 100, 200, 500);
+        a.end_us += 1;
+        assert_eq!(check(&[a.clone(), b.clone()]).violations.len(), 1);
+        a.end_us -= 1;
+        b.start_us -= 1;
+        assert_eq!(check(&[a, b]).violations.len(), 1);
+    }
+
+    #[test]
+    fn holds_past_their_validity_are_not_counted() {
+        // b overran its 100 ms validity: whatever it overlapped proves nothing.
+        let r = check(&[hold("k", "a", 0, 300, 500), hold("k", "b", 100, 250, 100)]);
+        assert!(r.is_safe());
+        assert_eq!(
+            r.keys["k"],
+            KeyCounts {
+                counted: 1,
+                not_counted: 1
+            }
+        );
+        // Ending exactly at the deadline still counts.
+        let r = check(&[hold("k", "a", 0, 300, 500), hold("k", "b", 100, 200, 100)]);
+        assert_eq!(r.violations.len(), 1);
+        assert_eq!(r.not_counted(), 0);
+    }
+
+    #[test]
+    fn a_hold_that_ends_before_it_starts_is_not_counted() {
+        let r = check(&[hold("k", "a", 0, 300, 500), hold("k", "b", 200, 100, 500)]);
+        assert!(r.is_safe());
+        assert_eq!(r.not_counted(), 1);
+    }
+
+    #[test]
+    fn the_same_token_is_not_a_violation() {
+        let r = check(&[hold("k", "a", 0, 100, 500), hold("k", "a", 50, 150, 500)]);
+        assert!(r.is_safe());
+    }
+
+    #[test]
+    fn keys_are_independent() {
+        let r = check(&[
+            hold("k1", "a", 0, 100, 500),
+            hold("k2", "b", 0, 100, 500),
+            hold("k3", "c", 50, 150, 500),
+            hold("k1", "d", 100, 200, 500),
+            hold("k3", "e", 120, 130, 500),
+        ]);
+        assert_eq!(pairs(&r), vec![("c".to_owned(), "e".to_owned())]);
+        assert_eq!(r.keys.len(), 3);
+        assert_eq!(r.keys["k1"].counted, 2);
+        assert_eq!(r.keys["k3"].counted, 2);
+    }
+
+    #[test]
+    fn every_overlapping_pair_is_reported() {
+        let r = check(&[
+            hold("k", "a", 0, 100, 500),
+            hold("k", "b", 10, 100, 500),
+            hold("k", "c", 20, 30, 500),
+            hold("k", "d", 40, 50, 500),
+        ]);
+        // a-b, a-c, b-c, a-d, b-d; c and d do not touch.
+        assert_eq!(r.violations.len(), 5);
+    }
+
+    #[test]
+    fn deadlines_saturate() {
+        let h = Hold {
+            promised_validity_ms: u64::MAX,
+            ..hold("k", "a", 5, 10, 0)
+        };
+        assert_eq!(h.deadline_us(), u64::MAX);
+        assert!(h.counted());
+    }
+
+    /// The definition, checked pair by pair.
+    fn brute_force(holds: &[Hold]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, a) in holds.iter().enumerate() {
+            for b in &holds[i + 1..] {
+                let overlap = a.start_us.max(b.start_us) < a.end_us.min(b.end_us);
+                if a.key == b.key && a.token != b.token && a.counted() && b.counted() && overlap {
+                    let mut pair = [a.token.clone(), b.token.clone()];
+                    pair.sort();
+                    out.push((pair[0].clone(), pair[1].clone()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn unordered(report: &Report) -> Vec<(String, String)> {
+        let mut out: Vec<_> = pairs(report)
+            .into_iter()
+            .map(|(a, b)| if a <= b { (a, b) } else { (b, a) })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn history(max_len: usize, span_us: u64) -> impl Strategy<Value = Vec<Hold>> {
+        let one = (
+            0..4u8,
+            0..span_us,
+            0..span_us / 4,
+            0..span_us / 1_000 / 4,
+            0..3u32,
+        );
+        prop::collection::vec(one, 0..max_len).prop_map(|raw| {
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, (key, start, len, validity, proxy))| Hold {
+                    key: format!("k{key}"),
+                    client: i as u32 % 7,
+                    proxy,
+                    token: format!("t{i:05}"),
+                    start_us: start,
+                    promised_validity_ms: validity,
+                    end_us: start + len,
+                    fence: None,
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_pairwise_definition(holds in history(60, 2_000_000)) {
+            let report = check(&holds);
+            prop_assert_eq!(unordered(&report), brute_force(&holds));
+            prop_assert_eq!(report.counted(), holds.iter().filter(|h| h.counted()).count());
+            prop_assert_eq!(report.counted() + report.not_counted(), holds.len());
+        }
+
+        #[test]
+        fn mostly_sequential_histories_match_too(holds in history(400, 100_000_000)) {
+            prop_assert_eq!(unordered(&check(&holds)), brute_force(&holds));
+        }
+    }
+
+    #[test]
+    fn a_large_random_history_matches_the_pairwise_definition() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut holds = Vec::new();
+        // Per key, a mostly sequential chain of holds with some overlaps and overruns mixed in.
+        for key in 0..5 {
+            let mut t = 0u64;
+            for i in 0..1_000 {
+                let len = rng.random_range(1..50_000u64);
+                let start = if rng.random_bool(0.03) {
+                    t.saturating_sub(rng.random_range(0..20_000))
+                } else {
+                    t + rng.random_range(0..5_000)
+                };
+                let validity_ms = if rng.random_bool(0.1) {
+                    len / 1_000 / 2
+                } else {
+                    len / 1_000 + 1
+                };
+                holds.push(Hold {
+                    key: format!("key{key}"),
+                    client: rng.random_range(0..16),
+                    proxy: rng.random_range(0..2),
+                    token: format!("{key}-{i}"),
+                    start_us: start,
+                    promised_validity_ms: validity_ms,
+                    end_us: start + len,
+                    fence: None,
+                });
+                t = t.max(start + len);
+            }
+        }
+        // The checker takes any order.
+        for i in (1..holds.len()).rev() {
+            holds.swap(i, rng.random_range(0..=i));
+        }
+        let report = check(&holds);
+        let expected = brute_force(&holds);
+        assert!(!expected.is_empty(), "the history should contain overlaps");
+        assert_eq!(unordered(&report), expected);
+        assert_eq!(report.counted() + report.not_counted(), 5_000);
+        assert!(report.not_counted() > 0);
+    }
+}
