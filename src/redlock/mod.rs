@@ -231,3 +231,6 @@ pub mod fake;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sim;
