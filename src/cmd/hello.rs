@@ -22,8 +22,8 @@ pub const SPEC: Spec = Spec {
     complexity: "O(1)",
     args: &[
         ArgDoc::optional("protover", "integer"),
-        ArgDoc::optional("AUTH username password", "block"),
-        ArgDoc::optional("SETNAME clientname", "block"),
+        ArgDoc::optional("AUTH username password", "string"),
+        ArgDoc::optional("SETNAME clientname", "string"),
     ],
     no_auth: true,
     run,

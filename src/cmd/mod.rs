@@ -84,7 +84,8 @@ pub struct Spec {
 pub struct ArgDoc {
     /// Name shown in hints.
     pub name: &'static str,
-    /// Redis argument type: `key`, `string`, `integer`, `pure-token`.
+    /// Redis argument type: `key`, `string` or `integer` (no `block`: redis-cli 7.0 needs
+    /// nested arguments for those and crashes without them).
     pub kind: &'static str,
     /// May be left out.
     pub optional: bool,

@@ -62,30 +62,32 @@ pub async fn run(
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
     let mut in_flight: FuturesOrdered<Slot> = FuturesOrdered::new();
-    let mut closing = false;
+    // The socket is still read (false after EOF, shutdown, QUIT or a protocol error).
+    let mut reading = true;
+    // QUIT or a protocol error: nothing after it runs, not even what is already buffered.
+    let mut ended = false;
     loop {
         // Dispatch every complete request, as far as the in-flight bound allows.
-        while !closing && in_flight.len() < max_in_flight {
+        while !ended && in_flight.len() < max_in_flight {
             let argv = match protocol::decode(&mut rbuf, &limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => argv,
                 Ok(None) if rbuf.len() > max_request => {
-                    closing = true;
-                    Stats::bump(&shared.stats.error_replies);
                     let e = format!("ERR Protocol error: request larger than {max_request} bytes");
-                    push(&mut in_flight, &mut wbuf, client.proto, Reply::error(e));
+                    end_with(&shared, &mut in_flight, &mut wbuf, client.proto, e);
+                    (reading, ended) = (false, true);
                     break;
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    closing = true;
-                    Stats::bump(&shared.stats.error_replies);
-                    push(
+                    end_with(
+                        &shared,
                         &mut in_flight,
                         &mut wbuf,
                         client.proto,
-                        Reply::error(format!("ERR {e}")),
+                        format!("ERR {e}"),
                     );
+                    (reading, ended) = (false, true);
                     break;
                 }
             };
@@ -97,7 +99,7 @@ pub async fn run(
                 Outcome::Later(fut) => in_flight.push_back(Slot::Waiting(proto, fut)),
                 Outcome::Close(reply) => {
                     push(&mut in_flight, &mut wbuf, proto, reply);
-                    closing = true;
+                    (reading, ended) = (false, true);
                 }
             }
         }
@@ -111,26 +113,55 @@ pub async fn run(
             }
             wbuf.clear();
         }
-        if closing && in_flight.is_empty() {
+        // Done when nothing more can arrive and nothing is in flight: with room in flight, the
+        // dispatch loop above already took every whole request left in the buffer.
+        if !reading && in_flight.is_empty() {
             break;
         }
-        let can_read = !closing && in_flight.len() < max_in_flight;
+        let can_read = reading && in_flight.len() < max_in_flight;
         if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
         tokio::select! {
             read = stream.read_buf(&mut rbuf), if can_read => match read {
                 // The client is gone or half-closed: answer what it sent, then close.
-                Ok(0) | Err(_) => closing = true,
+                Ok(0) | Err(_) => reading = false,
                 Ok(_) => {}
             },
             Some((proto, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 reply.encode(proto, &mut wbuf);
             }
-            _ = shutdown.cancelled(), if !closing => closing = true,
+            _ = shutdown.cancelled(), if reading => {
+                // What the client sent before shutdown is answered; nothing after it is read.
+                drain_readable(&mut stream, &mut rbuf, max_request);
+                reading = false;
+            }
         }
     }
     let _ = stream.shutdown().await;
+}
+
+/// Reads whatever the socket already holds, without waiting, up to `limit` bytes.
+fn drain_readable(stream: &mut TcpStream, rbuf: &mut BytesMut, limit: usize) {
+    while rbuf.len() < limit {
+        rbuf.reserve(READ_CHUNK);
+        match stream.try_read_buf(rbuf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers a fatal protocol error; the connection closes after it.
+fn end_with(
+    shared: &Shared,
+    in_flight: &mut FuturesOrdered<Slot>,
+    wbuf: &mut BytesMut,
+    proto: Protocol,
+    error: String,
+) {
+    Stats::bump(&shared.stats.error_replies);
+    push(in_flight, wbuf, proto, Reply::error(error));
 }
 
 /// Queues a ready reply behind the ones still in flight, or straight into the write buffer

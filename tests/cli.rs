@@ -1,0 +1,560 @@
+//! The `redlock-proxy` binary: flags, `--check-config`, the local masters it starts when none is
+//! configured, authentication, and shutdown on SIGTERM (drain, exit 0, masters gone).
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use redlock_proxy::config::{Config, MasterAddr};
+use support::{Conn, error, text};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_redlock-proxy");
+/// Bound on starting up, on exiting after a signal, and on one-shot runs.
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// A scratch directory, used as the working directory so no `config.toml` is picked up by
+/// accident; removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "redlock-proxy-cli-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The binary with `args`, run in `dir`, without a log filter from the environment.
+fn bin(dir: &TempDir, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(&dir.0).env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs the binary to completion (bounded).
+async fn run(dir: &TempDir, args: &[&str]) -> Output {
+    support::run_bounded(&mut bin(dir, args), b"", WITHIN).await
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn version_and_help() {
+    let dir = TempDir::new();
+    let out = run(&dir, &["--version"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "redlock-proxy 0.1.0\n");
+
+    let out = run(&dir, &["--help"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let help = stdout(&out);
+    for flag in [
+        "--config <PATH>",
+        "--listen <HOST:PORT>",
+        "--backend <ADDR>",
+        "--max-ttl-ms <N>",
+        "--requirepass <PASSWORD>",
+        "--check-config",
+        "--help",
+        "--version",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_configuration() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "proxy.toml",
+        "[redlock]\nmax_ttl_ms = 9000\nmaster_deadline_ms = 77\n\
+         [backend]\nmasters = [\"127.0.0.1:7000\", \"redis://:pw@127.0.0.1:7001/2\"]\n",
+    );
+    let out = run(
+        &dir,
+        &[
+            "--check-config",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-ttl-ms",
+            "1234",
+            "--listen",
+            "127.0.0.1:7002",
+            "--requirepass",
+            "hunter2",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stderr(&out), "");
+    let text = stdout(&out);
+    assert!(
+        !text.contains("hunter2"),
+        "the password is printed:\n{text}"
+    );
+    assert!(
+        !text.contains(":pw@"),
+        "a master's password is printed:\n{text}"
+    );
+    let shown = Config::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    // Flags win over the file; what the flags leave alone comes from the file.
+    assert_eq!(shown.redlock.max_ttl_ms, 1234);
+    assert_eq!(shown.redlock.master_deadline_ms, 77);
+    assert_eq!(shown.server.listen, "127.0.0.1:7002".parse().unwrap());
+    assert_eq!(shown.server.requirepass, "***");
+    assert_eq!(shown.backend.masters.len(), 2);
+    assert_eq!(shown.backend.masters[0], MasterAddr::local(7000));
+    assert_eq!(
+        (shown.backend.masters[1].port, shown.backend.masters[1].db),
+        (7001, 2)
+    );
+
+    // No file and no flags: the defaults, and a note that local masters would be started.
+    let out = run(&dir, &["--check-config"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert_eq!(
+        Config::parse(&text).unwrap().to_toml(),
+        Config::default().to_toml()
+    );
+    assert!(
+        text.contains("# no masters configured: 3 local redis-server masters will be started"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn config_toml_in_the_working_directory_is_the_default() {
+    let dir = TempDir::new();
+    dir.write("config.toml", "[redlock]\nmax_ttl_ms = 4321\n");
+    let out = run(&dir, &["--check-config"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        Config::parse(&stdout(&out)).unwrap().redlock.max_ttl_ms,
+        4321
+    );
+}
+
+#[tokio::test]
+async fn invalid_configurations_exit_1_and_say_why() {
+    let dir = TempDir::new();
+    let file = dir.write("typo.toml", "[redlock]\nmax_ttl_mss = 5000\n");
+    let out = run(
+        &dir,
+        &["--check-config", "--config", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("unknown field `max_ttl_mss`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&dir, &["--check-config", "--max-ttl-ms", "1"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("redlock.max_ttl_ms must be at least 4 ms"),
+        "{}",
+        stderr(&out)
+    );
+
+    let missing = dir.0.join("missing.toml");
+    let out = run(
+        &dir,
+        &["--check-config", "--config", missing.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+
+    // A malformed flag is a usage error (clap's exit code 2).
+    let out = run(&dir, &["--check-config", "--backend", "nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("bad master address \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn missing_redis_server_exits_1_with_a_remedy() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "proxy.toml",
+        "[embedded]\nredis_server = \"/nonexistent/redis-server\"\n",
+    );
+    let port = support::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = run(
+        &dir,
+        &["--config", file.to_str().unwrap(), "--listen", &listen],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/redis-server not found"), "{err}");
+    assert!(err.contains("apt-get install"), "{err}");
+    assert!(err.contains("--backend"), "{err}");
+}
+
+/// The binary serving on a free loopback port; killed if the test ends early.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Running {
+    /// Starts the binary with `args` plus `--listen`, and waits until it answers.
+    async fn start(dir: TempDir, args: &[&str]) -> Running {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, support::free_port()));
+        let listen = addr.to_string();
+        let log = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
+        let child = bin(&dir, args)
+            .args(["--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut running = Running { child, addr, dir };
+        running.wait_ready().await;
+        running
+    }
+
+    /// Polls connect + PING until a reply (PONG, or NOAUTH when a password is required).
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("exited before serving: {status}\n{}", self.stderr());
+            }
+            if answers(self.addr).await {
+                return;
+            }
+            assert!(
+                started.elapsed() < WITHIN,
+                "no reply to PING within {WITHIN:?}\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id().expect("still running")).unwrap();
+        // SAFETY: kill(2) on our own child with a valid signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    async fn exit_status(&mut self) -> ExitStatus {
+        match tokio::time::timeout(WITHIN, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "still running {WITHIN:?} after the signal\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// Waits (bounded) until the listener is closed.
+    async fn wait_refused(&self) {
+        let started = Instant::now();
+        while TcpStream::connect(self.addr).await.is_ok() {
+            assert!(started.elapsed() < WITHIN, "still accepting connections");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn answers(addr: SocketAddr) -> bool {
+    let probe = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"\r\n") {
+            if s.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(buf[0] == b'+' || buf[0] == b'-')
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// `field:value` lines of the proxy's INFO `section`.
+async fn info(c: &mut Conn, section: &str) -> Vec<(String, String)> {
+    let text = text(&c.call(&["INFO", section]).await);
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(f, v)| (f.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn field<'a>(info: &'a [(String, String)], name: &str) -> &'a str {
+    info.iter()
+        .find(|(f, _)| f == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {info:?}"))
+}
+
+/// Polls INFO until every master has a connection up and votes.
+async fn wait_masters_up(c: &mut Conn, n: usize) {
+    let started = Instant::now();
+    let n = n.to_string();
+    loop {
+        let i = info(c, "masters").await;
+        if field(&i, "masters_up") == n && field(&i, "masters_voting") == n {
+            return;
+        }
+        assert!(started.elapsed() < WITHIN, "masters not up: {i:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `--config` and `--backend` flags for running the binary over `masters`, with `extra` TOML
+/// appended to the file.
+fn backend_args(
+    dir: &TempDir,
+    masters: &[redlock_proxy::embedded::RedisServer],
+    extra: &str,
+) -> Vec<String> {
+    // The harness started these masters moments ago, empty. Declared persistent, they vote at
+    // once instead of sitting out the restart quarantine of max-ttl-ms.
+    let file = dir.write(
+        "proxy.toml",
+        &format!("[backend]\npersistent_masters = true\n{extra}"),
+    );
+    let mut args = vec!["--config".to_owned(), file.to_str().unwrap().to_owned()];
+    for m in masters {
+        args.extend(["--backend".to_owned(), m.addr().to_string()]);
+    }
+    args
+}
+
+#[tokio::test]
+async fn embedded_masters_serve_and_go_away_on_sigterm() {
+    let mut p = Running::start(TempDir::new(), &[]).await;
+    let mut c = Conn::connect(p.addr).await;
+    wait_masters_up(&mut c, 3).await;
+    let token = text(&c.call(&["LOCK", "k", "5000"]).await);
+    assert!(is_token(&token), "{token}");
+
+    let masters = info(&mut c, "masters").await;
+    assert_eq!(field(&masters, "masters"), "3");
+    assert_eq!(field(&masters, "quorum"), "2");
+    let ports: Vec<u16> = (0..3)
+        .map(|i| {
+            let line = field(&masters, &format!("master{i}"));
+            assert!(line.contains(",state=up,"), "{line}");
+            let addr = line
+                .strip_prefix("addr=127.0.0.1:")
+                .and_then(|rest| rest.split(',').next())
+                .unwrap_or_else(|| panic!("{line}"));
+            addr.parse().unwrap()
+        })
+        .collect();
+    let log = p.stderr();
+    assert!(
+        log.contains(&format!(
+            "no backend configured: started 3 local redis-server masters on 127.0.0.1 ports {ports:?}"
+        )),
+        "{log}"
+    );
+
+    p.signal(libc::SIGTERM);
+    let status = p.exit_status().await;
+    assert_eq!(status.code(), Some(0), "{}", p.stderr());
+    // The proxy reaps its masters before it exits, so they are gone now, not eventually.
+    for port in ports {
+        let gone = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await;
+        assert!(
+            gone.is_err(),
+            "master on port {port} still accepts connections"
+        );
+    }
+    assert!(TcpStream::connect(p.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn sigterm_finishes_commands_in_flight() {
+    let m = support::masters(3);
+    let dir = TempDir::new();
+    // Long enough that the LOCKs below are surely still waiting when the signal arrives.
+    let args = backend_args(&dir, &m, "[redlock]\nmaster_deadline_ms = 1500\n");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Running::start(dir, &args).await;
+    let mut probe = Conn::connect(p.addr).await;
+    wait_masters_up(&mut probe, 3).await;
+
+    // Two of three masters frozen: every LOCK waits out its deadline, then fails NOQUORUM.
+    m[1].pause();
+    m[2].pause();
+    let mut c = Conn::connect(p.addr).await;
+    let batch: String = (0..100)
+        .map(|i| {
+            let key = format!("inflight:{i:03}");
+            format!(
+                "*3\r\n$4\r\nLOCK\r\n${}\r\n{key}\r\n$4\r\n5000\r\n",
+                key.len()
+            )
+        })
+        .collect();
+    let commands =
+        |i: &[(String, String)]| -> u64 { field(i, "total_commands_processed").parse().unwrap() };
+    let before = commands(&info(&mut probe, "stats").await);
+    let sent = Instant::now();
+    c.send(batch.as_bytes()).await;
+    // Signal only once the proxy has read and dispatched all 100 (each INFO counts itself).
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let now = commands(&info(&mut probe, "stats").await);
+        if now - before - polls >= 100 {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "LOCKs not dispatched"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.signal(libc::SIGTERM);
+    p.wait_refused().await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited with commands in flight"
+    );
+    for i in 0..100 {
+        let reply = c.reply().await;
+        assert_eq!(
+            error(&reply),
+            "NOQUORUM 1 of 3 masters answered, 2 needed",
+            "reply {i}"
+        );
+    }
+    assert!(sent.elapsed() >= Duration::from_millis(1500));
+    assert!(c.closed().await, "connection left open after the drain");
+    let status = p.exit_status().await;
+    assert_eq!(status.code(), Some(0), "{}", p.stderr());
+    m[1].resume();
+    m[2].resume();
+}
+
+#[tokio::test]
+async fn sigterm_right_after_a_pipelined_batch() {
+    let m = support::masters(3);
+    let dir = TempDir::new();
+    let args = backend_args(&dir, &m, "");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Running::start(dir, &args).await;
+    let mut c = Conn::connect(p.addr).await;
+    wait_masters_up(&mut c, 3).await;
+    let batch: String = (0..100)
+        .map(|i| {
+            let key = format!("batch:{i:03}");
+            format!(
+                "*3\r\n$4\r\nLOCK\r\n${}\r\n{key}\r\n$4\r\n5000\r\n",
+                key.len()
+            )
+        })
+        .collect();
+    c.send(batch.as_bytes()).await;
+    p.signal(libc::SIGTERM);
+    for i in 0..100 {
+        match c.reply().await {
+            redis_protocol::resp3::types::OwnedFrame::BlobString { data, .. } => {
+                assert!(is_token(std::str::from_utf8(&data).unwrap()), "reply {i}")
+            }
+            other => assert!(error(&other).starts_with("NOQUORUM "), "reply {i}"),
+        }
+    }
+    assert!(c.closed().await);
+    let status = p.exit_status().await;
+    assert_eq!(status.code(), Some(0), "{}", p.stderr());
+}
+
+#[tokio::test]
+async fn requirepass_flag_requires_auth() {
+    let m = support::masters(3);
+    let dir = TempDir::new();
+    let mut args = vec!["--requirepass".to_owned(), "secret".to_owned()];
+    args.extend(backend_args(&dir, &m, ""));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Running::start(dir, &args).await;
+
+    let mut c = Conn::connect(p.addr).await;
+    c.roundtrip(
+        &["LOCK", "k", "5000"],
+        b"-NOAUTH Authentication required.\r\n",
+    )
+    .await;
+    c.roundtrip(&["PING"], b"-NOAUTH Authentication required.\r\n")
+        .await;
+    c.roundtrip(
+        &["AUTH", "wrong"],
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    )
+    .await;
+    c.roundtrip(&["AUTH", "secret"], b"+OK\r\n").await;
+    wait_masters_up(&mut c, 3).await;
+    let token = text(&c.call(&["LOCK", "k", "5000"]).await);
+    assert!(is_token(&token), "{token}");
+    // HELLO 3 AUTH authenticates too.
+    let mut c3 = Conn::connect(p.addr).await;
+    let hello = c3.call(&["HELLO", "3", "AUTH", "default", "secret"]).await;
+    assert!(
+        matches!(hello, redis_protocol::resp3::types::OwnedFrame::Map { .. }),
+        "{hello:?}"
+    );
+    c3.roundtrip(&["LOCK", "k", "5000"], b"_\r\n").await;
+
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.exit_status().await.code(), Some(0), "{}", p.stderr());
+}
