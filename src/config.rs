@@ -77,11 +77,26 @@ pub struct ServerConfig {
 pub struct RedlockConfig {
     /// The longest TTL a client may ask for; longer is refused.
     pub max_ttl_ms: u64,
+    /// TTL of a lock taken by `SET key token NX` without PX/EX (a lock must expire). Unset:
+    /// 30000, or `max_ttl_ms` when that is smaller; see [`RedlockConfig::default_ttl_ms`].
+    #[serde(rename = "default_ttl_ms", skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<u64>,
     /// How long one master's answer is waited for; a later answer never counts as a vote.
     pub master_deadline_ms: u64,
     /// Every lock key on the masters starts with this, so locks never collide with application keys.
     pub key_prefix: String,
 }
+
+impl RedlockConfig {
+    /// The TTL for `SET key token NX` without PX/EX.
+    pub fn default_ttl_ms(&self) -> u64 {
+        self.default_ttl
+            .unwrap_or(DEFAULT_TTL_MS.min(self.max_ttl_ms))
+    }
+}
+
+/// `default_ttl_ms` when the file leaves it unset (and `max_ttl_ms` allows it).
+pub const DEFAULT_TTL_MS: u64 = 30_000;
 
 /// `[backend]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +162,7 @@ impl Default for RedlockConfig {
     fn default() -> Self {
         RedlockConfig {
             max_ttl_ms: 60_000,
+            default_ttl: None,
             master_deadline_ms: 50,
             key_prefix: "redlock:".to_owned(),
         }
@@ -228,6 +244,15 @@ impl Config {
             return bad(format!(
                 "redlock.max_ttl_ms must be at least {} ms",
                 crate::redlock::quorum::MIN_TTL_MS
+            ));
+        }
+        if let Some(ttl) = r.default_ttl
+            && !(crate::redlock::quorum::MIN_TTL_MS..=r.max_ttl_ms).contains(&ttl)
+        {
+            return bad(format!(
+                "redlock.default_ttl_ms must be between {} and max_ttl_ms ({}), got {ttl}",
+                crate::redlock::quorum::MIN_TTL_MS,
+                r.max_ttl_ms,
             ));
         }
         if r.max_ttl_ms > i64::MAX as u64 / 2 {

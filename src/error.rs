@@ -56,6 +56,9 @@ pub enum Error {
     /// HELLO with a protocol version other than 2 or 3.
     #[error("NOPROTO unsupported protocol version")]
     NoProto,
+    /// EVALSHA of a script the proxy does not know: clients then send the body.
+    #[error("NOSCRIPT No matching script. Please use EVAL.")]
+    NoScript,
     /// The masters could not decide.
     #[error("{0}")]
     Lock(#[from] LockError),

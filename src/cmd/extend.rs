@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ArgDoc, Client, Outcome, Shared, Spec, lock_failure, parse_ttl_ms};
+use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_ttl_ms};
 use crate::error::Error;
 use crate::protocol::Reply;
-use crate::stats::Stats;
 
 pub const SPEC: Spec = Spec {
     name: "extend",
@@ -33,14 +32,9 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
     let token = argv[2].clone();
     let shared = shared.clone();
     Ok(Outcome::later(async move {
-        match shared.redlock.extend(&key, &token, ttl_ms).await {
-            Ok(validity) => {
-                if validity.is_some() {
-                    Stats::bump(&shared.stats.extends);
-                }
-                Reply::Integer(i64::from(validity.is_some()))
-            }
-            Err(e) => lock_failure(&shared, e),
+        match shared.extend(&key, &token, ttl_ms).await {
+            Ok(extended) => Reply::Integer(i64::from(extended)),
+            Err(noquorum) => noquorum,
         }
     }))
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ArgDoc, Client, Outcome, Shared, Spec, lock_failure, parse_ttl_ms};
+use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_ttl_ms};
 use crate::error::Error;
 use crate::protocol::Reply;
-use crate::stats::Stats;
+use crate::redlock::token;
 
 pub const SPEC: Spec = Spec {
     name: "lock",
@@ -29,16 +29,11 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
     let key = shared.lock_key(client.db, &argv[1]);
     let shared = shared.clone();
     Ok(Outcome::later(async move {
-        match shared.redlock.lock(&key, ttl_ms).await {
-            Ok(Some(grant)) => {
-                Stats::bump(&shared.stats.locks_granted);
-                Reply::Bulk(grant.token)
-            }
-            Ok(None) => {
-                Stats::bump(&shared.stats.locks_refused);
-                Reply::Null
-            }
-            Err(e) => lock_failure(&shared, e),
+        let token = token::generate();
+        match shared.acquire(&key, token.clone(), ttl_ms).await {
+            Ok(true) => Reply::Bulk(token),
+            Ok(false) => Reply::Null,
+            Err(noquorum) => noquorum,
         }
     }))
 }

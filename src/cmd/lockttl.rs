@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ArgDoc, Client, Outcome, Shared, Spec, lock_failure};
+use super::{ArgDoc, Client, Outcome, Shared, Spec};
 use crate::error::Error;
 use crate::protocol::Reply;
 
@@ -26,12 +26,12 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
     let key = shared.lock_key(client.db, &argv[1]);
     let shared = shared.clone();
     Ok(Outcome::later(async move {
-        match shared.redlock.inspect(&key).await {
+        match shared.inspect(&key).await {
             Ok(Some((_, validity_ms))) => {
                 Reply::Integer(i64::try_from(validity_ms).unwrap_or(i64::MAX))
             }
             Ok(None) => Reply::Integer(-2),
-            Err(e) => lock_failure(&shared, e),
+            Err(noquorum) => noquorum,
         }
     }))
 }

@@ -6,16 +6,25 @@ mod auth;
 mod client;
 mod command;
 mod config;
+mod del;
 mod echo;
+mod eval;
+mod exists;
 mod extend;
+mod get;
 mod hello;
 mod info;
 mod lock;
+mod lock_scripts;
 mod lockttl;
+mod ops;
 mod ping;
+mod pttl;
 mod quit;
 mod reset;
+mod script;
 mod select;
+mod set;
 mod unlock;
 
 use std::future::Future;
@@ -41,6 +50,15 @@ pub static COMMANDS: &[&Spec] = &[
     &unlock::SPEC,
     &extend::SPEC,
     &lockttl::SPEC,
+    &set::SPEC,
+    &get::SPEC,
+    &pttl::PTTL,
+    &pttl::TTL,
+    &exists::SPEC,
+    &del::SPEC,
+    &eval::EVALSHA,
+    &eval::EVAL,
+    &script::SPEC,
     &hello::SPEC,
     &auth::SPEC,
     &select::SPEC,
@@ -317,13 +335,6 @@ pub fn parse_ttl_ms(arg: &[u8], cmd: &'static str, shared: &Shared) -> Result<u6
             min: MIN_TTL_MS,
             max,
         })
-}
-
-/// Counts a lock operation's failure and turns it into its reply.
-fn lock_failure(shared: &Shared, e: crate::redlock::LockError) -> Reply {
-    Stats::bump(&shared.stats.noquorum);
-    Stats::bump(&shared.stats.error_replies);
-    Error::from(e).into()
 }
 
 #[cfg(test)]

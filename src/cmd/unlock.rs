@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ArgDoc, Client, Outcome, Shared, Spec, lock_failure};
+use super::{ArgDoc, Client, Outcome, Shared, Spec};
 use crate::error::Error;
 use crate::protocol::Reply;
-use crate::stats::Stats;
 
 pub const SPEC: Spec = Spec {
     name: "unlock",
@@ -28,14 +27,9 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
     let token = argv[2].clone();
     let shared = shared.clone();
     Ok(Outcome::later(async move {
-        match shared.redlock.unlock(&key, &token).await {
-            Ok(released) => {
-                if released {
-                    Stats::bump(&shared.stats.unlocks);
-                }
-                Reply::Integer(i64::from(released))
-            }
-            Err(e) => lock_failure(&shared, e),
+        match shared.release(&key, &token).await {
+            Ok(released) => Reply::Integer(i64::from(released)),
+            Err(noquorum) => noquorum,
         }
     }))
 }

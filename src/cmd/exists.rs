@@ -1,0 +1,46 @@
+//! `EXISTS key [key ...]`: how many of the keys a quorum of masters holds as a lock.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+
+use super::{ArgDoc, Client, Outcome, Shared, Spec};
+use crate::error::Error;
+use crate::protocol::Reply;
+
+pub const SPEC: Spec = Spec {
+    name: "exists",
+    arity: -2,
+    flags: &["readonly", "fast"],
+    key_pos: 1,
+    group: "generic",
+    summary: "Counts the given locks that a quorum of masters holds",
+    complexity: "O(N*K) for N masters and K keys",
+    args: &[ArgDoc {
+        name: "key",
+        kind: "key",
+        optional: false,
+        multiple: true,
+    }],
+    no_auth: false,
+    run,
+};
+
+fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
+    let keys: Vec<Bytes> = argv[1..]
+        .iter()
+        .map(|k| shared.lock_key(client.db, k))
+        .collect();
+    let shared = shared.clone();
+    Ok(Outcome::later(async move {
+        let mut held = 0;
+        for state in join_all(keys.iter().map(|k| shared.inspect(k))).await {
+            match state {
+                Ok(s) => held += i64::from(s.is_some()),
+                Err(noquorum) => return noquorum,
+            }
+        }
+        Reply::Integer(held)
+    }))
+}

@@ -1,0 +1,88 @@
+//! `SET key value NX [PX ms | EX s]`, options in any order: the way single-Redis lock code takes
+//! a lock (redis-py's `Lock`, hand-written `SET ... NX PX`). Served as a Redlock acquire with the
+//! client's value as the token: `+OK` when a quorum granted it, null when it is held. Without a
+//! TTL the lock gets `default_ttl_ms`, since a lock that never expires would outlive a crashed
+//! holder. A SET that is not lock-shaped (no NX, or XX, GET, KEEPTTL, EXAT, PXAT) is refused:
+//! the proxy stores locks, not values.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms};
+use crate::error::Error;
+use crate::protocol::Reply;
+
+pub const SPEC: Spec = Spec {
+    name: "set",
+    arity: -3,
+    flags: &["write"],
+    key_pos: 1,
+    group: "string",
+    summary: "Lock-shaped SET only (SET key token NX [PX ms|EX s]): takes the lock with the given token",
+    complexity: "O(N) where N is the number of masters",
+    args: &[
+        ArgDoc::new("key", "key"),
+        ArgDoc::new("token", "string"),
+        ArgDoc::new("NX", "string"),
+        ArgDoc::optional("PX milliseconds | EX seconds", "string"),
+    ],
+    no_auth: false,
+    run,
+};
+
+fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
+    let ttl_ms = parse_options(&argv[3..], shared)?;
+    let key = shared.lock_key(client.db, &argv[1]);
+    let token = argv[2].clone();
+    let shared = shared.clone();
+    Ok(Outcome::later(async move {
+        match shared.acquire(&key, token, ttl_ms).await {
+            Ok(true) => Reply::ok(),
+            Ok(false) => Reply::Null,
+            Err(noquorum) => noquorum,
+        }
+    }))
+}
+
+/// The lock TTL a lock-shaped SET asks for.
+fn parse_options(opts: &[Bytes], shared: &Shared) -> Result<u64, Error> {
+    let mut nx = false;
+    let mut ttl_ms = None;
+    let mut i = 0;
+    while i < opts.len() {
+        let opt = opts[i].to_ascii_uppercase();
+        match &opt[..] {
+            b"NX" if !nx => nx = true,
+            b"PX" | b"EX" if ttl_ms.is_none() => {
+                let value = opts.get(i + 1).ok_or(Error::Syntax)?;
+                let n = parse_int(value)?;
+                let ms = if &opt[..] == b"EX" {
+                    n.checked_mul(1000).ok_or(Error::InvalidTtl {
+                        cmd: "set",
+                        min: crate::redlock::quorum::MIN_TTL_MS,
+                        max: shared.config.redlock.max_ttl_ms,
+                    })?
+                } else {
+                    n
+                };
+                ttl_ms = Some(parse_ttl_ms(ms.to_string().as_bytes(), "set", shared)?);
+                i += 1;
+            }
+            b"XX" | b"GET" | b"KEEPTTL" | b"EXAT" | b"PXAT" => return Err(not_a_lock()),
+            _ => return Err(Error::Syntax),
+        }
+        i += 1;
+    }
+    if !nx {
+        return Err(not_a_lock());
+    }
+    Ok(ttl_ms.unwrap_or(shared.config.redlock.default_ttl_ms()))
+}
+
+fn not_a_lock() -> Error {
+    Error::Request(
+        "the proxy serves only lock-shaped SET: SET key token NX [PX milliseconds|EX seconds]"
+            .into(),
+    )
+}
