@@ -1,7 +1,8 @@
 //! Local `redis-server` masters: what the proxy runs when no backend is configured, and what the
 //! tests run against. Each is a real process on a free loopback port with persistence off,
 //! started and checked ready by answering `PING`, and killed when its handle drops (or, on
-//! Linux, when the process that started it dies).
+//! Linux, when the thread that started it exits: start and restart masters from a thread that
+//! outlives them, see [`die_with_parent`]).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -196,7 +197,7 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 }
 
 /// A port the OS just had free on loopback.
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
@@ -213,7 +214,9 @@ fn scratch_dir(port: u16) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-fn answers_ping(addr: SocketAddr) -> bool {
+/// True when a server at `addr` answers an inline `PING` with `+PONG` (bounded by short
+/// connect and read timeouts).
+pub fn answers_ping(addr: SocketAddr) -> bool {
     let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
@@ -224,8 +227,11 @@ fn answers_ping(addr: SocketAddr) -> bool {
         && &reply == b"+PONG\r\n"
 }
 
+/// Has the kernel kill the child when the *thread* that spawns it exits (Linux). Spawn from a
+/// thread that lives as long as the child should — the main thread, or a test's own thread —
+/// never from a pool thread that may retire early.
 #[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it only asks the
     // kernel to kill the child when the thread that spawned it exits.
@@ -237,5 +243,6 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Elsewhere children are only killed by their handles' `Drop`.
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_: &mut Command) {}
+pub fn die_with_parent(_: &mut Command) {}

@@ -2,11 +2,13 @@
 //! its handle drops (also while a panic unwinds) and, on Linux, when the thread that spawned it
 //! dies, so a killed torture run leaves nothing behind.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use redlock_proxy::embedded::free_port;
+use redlock_proxy::embedded::{answers_ping, die_with_parent};
 
 /// How long a starting proxy gets to answer `PING`.
 const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -204,43 +206,9 @@ impl Drop for ProxyProc {
     }
 }
 
-/// A port the OS just had free on loopback.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-fn answers_ping(addr: SocketAddr) -> bool {
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reply = [0u8; 7];
-    conn.write_all(b"PING\r\n").is_ok()
-        && conn.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
-}
-
 fn log_tail(path: &Path) -> String {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| t.lines().last().map(str::to_owned))
         .unwrap_or_default()
 }
-
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it asks the
-    // kernel to kill the child when the spawning thread (the tool's main thread) exits.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_: &mut Command) {}

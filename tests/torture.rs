@@ -1,0 +1,75 @@
+//! Runs the `torture` binary: real masters and proxies, concurrent clients, masters killed and
+//! restarted empty (also two in quick succession), masters frozen, proxies killed; then the
+//! history checker. With restart quarantine in the proxy no two clients may ever have held a
+//! key at once within their promised validity.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Seconds of traffic; setup and wind-down add about ten.
+const TRAFFIC_SECS: u64 = 30;
+/// Far beyond what the run needs; only a hung run gets near it.
+const HARD_LIMIT: Duration = Duration::from_secs(150);
+
+/// The number after `"field":` in the summary's JSON line.
+fn field(json: &str, name: &str) -> u64 {
+    let pat = format!("\"{name}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+        + pat.len();
+    json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
+}
+
+#[test]
+fn no_two_holders_under_faults() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_torture"))
+        .args(["--duration-secs", &TRAFFIC_SECS.to_string()])
+        .args(["--faults", "restart-empty,pause,kill-proxy"])
+        .args(["--seed", "424242"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the torture binary");
+    // Drain the pipes on their own threads so the child never blocks on a full pipe.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for torture") {
+            break status;
+        }
+        if started.elapsed() > HARD_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("torture ran past {HARD_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = out.join().unwrap();
+    let err = err.join().unwrap();
+    let context = format!("exit {status}\n--- stdout\n{out}\n--- stderr\n{err}");
+    let json = out
+        .lines()
+        .find(|l| l.starts_with("{\"torture\":"))
+        .unwrap_or_else(|| panic!("no JSON summary\n{context}"));
+    assert_eq!(field(json, "violations"), 0, "{context}");
+    assert_eq!(status.code(), Some(0), "{context}");
+    assert!(field(json, "grants") > 200, "too few grants\n{context}");
+    assert!(field(json, "master_restarts") > 0, "{context}");
+    assert_eq!(field(json, "stuck_clients"), 0, "{context}");
+}
