@@ -173,7 +173,7 @@ impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig {
             masters: Vec::new(),
-            connections_per_master: 2,
+            connections_per_master: 1,
             max_pending_per_connection: 4096,
             connect_timeout_ms: 1_000,
             reconnect_min_ms: 50,

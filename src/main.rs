@@ -14,6 +14,12 @@ use redlock_proxy::embedded::{self, RedisServer};
 use redlock_proxy::redlock::quorum::quorum;
 use redlock_proxy::server::Proxy;
 
+// Every request allocates a few small buffers and futures; mimalloc's thread-local size classes
+// serve them much faster than glibc's allocator (measured with redis-benchmark, see the note
+// in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match cli.load_config() {

@@ -224,7 +224,7 @@ impl RedisMaster {
             .clone()
             .try_acquire_owned()
             .map_err(|_| BackendError::Overloaded)?;
-        let mut bytes = BytesMut::new();
+        let mut bytes = BytesMut::with_capacity(resp::encoded_len(args));
         resp::encode_command(&mut bytes, args);
         let (reply, rx) = oneshot::channel();
         conn.tx
@@ -522,6 +522,9 @@ impl Link {
                 let Some(first) = rx.recv().await else {
                     return Ok(());
                 };
+                // Let the other sessions that are ready run first, so their requests join this
+                // batch: one write per turn of the event loop instead of one per request.
+                tokio::task::yield_now().await;
                 buf.clear();
                 {
                     let mut queue = pending.lock().expect("pending queue poisoned");

@@ -22,6 +22,12 @@ pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
     }
 }
 
+/// An upper bound of what [`encode_command`] appends for `args`, to allocate once.
+pub fn encoded_len(args: &[&[u8]]) -> usize {
+    // "*n\r\n" plus "$len\r\n" + arg + "\r\n" each; 20 digits cover any usize.
+    25 + args.iter().map(|a| a.len() + 25).sum::<usize>()
+}
+
 /// Splits one complete reply off the front of `buf`, if there is one.
 pub fn decode_reply(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
     match decode_bytes_mut(buf) {
@@ -83,7 +89,9 @@ mod tests {
     #[test]
     fn commands_encode_as_multibulk() {
         let mut out = BytesMut::new();
-        encode_command(&mut out, &[b"SET", b"k", b"", b"NX"]);
+        let args: [&[u8]; 4] = [b"SET", b"k", b"", b"NX"];
+        encode_command(&mut out, &args);
+        assert!(out.len() <= encoded_len(&args));
         assert_eq!(
             &out[..],
             b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n$2\r\nNX\r\n"
