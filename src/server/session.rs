@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,9 @@ use crate::cmd::{self, Client, Outcome, ReplyFuture, Shared};
 use crate::protocol::{self, Limits, Protocol, Reply};
 use crate::stats::Stats;
 
-/// Bytes read per call when the buffer has no room.
+/// Buffer for the first read after idling: a few pipelined lock commands.
+const FIRST_READ: usize = 4 * 1024;
+/// Bytes read per call while requests keep coming.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// A reply in its place in the pipeline, with the protocol in force when its request ran
@@ -119,15 +121,29 @@ pub async fn run(
             break;
         }
         let can_read = reading && in_flight.len() < max_in_flight;
-        if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
+        if in_flight.is_empty() && rbuf.is_empty() {
+            // Idle: hold no buffers while waiting, so thousands of idle clients cost little.
+            rbuf = BytesMut::new();
+            wbuf = BytesMut::new();
         }
         tokio::select! {
-            read = stream.read_buf(&mut rbuf), if can_read => match read {
-                // The client is gone or half-closed: answer what it sent, then close.
-                Ok(0) | Err(_) => reading = false,
-                Ok(_) => {}
-            },
+            ready = stream.readable(), if can_read => {
+                if ready.is_err() {
+                    reading = false;
+                } else {
+                    let room = if rbuf.is_empty() { FIRST_READ } else { READ_CHUNK };
+                    if rbuf.capacity() - rbuf.len() < room / 4 {
+                        rbuf.reserve(room);
+                    }
+                    match stream.try_read_buf(&mut rbuf) {
+                        // The client is gone or half-closed: answer what it sent, then close.
+                        Ok(0) => reading = false,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => reading = false,
+                    }
+                }
+            }
             Some((proto, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 reply.encode(proto, &mut wbuf);
             }
