@@ -459,3 +459,22 @@ async fn connections_beyond_the_limit_are_refused_with_an_error() {
     }
     p.stop().await;
 }
+
+#[tokio::test]
+async fn many_small_requests_for_large_replies_all_arrive_in_order() {
+    let m = support::masters(1);
+    let p = support::proxy(&m).await;
+    let mut c = p.conn().await;
+    let mut batch = Vec::new();
+    for i in 0..400 {
+        batch.extend_from_slice(b"COMMAND DOCS\r\n");
+        batch.extend_from_slice(format!("ECHO m{i}\r\n").as_bytes());
+    }
+    c.send(&batch).await;
+    for i in 0..400 {
+        assert!(support::flatten(&c.reply().await).contains("ttl-ms"));
+        assert_eq!(text(&c.reply().await), format!("m{i}"));
+    }
+    c.roundtrip(&["PING"], b"+PONG\r\n").await;
+    p.stop().await;
+}

@@ -24,6 +24,8 @@ use crate::stats::Stats;
 const FIRST_READ: usize = 4 * 1024;
 /// Bytes read per call while requests keep coming.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies buffered before the session writes them out and dispatches more.
+const WRITE_HIGH: usize = 256 * 1024;
 
 /// A reply in its place in the pipeline, with the protocol in force when its request ran
 /// (a `HELLO` later in the pipeline must not change how an earlier reply is encoded).
@@ -69,8 +71,14 @@ pub async fn run(
     // QUIT or a protocol error: nothing after it runs, not even what is already buffered.
     let mut ended = false;
     loop {
-        // Dispatch every complete request, as far as the in-flight bound allows.
+        // Dispatch every complete request, as far as the in-flight bound allows, and stop to
+        // write when the replies pile up (small requests can ask for large replies).
+        let mut paused = false;
         while !ended && in_flight.len() < max_in_flight {
+            if wbuf.len() >= WRITE_HIGH {
+                paused = true;
+                break;
+            }
             let argv = match protocol::decode(&mut rbuf, &limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => argv,
@@ -117,6 +125,9 @@ pub async fn run(
         }
         // Done when nothing more can arrive and nothing is in flight: with room in flight, the
         // dispatch loop above already took every whole request left in the buffer.
+        if paused {
+            continue;
+        }
         if !reading && in_flight.is_empty() {
             break;
         }
