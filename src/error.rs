@@ -59,6 +59,9 @@ pub enum Error {
     /// EVALSHA of a script the proxy does not know: clients then send the body.
     #[error("NOSCRIPT No matching script. Please use EVAL.")]
     NoScript,
+    /// A session lock of this connection whose extension failed: the client no longer holds it.
+    #[error("LOCKLOST the session lock on '{0}' was lost: an extension did not reach a quorum")]
+    LockLost(String),
     /// The masters could not decide.
     #[error("{0}")]
     Lock(#[from] LockError),

@@ -26,6 +26,10 @@ pub struct Stats {
     pub unlocks: AtomicU64,
     /// `EXTEND`s that extended a lock.
     pub extends: AtomicU64,
+    /// Session locks held now, over all connections.
+    pub session_locks: AtomicU64,
+    /// Session locks whose extension missed a quorum.
+    pub session_locks_lost: AtomicU64,
 }
 
 impl Stats {

@@ -29,6 +29,11 @@ pub const SPEC: Spec = Spec {
 fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let ttl_ms = parse_ttl_ms(&argv[3], "extend", shared)?;
     let key = shared.lock_key(client.db, &argv[1]);
+    if client.session_locks.is_lost(&key) {
+        return Err(Error::LockLost(
+            String::from_utf8_lossy(&argv[1]).into_owned(),
+        ));
+    }
     let token = argv[2].clone();
     let shared = shared.clone();
     Ok(Outcome::later(async move {

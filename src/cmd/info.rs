@@ -111,6 +111,8 @@ fn stats(shared: &Shared, out: &mut String) {
         ("locks_released", &s.unlocks),
         ("locks_extended", &s.extends),
         ("noquorum_replies", &s.noquorum),
+        ("session_locks", &s.session_locks),
+        ("session_locks_lost", &s.session_locks_lost),
     ];
     for (field, counter) in counters {
         line(out, field, Stats::get(counter));

@@ -24,6 +24,11 @@ pub const SPEC: Spec = Spec {
 
 fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let key = shared.lock_key(client.db, &argv[1]);
+    if client.session_locks.is_lost(&key) {
+        return Err(Error::LockLost(
+            String::from_utf8_lossy(&argv[1]).into_owned(),
+        ));
+    }
     let shared = shared.clone();
     Ok(Outcome::later(async move {
         match shared.inspect(&key).await {

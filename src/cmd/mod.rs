@@ -24,6 +24,7 @@ mod quit;
 mod reset;
 mod script;
 mod select;
+mod session_locks;
 mod set;
 mod unlock;
 
@@ -43,6 +44,7 @@ use crate::protocol::{Protocol, Reply};
 use crate::redlock::Redlock;
 use crate::redlock::quorum::MIN_TTL_MS;
 use crate::stats::Stats;
+pub use session_locks::SessionLocks;
 
 /// Every command the proxy answers, in the order `COMMAND` lists them.
 pub static COMMANDS: &[&Spec] = &[
@@ -254,6 +256,8 @@ pub struct Client {
     pub lib_ver: Option<Bytes>,
     /// Selected database: locks in different databases are distinct.
     pub db: u32,
+    /// Locks kept alive while this connection lives (`LOCK ... SESSION`).
+    pub session_locks: SessionLocks,
 }
 
 impl Client {
@@ -268,7 +272,20 @@ impl Client {
             lib_name: None,
             lib_ver: None,
             db: 0,
+            session_locks: SessionLocks::default(),
         }
+    }
+
+    /// Ends the connection's state: its session locks are released on every master.
+    pub async fn close(&self, shared: &Shared) {
+        self.session_locks.release_all(shared).await;
+    }
+}
+
+/// Even when a session ends without [`Client::close`] (a panic), nothing keeps its locks alive.
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.session_locks.stop_keepers();
     }
 }
 

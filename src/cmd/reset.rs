@@ -1,5 +1,5 @@
-//! `RESET`: back to a fresh connection's state (RESP2, database 0, no name, and
-//! unauthenticated when a password is configured).
+//! `RESET`: back to a fresh connection's state (RESP2, database 0, no name, no session locks,
+//! and unauthenticated when a password is configured).
 
 use std::sync::Arc;
 
@@ -23,6 +23,11 @@ pub const SPEC: Spec = Spec {
 };
 
 fn run(_: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
-    *client = super::Client::new(client.id, client.addr, shared);
-    Ok(Reply::Status("RESET".into()).into())
+    let old = std::mem::replace(client, Client::new(client.id, client.addr, shared));
+    let shared = shared.clone();
+    // A reset connection holds nothing: its session locks are released before the reply.
+    Ok(Outcome::later(async move {
+        old.close(&shared).await;
+        Reply::Status("RESET".into())
+    }))
 }

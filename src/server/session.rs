@@ -166,6 +166,8 @@ pub async fn run(
         }
     }
     let _ = stream.shutdown().await;
+    // However the connection ended, the locks it kept alive end with it.
+    client.close(&shared).await;
 }
 
 /// Reads whatever the socket already holds, without waiting, up to `limit` bytes.
