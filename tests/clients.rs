@@ -404,6 +404,18 @@ async fn redis_cli_command_docs() {
             "\"ttl-ms\"",
             "\"type\"",
             "\"integer\"",
+            "\"name\"",
+            "\"WAIT timeout-ms\"",
+            "\"type\"",
+            "\"string\"",
+            "\"flags\"",
+            "optional",
+            "\"name\"",
+            "\"SESSION\"",
+            "\"type\"",
+            "\"string\"",
+            "\"flags\"",
+            "optional",
         ],
         "{pretty}"
     );

@@ -43,6 +43,18 @@ struct Inner {
     reconnects: AtomicU64,
     policy: Quarantine,
     identity: Mutex<Identity>,
+    /// Channel every release is published on (see [`Releases`]).
+    release_channel: Bytes,
+}
+
+/// Where releases are announced: every proxy publishes each release on `channel` at every
+/// master, and subscribes to it, so a release through any proxy wakes waiters on all of them.
+#[derive(Debug, Clone)]
+pub struct Releases {
+    /// The pub/sub channel, under the lock key prefix.
+    pub channel: Bytes,
+    /// Receives the key of every release announced by any master.
+    pub released: mpsc::UnboundedSender<Bytes>,
 }
 
 /// When a master may vote after (re)connecting.
@@ -117,6 +129,7 @@ impl RedisMaster {
         addr: MasterAddr,
         cfg: &BackendConfig,
         policy: Quarantine,
+        releases: &Releases,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> RedisMaster {
@@ -142,7 +155,14 @@ impl RedisMaster {
             reconnects: AtomicU64::new(0),
             policy,
             identity: Mutex::new(Identity::default()),
+            release_channel: releases.channel.clone(),
         }));
+        tracker.spawn(listen_for_releases(
+            master.0.clone(),
+            cfg.clone(),
+            releases.released.clone(),
+            shutdown.clone(),
+        ));
         for (i, rx) in receivers.into_iter().enumerate() {
             let link = Link {
                 master: master.0.clone(),
@@ -366,7 +386,7 @@ impl Master for RedisMaster {
         key: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        let reply = self.eval(&resp::RELEASE, key, &[token]);
+        let reply = self.eval(&resp::RELEASE, key, &[token, &self.0.release_channel]);
         async move { expect_bool(reply.await) }
     }
 
@@ -564,6 +584,69 @@ impl Link {
     }
 }
 
+/// Keeps a subscription to the release channel on this master, passing each released key on.
+/// A notification lost while the subscription is down only delays waiters: they also retry on
+/// a timer.
+async fn listen_for_releases(
+    master: Arc<Inner>,
+    cfg: BackendConfig,
+    released: mpsc::UnboundedSender<Bytes>,
+    shutdown: CancellationToken,
+) {
+    let min = Duration::from_millis(cfg.reconnect_min_ms);
+    let max = Duration::from_millis(cfg.reconnect_max_ms);
+    let mut backoff = min;
+    loop {
+        let subscribed = async {
+            let (mut stream, _, _) = tokio::time::timeout(
+                Duration::from_millis(cfg.connect_timeout_ms),
+                connect(&master.addr),
+            )
+            .await
+            .map_err(|_| "connect timed out".to_owned())??;
+            let mut buf = BytesMut::new();
+            round_trip(
+                &mut stream,
+                &mut buf,
+                &[b"SUBSCRIBE", &master.release_channel],
+            )
+            .await?;
+            Ok::<_, String>((stream, buf))
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = subscribed => r,
+        };
+        if let Ok((mut stream, mut buf)) = result {
+            backoff = min;
+            let relay = async {
+                loop {
+                    while let Some(frame) = resp::decode_reply(&mut buf)? {
+                        if let Frame::Array(parts) = frame
+                            && let [Frame::BulkString(kind), _, Frame::BulkString(key)] = &parts[..]
+                            && &kind[..] == b"message"
+                        {
+                            let _ = released.send(key.clone());
+                        }
+                    }
+                    if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                        return Err::<(), String>("master closed the subscription".into());
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = relay => debug!(master = %master.addr, "release subscription ended: {r:?}"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(jitter(backoff)) => {}
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
 /// Opens a connection and prepares it: credentials, database, scripts; returns it with the
 /// master's run id and uptime.
 async fn connect(addr: &MasterAddr) -> Result<(TcpStream, String, Duration), String> {
@@ -683,6 +766,7 @@ mod tests {
             reconnects: AtomicU64::new(0),
             policy,
             identity: Mutex::new(Identity::default()),
+            release_channel: Bytes::new(),
         }
     }
 

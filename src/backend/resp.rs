@@ -55,10 +55,12 @@ impl Script {
     }
 }
 
-/// Deletes KEYS[1] only if it holds ARGV[1] (the token): 1 when deleted.
+/// Deletes KEYS[1] only if it holds ARGV[1] (the token), and then publishes the key on channel
+/// ARGV[2] so waiters on every proxy wake: 1 when deleted.
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) \
+         redis.call('PUBLISH', ARGV[2], KEYS[1]) return 1 else return 0 end",
     )
 });
 

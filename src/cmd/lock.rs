@@ -1,16 +1,22 @@
-//! `LOCK key ttl-ms [SESSION]`: take a lock on a quorum. A token when granted, null when someone
-//! else holds it (never an error: benchmarks and pollers treat contention as normal), `NOQUORUM`
-//! when the masters could not decide. With `SESSION` the proxy keeps the lock alive while the
-//! connection lives and releases it when the connection ends (see `session_locks`).
+//! `LOCK key ttl-ms [WAIT timeout-ms] [SESSION]`: take a lock on a quorum. A token when granted,
+//! null when someone else holds it (never an error: benchmarks and pollers treat contention as
+//! normal), `NOQUORUM` when the masters could not decide. With `WAIT` a held lock is waited for,
+//! first come first served, and taken as soon as it is released or expires (see `waiters`); null
+//! when the wait runs out. With `SESSION` the proxy keeps the lock alive while the connection
+//! lives and releases it when the connection ends (see `session_locks`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_ttl_ms};
+use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms, waiters};
 use crate::error::Error;
 use crate::protocol::Reply;
 use crate::redlock::token;
+
+/// Longest `WAIT` a client may ask for: an hour.
+const MAX_WAIT_MS: u64 = 3_600_000;
 
 pub const SPEC: Spec = Spec {
     name: "lock",
@@ -23,6 +29,7 @@ pub const SPEC: Spec = Spec {
     args: &[
         ArgDoc::new("key", "key"),
         ArgDoc::new("ttl-ms", "integer"),
+        ArgDoc::optional("WAIT timeout-ms", "string"),
         ArgDoc::optional("SESSION", "string"),
     ],
     no_auth: false,
@@ -32,9 +39,23 @@ pub const SPEC: Spec = Spec {
 fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let ttl_ms = parse_ttl_ms(&argv[2], "lock", shared)?;
     let mut session = false;
-    for opt in &argv[3..] {
+    let mut wait = None;
+    let mut opts = argv[3..].iter();
+    while let Some(opt) = opts.next() {
         match &opt.to_ascii_uppercase()[..] {
             b"SESSION" if !session => session = true,
+            b"WAIT" if wait.is_none() => {
+                let ms = parse_int(opts.next().ok_or(Error::Syntax)?)?;
+                let ms = u64::try_from(ms)
+                    .ok()
+                    .filter(|ms| *ms <= MAX_WAIT_MS)
+                    .ok_or_else(|| {
+                        Error::Request(format!(
+                            "invalid WAIT timeout in 'lock' command: must be between 0 and {MAX_WAIT_MS} ms"
+                        ))
+                    })?;
+                wait = Some(Duration::from_millis(ms));
+            }
             _ => return Err(Error::Syntax),
         }
     }
@@ -43,7 +64,11 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
     let keeper = session.then(|| client.session_locks.clone());
     Ok(Outcome::later(async move {
         let token = token::generate();
-        match shared.acquire(&key, token.clone(), ttl_ms).await {
+        let granted = match wait {
+            Some(wait) => waiters::acquire_waiting(&shared, &key, &token, ttl_ms, wait).await,
+            None => shared.acquire(&key, token.clone(), ttl_ms).await,
+        };
+        match granted {
             Ok(true) => {
                 if let Some(keeper) = keeper {
                     keeper.keep(&shared, key, token.clone(), ttl_ms);

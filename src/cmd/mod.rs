@@ -27,6 +27,7 @@ mod select;
 mod session_locks;
 mod set;
 mod unlock;
+mod waiters;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ use crate::redlock::Redlock;
 use crate::redlock::quorum::MIN_TTL_MS;
 use crate::stats::Stats;
 pub use session_locks::SessionLocks;
+pub use waiters::Waiters;
 
 /// Every command the proxy answers, in the order `COMMAND` lists them.
 pub static COMMANDS: &[&Spec] = &[
@@ -189,6 +191,8 @@ pub struct Shared {
     pub run_id: String,
     /// Port the proxy listens on, for `INFO`.
     pub port: u16,
+    /// Clients waiting for locks (`LOCK ... WAIT`).
+    pub waiters: Waiters,
     next_client_id: AtomicU64,
 }
 
@@ -207,6 +211,7 @@ impl Shared {
             started: Instant::now(),
             run_id,
             port,
+            waiters: Waiters::default(),
             next_client_id: AtomicU64::new(1),
         }
     }

@@ -42,6 +42,8 @@ impl Shared {
             Ok(released) => {
                 if released {
                     Stats::bump(&self.stats.unlocks);
+                    // Local waiters need not wait for the announcement to come back.
+                    self.waiters.wake(key);
                 }
                 Ok(released)
             }

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::backend::redis::{Quarantine, RedisMaster};
+use bytes::Bytes;
+
+use crate::backend::redis::{Quarantine, RedisMaster, Releases};
 use crate::cmd::Shared;
 use crate::config::Config;
 use crate::redlock::Redlock;
@@ -57,6 +59,11 @@ impl Proxy {
             persistent_masters: config.backend.persistent_masters,
             fresh_at_start: config.backend.fresh_at_start,
         };
+        let (released, mut announcements) = tokio::sync::mpsc::unbounded_channel();
+        let releases = Releases {
+            channel: Bytes::from(format!("{}released", config.redlock.key_prefix)),
+            released,
+        };
         let masters: Vec<RedisMaster> = config
             .backend
             .masters
@@ -66,6 +73,7 @@ impl Proxy {
                     addr.clone(),
                     &config.backend,
                     policy,
+                    &releases,
                     backend_stop.clone(),
                     &backend,
                 )
@@ -73,6 +81,15 @@ impl Proxy {
             .collect();
         let redlock = Redlock::new(masters, config.master_deadline());
         let shared = Arc::new(Shared::new(config, redlock, local_addr.port()));
+        drop(releases);
+        // Every master announces each release: wake this proxy's waiters on that key. Ends when
+        // the masters' subscriptions do.
+        let waking = shared.clone();
+        backend.spawn(async move {
+            while let Some(key) = announcements.recv().await {
+                waking.waiters.wake(&key);
+            }
+        });
         let clients_stop = CancellationToken::new();
         let sessions = TaskTracker::new();
         sessions.spawn(accept_loop(
