@@ -13,13 +13,18 @@
 //!                session.rs: pipelined reads, concurrent dispatch, in-order replies
 //!        │
 //! cmd/           one file per command; mod.rs holds the one name → command table,
-//!                per-connection Client state and process-wide Shared state
+//!                per-connection Client state and process-wide Shared state;
+//!                ops.rs: the lock operations commands share (stats, NOQUORUM replies);
+//!                lock_scripts.rs: client libraries' lock scripts known by SHA1;
+//!                session_locks.rs: LOCK ... SESSION keepers; waiters.rs: LOCK ... WAIT
 //!        │
 //! redlock/       quorum.rs: the arithmetic (pure, property-tested);
-//!                mod.rs: acquire / release / extend / inspect over N masters
+//!                mod.rs: acquire / release / extend / inspect over N masters;
+//!                fake.rs, sim.rs (tests): in-memory masters, deterministic simulation
 //!        │
 //! backend/       mod.rs: the Master trait (the test seam);
-//!                redis.rs: multiplexed, batched connections with reconnect;
+//!                redis.rs: multiplexed, batched connections with reconnect, restart
+//!                quarantine, and the subscription that announces releases;
 //!                resp.rs: commands, replies and the Lua scripts sent to masters
 //!
 //! protocol/      pure RESP codec (requests in, replies out), used by server and cmd
