@@ -77,7 +77,7 @@ async fn two_of_three_killed_is_noquorum_for_every_lock_command() {
 #[tokio::test]
 async fn a_hung_master_costs_a_lock_at_most_its_deadline() {
     let m = support::masters(3);
-    let p = support::proxy(&m).await;
+    let p = support::proxy_with(&m, |c| c.redlock.master_deadline_ms = 50).await;
     let mut c = p.conn().await;
     let _resume = Paused(&m);
     m[2].pause();

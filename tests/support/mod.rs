@@ -32,6 +32,9 @@ pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)
     config.server.shutdown_grace_ms = 2_000;
     // The harness just started these masters: they hold nothing yet.
     config.backend.fresh_at_start = true;
+    // Proxies, masters and tests share two cores; the default 50 ms per-master deadline leaves
+    // little headroom when a test binary runs many at once. Tests of deadlines set their own.
+    config.redlock.master_deadline_ms = 250;
     tweak(&mut config);
     config.validate().expect("test config is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
