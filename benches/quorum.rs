@@ -24,6 +24,8 @@ const KEYS: usize = 1024;
 #[derive(Debug, Clone, Default)]
 struct MemMaster {
     keys: Arc<Mutex<HashMap<Bytes, (Bytes, Instant)>>>,
+    /// Fence counters, for fenced locks.
+    fences: Arc<Mutex<HashMap<Bytes, u64>>>,
     /// Never answers (a hung master): its futures stay pending.
     hung: bool,
 }
@@ -45,6 +47,14 @@ impl MemMaster {
         }
         let mut keys = self.keys.lock().expect("bench master lock");
         futures_util::future::Either::Left(ready(Ok(op(&mut keys))))
+    }
+
+    fn answer_fences<T>(&self, op: impl FnOnce(&mut HashMap<Bytes, u64>) -> T) -> Answer<T> {
+        if self.hung {
+            return futures_util::future::Either::Right(std::future::pending());
+        }
+        let mut fences = self.fences.lock().expect("bench master lock");
+        futures_util::future::Either::Left(ready(Ok(op(&mut fences))))
     }
 
     fn put(&self, key: &[u8], token: &[u8]) {
@@ -130,6 +140,68 @@ impl Master for MemMaster {
                 })
         })
     }
+
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
+        self.answer_fences(|f| f.get(fence_key).copied().unwrap_or(0))
+    }
+
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let stale = self
+            .fences
+            .lock()
+            .expect("bench master lock")
+            .get(fence_key)
+            .copied()
+            .unwrap_or(0)
+            >= fence;
+        let taken = !stale && {
+            let mut keys = self.keys.lock().expect("bench master lock");
+            let now = Instant::now();
+            live(&keys, key, now).is_none() && {
+                keys.insert(
+                    Bytes::copy_from_slice(key),
+                    (
+                        Bytes::copy_from_slice(token),
+                        now + Duration::from_millis(ttl_ms),
+                    ),
+                );
+                true
+            }
+        };
+        self.answer_fences(|f| {
+            if taken {
+                f.insert(Bytes::copy_from_slice(fence_key), fence);
+            }
+            taken
+        })
+    }
+
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        self.answer_fences(|f| {
+            let seen = f.entry(Bytes::copy_from_slice(fence_key)).or_default();
+            *seen = (*seen).max(fence);
+        })
+    }
+
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
+        self.answer_fences(|f| f.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -182,6 +254,7 @@ fn bench_lock_unlock(c: &mut Criterion) {
             .into_iter()
             .map(|m| MemMaster {
                 keys: Arc::default(),
+                fences: Arc::default(),
                 hung: m.hung,
             })
             .collect();

@@ -416,6 +416,12 @@ async fn redis_cli_command_docs() {
             "\"string\"",
             "\"flags\"",
             "optional",
+            "\"name\"",
+            "\"FENCE\"",
+            "\"type\"",
+            "\"string\"",
+            "\"flags\"",
+            "optional",
         ],
         "{pretty}"
     );

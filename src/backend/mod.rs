@@ -79,4 +79,42 @@ pub trait Master: Send + Sync + 'static {
         &self,
         key: &[u8],
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<Self>;
+
+    /// The fence counter at `fence_key` (0 when absent).
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<Self>;
+
+    /// Takes `key` for `ttl_ms` with `token` and `fence` at once, only if the key is free and
+    /// `fence` is greater than every fence `fence_key` has seen: true when taken.
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
+
+    /// Raises the counter at `fence_key` to `fence` unless it is already that high.
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<Self>;
+
+    /// Every fence counter the master holds, to repair another master from.
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<Self>;
+
+    /// True while the master may have lost fence counters (it restarted) and no repair has
+    /// copied them back yet: its fence reads must not count.
+    fn fences_lost(&self) -> bool {
+        false
+    }
+
+    /// Records that its fence counters were repaired.
+    fn fences_repaired(&self) {}
 }

@@ -43,18 +43,23 @@ struct Inner {
     reconnects: AtomicU64,
     policy: Quarantine,
     identity: Mutex<Identity>,
-    /// Channel every release is published on (see [`Releases`]).
+    /// Channel every release is published on (see [`Namespace`]).
     release_channel: Bytes,
+    /// Pattern of the fence counters (see [`Namespace`]).
+    fence_pattern: Bytes,
 }
 
-/// Where releases are announced: every proxy publishes each release on `channel` at every
-/// master, and subscribes to it, so a release through any proxy wakes waiters on all of them.
+/// The proxy's names on the masters besides lock keys. Every proxy publishes each release on
+/// `channel` at every master, and subscribes to it, so a release through any proxy wakes waiters
+/// on all of them; fence counters live under `fence_pattern`.
 #[derive(Debug, Clone)]
-pub struct Releases {
+pub struct Namespace {
     /// The pub/sub channel, under the lock key prefix.
     pub channel: Bytes,
     /// Receives the key of every release announced by any master.
     pub released: mpsc::UnboundedSender<Bytes>,
+    /// `SCAN` pattern matching every fence counter.
+    pub fence_pattern: Bytes,
 }
 
 /// When a master may vote after (re)connecting.
@@ -78,6 +83,9 @@ struct Identity {
     first_run: Option<String>,
     /// The master does not vote before this instant.
     quarantined_until: Option<Instant>,
+    /// This run may lack fence counters older than it: set with a quarantine, cleared by a
+    /// repair.
+    fences_lost: bool,
 }
 
 #[derive(Debug)]
@@ -129,7 +137,7 @@ impl RedisMaster {
         addr: MasterAddr,
         cfg: &BackendConfig,
         policy: Quarantine,
-        releases: &Releases,
+        releases: &Namespace,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> RedisMaster {
@@ -156,6 +164,7 @@ impl RedisMaster {
             policy,
             identity: Mutex::new(Identity::default()),
             release_channel: releases.channel.clone(),
+            fence_pattern: releases.fence_pattern.clone(),
         }));
         tracker.spawn(listen_for_releases(
             master.0.clone(),
@@ -264,19 +273,27 @@ impl RedisMaster {
         key: &[u8],
         argv: &[&[u8]],
     ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
-        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + argv.len());
-        args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), b"1", key]);
+        self.eval_keys(script, &[key], argv)
+    }
+
+    /// Runs a script with several keys; the first one picks the connection.
+    fn eval_keys(
+        &self,
+        script: &'static Script,
+        keys: &[&[u8]],
+        argv: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let mut num = itoa::Buffer::new();
+        let numkeys = num.format(keys.len()).as_bytes();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + argv.len());
+        args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
+        args.extend_from_slice(keys);
         args.extend_from_slice(argv);
-        let first = self.call(key, &args);
+        let first = self.call(keys[0], &args);
         let this = self.clone();
-        let mut fallback: Vec<Bytes> = Vec::with_capacity(args.len());
-        fallback.extend([
-            Bytes::from_static(b"EVAL"),
-            Bytes::from_static(script.body.as_bytes()),
-            Bytes::from_static(b"1"),
-            Bytes::copy_from_slice(key),
-        ]);
-        fallback.extend(argv.iter().map(|a| Bytes::copy_from_slice(a)));
+        let mut fallback: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+        fallback[0] = Bytes::from_static(b"EVAL");
+        fallback[1] = Bytes::from_static(script.body.as_bytes());
         async move {
             match first.await {
                 Err(BackendError::Reply(e)) if e.starts_with("NOSCRIPT") => {
@@ -327,6 +344,7 @@ impl Inner {
             return None;
         }
         id.quarantined_until = Some(until);
+        id.fences_lost = true;
         warn!(
             master = %self.addr,
             uptime_s = uptime.as_secs(),
@@ -419,6 +437,117 @@ impl Master for RedisMaster {
                 other => Err(BackendError::Unexpected(format!("{other:?}"))),
             }
         }
+    }
+
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
+        let reply = self.eval(&resp::READ_FENCE, fence_key, &[]);
+        async move { expect_count(reply.await?) }
+    }
+
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let reply = self.eval_keys(
+            &resp::ACQUIRE_FENCED,
+            &[key, fence_key],
+            &[
+                token,
+                ttl.format(ttl_ms).as_bytes(),
+                f.format(fence).as_bytes(),
+            ],
+        );
+        async move {
+            match reply.await? {
+                Frame::Integer(n) => Ok(n == 1),
+                other => Err(BackendError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let mut f = itoa::Buffer::new();
+        let reply = self.eval(&resp::RAISE_FENCE, fence_key, &[f.format(fence).as_bytes()]);
+        async move { reply.await.map(|_| ()) }
+    }
+
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
+        let this = self.clone();
+        async move {
+            let pattern = this.0.fence_pattern.clone();
+            let mut found = Vec::new();
+            let mut cursor = Bytes::from_static(b"0");
+            // Bounded: SCAN ends when the cursor returns to 0; the cap only guards a broken one.
+            for _ in 0..1_000_000 {
+                let page = this
+                    .call(
+                        &pattern,
+                        &[b"SCAN", &cursor, b"MATCH", &pattern, b"COUNT", b"1000"],
+                    )
+                    .await?;
+                let Frame::Array(parts) = page else {
+                    return Err(BackendError::Unexpected(format!("{page:?}")));
+                };
+                let [Frame::BulkString(next), Frame::Array(keys)] = &parts[..] else {
+                    return Err(BackendError::Unexpected(format!("{parts:?}")));
+                };
+                let keys: Vec<Bytes> = keys
+                    .iter()
+                    .filter_map(|k| match k {
+                        Frame::BulkString(k) => Some(k.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !keys.is_empty() {
+                    let mut args: Vec<&[u8]> = vec![b"MGET"];
+                    args.extend(keys.iter().map(|k| &k[..]));
+                    if let Frame::Array(values) = this.call(&pattern, &args).await? {
+                        for (key, value) in keys.into_iter().zip(values) {
+                            if let Frame::BulkString(v) = value
+                                && let Some(n) =
+                                    std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok())
+                            {
+                                found.push((key, n));
+                            }
+                        }
+                    }
+                }
+                if &next[..] == b"0" {
+                    return Ok(found);
+                }
+                cursor = next.clone();
+            }
+            Err(BackendError::Unexpected("SCAN never finished".into()))
+        }
+    }
+
+    fn fences_lost(&self) -> bool {
+        self.0.identity().fences_lost
+    }
+
+    fn fences_repaired(&self) {
+        self.0.identity().fences_lost = false;
+    }
+}
+
+fn expect_count(frame: Frame) -> Result<u64, BackendError> {
+    match frame {
+        Frame::Integer(n) => u64::try_from(n).map_err(|_| BackendError::Unexpected(n.to_string())),
+        other => Err(BackendError::Unexpected(format!("{other:?}"))),
     }
 }
 
@@ -767,6 +896,7 @@ mod tests {
             policy,
             identity: Mutex::new(Identity::default()),
             release_channel: Bytes::new(),
+            fence_pattern: Bytes::new(),
         }
     }
 

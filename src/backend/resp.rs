@@ -78,9 +78,40 @@ pub static INSPECT: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// The fence counter KEYS[1] (0 when absent).
+pub static READ_FENCE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("return tonumber(redis.call('GET', KEYS[1]) or '0')"));
+
+/// Takes lock KEYS[1] with token ARGV[1] for ARGV[2] ms together with fence ARGV[3], only if the
+/// lock is free and the fence is greater than every fence KEYS[2] has seen: 1 when taken, 0 when
+/// held, -1 when the fence is stale.
+pub static ACQUIRE_FENCED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+         if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then return -1 end \
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[3]) \
+         return 1",
+    )
+});
+
+/// Raises fence counter KEYS[1] to ARGV[1] unless it is already that high (repair).
+pub static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then \
+         redis.call('SET', KEYS[1], ARGV[1]) end return 1",
+    )
+});
+
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 3] {
-    [&RELEASE, &EXTEND, &INSPECT]
+pub fn all_scripts() -> [&'static Script; 6] {
+    [
+        &RELEASE,
+        &EXTEND,
+        &INSPECT,
+        &READ_FENCE,
+        &ACQUIRE_FENCED,
+        &RAISE_FENCE,
+    ]
 }
 
 #[cfg(test)]

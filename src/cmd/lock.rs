@@ -1,15 +1,18 @@
-//! `LOCK key ttl-ms [WAIT timeout-ms] [SESSION]`: take a lock on a quorum. A token when granted,
+//! `LOCK key ttl-ms [WAIT timeout-ms] [SESSION] [FENCE]`: take a lock on a quorum. A token when granted,
 //! null when someone else holds it (never an error: benchmarks and pollers treat contention as
 //! normal), `NOQUORUM` when the masters could not decide. With `WAIT` a held lock is waited for,
 //! first come first served, and taken as soon as it is released or expires (see `waiters`); null
 //! when the wait runs out. With `SESSION` the proxy keeps the lock alive while the connection
-//! lives and releases it when the connection ends (see `session_locks`).
+//! lives and releases it when the connection ends (see `session_locks`). With `FENCE` the reply
+//! is `[token, fence]`: a number that strictly increases across successive holders of the key,
+//! whichever proxy granted them (see `Redlock::lock_fenced`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::ops::Attempt;
 use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms, waiters};
 use crate::error::Error;
 use crate::protocol::Reply;
@@ -31,6 +34,7 @@ pub const SPEC: Spec = Spec {
         ArgDoc::new("ttl-ms", "integer"),
         ArgDoc::optional("WAIT timeout-ms", "string"),
         ArgDoc::optional("SESSION", "string"),
+        ArgDoc::optional("FENCE", "string"),
     ],
     no_auth: false,
     run,
@@ -39,11 +43,13 @@ pub const SPEC: Spec = Spec {
 fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let ttl_ms = parse_ttl_ms(&argv[2], "lock", shared)?;
     let mut session = false;
+    let mut fence = false;
     let mut wait = None;
     let mut opts = argv[3..].iter();
     while let Some(opt) = opts.next() {
         match &opt.to_ascii_uppercase()[..] {
             b"SESSION" if !session => session = true,
+            b"FENCE" if !fence => fence = true,
             b"WAIT" if wait.is_none() => {
                 let ms = parse_int(opts.next().ok_or(Error::Syntax)?)?;
                 let ms = u64::try_from(ms)
@@ -60,22 +66,32 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
         }
     }
     let key = shared.lock_key(client.db, &argv[1]);
+    let fence_key = fence.then(|| shared.fence_key(client.db, &argv[1]));
     let shared = shared.clone();
     let keeper = session.then(|| client.session_locks.clone());
     Ok(Outcome::later(async move {
         let token = token::generate();
-        let granted = match wait {
-            Some(wait) => waiters::acquire_waiting(&shared, &key, &token, ttl_ms, wait).await,
-            None => shared.acquire(&key, token.clone(), ttl_ms).await,
+        let fence_key = fence_key.as_deref();
+        let attempt = match wait {
+            Some(wait) => {
+                waiters::acquire_waiting(&shared, &key, fence_key, &token, ttl_ms, wait).await
+            }
+            None => shared.attempt(&key, fence_key, token.clone(), ttl_ms).await,
         };
-        match granted {
-            Ok(true) => {
+        match attempt {
+            Ok(Attempt::Granted(fence)) => {
                 if let Some(keeper) = keeper {
                     keeper.keep(&shared, key, token.clone(), ttl_ms);
                 }
-                Reply::Bulk(token)
+                match fence {
+                    Some(fence) => Reply::Array(vec![
+                        Reply::Bulk(token),
+                        Reply::Integer(i64::try_from(fence).unwrap_or(i64::MAX)),
+                    ]),
+                    None => Reply::Bulk(token),
+                }
             }
-            Ok(false) => Reply::Null,
+            Ok(Attempt::Held) => Reply::Null,
             Err(noquorum) => noquorum,
         }
     }))

@@ -236,6 +236,18 @@ impl Shared {
         out.freeze()
     }
 
+    /// Where the masters keep `key`'s fence counter: beside the lock key, under the prefix, in a
+    /// form no lock key can take (lock keys continue the prefix with a database number).
+    pub fn fence_key(&self, db: u32, key: &[u8]) -> Bytes {
+        let lock_key = self.lock_key(db, key);
+        let prefix = self.config.redlock.key_prefix.len();
+        let mut out = BytesMut::with_capacity(lock_key.len() + 6);
+        out.put_slice(&lock_key[..prefix]);
+        out.put_slice(b"fence:");
+        out.put_slice(&lock_key[prefix..]);
+        out.freeze()
+    }
+
     /// `requirepass` is set.
     pub fn auth_required(&self) -> bool {
         !self.config.server.requirepass.is_empty()

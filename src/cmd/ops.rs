@@ -14,6 +14,15 @@ use crate::stats::Stats;
 /// A lock operation's answer, or the error reply that ends the command.
 pub type OpResult<T> = Result<T, Reply>;
 
+/// What one attempt to take a lock got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Granted, with its fence when one was asked for.
+    Granted(Option<u64>),
+    /// Someone else holds it.
+    Held,
+}
+
 impl Shared {
     fn failed(&self, e: LockError) -> Reply {
         Stats::bump(&self.stats.noquorum);
@@ -23,14 +32,38 @@ impl Shared {
 
     /// Takes `key` with `token` for `ttl_ms`: true when granted, false when held elsewhere.
     pub async fn acquire(&self, key: &[u8], token: Bytes, ttl_ms: u64) -> OpResult<bool> {
-        match self.redlock.lock_with_token(key, token, ttl_ms).await {
-            Ok(Some(_)) => {
+        let attempt = self.attempt(key, None, token, ttl_ms).await?;
+        Ok(matches!(attempt, Attempt::Granted(_)))
+    }
+
+    /// Takes `key` with `token` for `ttl_ms`, with a fence from `fence_key` when given.
+    pub async fn attempt(
+        &self,
+        key: &[u8],
+        fence_key: Option<&[u8]>,
+        token: Bytes,
+        ttl_ms: u64,
+    ) -> OpResult<Attempt> {
+        let result = match fence_key {
+            Some(fence_key) => self
+                .redlock
+                .lock_fenced(key, fence_key, token, ttl_ms)
+                .await
+                .map(|g| g.map(|(_, fence)| Some(fence))),
+            None => self
+                .redlock
+                .lock_with_token(key, token, ttl_ms)
+                .await
+                .map(|g| g.map(|_| None)),
+        };
+        match result {
+            Ok(Some(fence)) => {
                 Stats::bump(&self.stats.locks_granted);
-                Ok(true)
+                Ok(Attempt::Granted(fence))
             }
             Ok(None) => {
                 Stats::bump(&self.stats.locks_refused);
-                Ok(false)
+                Ok(Attempt::Held)
             }
             Err(e) => Err(self.failed(e)),
         }

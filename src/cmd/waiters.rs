@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::ops::OpResult;
+use super::ops::{Attempt, OpResult};
 
 /// Shortest pause between the head waiter's attempts, so a flapping lock cannot make it spin.
 const MIN_RETRY: Duration = Duration::from_millis(5);
@@ -109,16 +109,17 @@ impl Drop for Ticket {
     }
 }
 
-/// Takes `key` with `token`, waiting up to `wait` for it in line with this proxy's other
-/// waiters: true when granted, false when the wait ran out. Validity comes from the attempt that
-/// succeeded, never from when the wait began.
+/// Takes `key` with `token` (and a fence from `fence_key`), waiting up to `wait` for it in line
+/// with this proxy's other waiters; `Held` when the wait ran out. Validity comes from the attempt
+/// that succeeded, never from when the wait began.
 pub async fn acquire_waiting(
     shared: &Arc<Shared>,
     key: &Bytes,
+    fence_key: Option<&[u8]>,
     token: &Bytes,
     ttl_ms: u64,
     wait: Duration,
-) -> OpResult<bool> {
+) -> OpResult<Attempt> {
     let deadline = Instant::now() + wait;
     let ticket = Ticket::join(shared, key);
     let mut last_failure = None;
@@ -129,9 +130,9 @@ pub async fn acquire_waiting(
         notified.as_mut().enable();
         let mut retry = deadline.saturating_duration_since(Instant::now());
         if ticket.is_head() {
-            match shared.acquire(key, token.clone(), ttl_ms).await {
-                Ok(true) => return Ok(true),
-                Ok(false) => last_failure = None,
+            match shared.attempt(key, fence_key, token.clone(), ttl_ms).await {
+                Ok(Attempt::Granted(fence)) => return Ok(Attempt::Granted(fence)),
+                Ok(Attempt::Held) => last_failure = None,
                 Err(noquorum) => last_failure = Some(noquorum),
             }
             // When the holder's lock would run out, in case its release is never announced.
@@ -143,14 +144,14 @@ pub async fn acquire_waiting(
             retry = retry.min(expires_in.clamp(MIN_RETRY, MAX_RETRY));
         }
         if Instant::now() >= deadline {
-            return last_failure.map_or(Ok(false), Err);
+            return last_failure.map_or(Ok(Attempt::Held), Err);
         }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep(retry) => {}
         }
         if Instant::now() >= deadline && !ticket.is_head() {
-            return last_failure.map_or(Ok(false), Err);
+            return last_failure.map_or(Ok(Attempt::Held), Err);
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum Mode {
 struct State {
     mode: Mode,
     votes: bool,
+    fences: HashMap<Bytes, u64>,
+    fences_lost: bool,
     keys: HashMap<Bytes, (Bytes, Instant)>,
 }
 
@@ -42,6 +44,8 @@ impl FakeMaster {
         FakeMaster(Arc::new(Mutex::new(State {
             mode: Mode::Healthy,
             votes: true,
+            fences: HashMap::new(),
+            fences_lost: false,
             keys: HashMap::new(),
         })))
     }
@@ -54,6 +58,25 @@ impl FakeMaster {
     /// Lets it vote, or quarantines it.
     pub fn set_votes(&self, votes: bool) {
         self.0.lock().unwrap().votes = votes;
+    }
+
+    /// Loses every key and fence counter, as a master restarted without persistence.
+    pub fn restart_empty(&self) {
+        let mut s = self.0.lock().unwrap();
+        s.keys.clear();
+        s.fences.clear();
+        s.fences_lost = true;
+    }
+
+    /// The fence counter at `fence_key`.
+    pub fn fence(&self, fence_key: &[u8]) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .fences
+            .get(fence_key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The token it holds for `key`, if unexpired.
@@ -74,6 +97,16 @@ impl FakeMaster {
             Bytes::copy_from_slice(key),
             (Bytes::copy_from_slice(token), Instant::now() + ttl),
         );
+    }
+
+    /// Runs `op` on the fence counters now, unless the master is down or hung.
+    fn apply_fences<T>(&self, op: impl FnOnce(&mut State) -> T) -> (Mode, Option<T>) {
+        let mut state = self.0.lock().unwrap();
+        let mode = state.mode;
+        match mode {
+            Mode::Healthy | Mode::Slow(_) => (mode, Some(op(&mut state))),
+            Mode::Down | Mode::Hung => (mode, None),
+        }
     }
 
     /// Runs `op` on the live keys now, unless the master is down or hung.
@@ -172,5 +205,66 @@ impl Master for FakeMaster {
                 pttl_ms: Some(u64::try_from((*exp - now).as_millis()).unwrap_or(u64::MAX)),
             })
         }))
+    }
+
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
+        reply(self.apply_fences(|s| s.fences.get(fence_key).copied().unwrap_or(0)))
+    }
+
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply_fences(|s| {
+            let now = Instant::now();
+            s.keys.retain(|_, (_, exp)| *exp > now);
+            if s.keys.contains_key(key) || s.fences.get(fence_key).copied().unwrap_or(0) >= fence {
+                return false;
+            }
+            s.keys.insert(
+                Bytes::copy_from_slice(key),
+                (
+                    Bytes::copy_from_slice(token),
+                    now + Duration::from_millis(ttl_ms),
+                ),
+            );
+            s.fences.insert(Bytes::copy_from_slice(fence_key), fence);
+            true
+        }))
+    }
+
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        reply(self.apply_fences(|s| {
+            let seen = s
+                .fences
+                .entry(Bytes::copy_from_slice(fence_key))
+                .or_default();
+            *seen = (*seen).max(fence);
+        }))
+    }
+
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
+        reply(self.apply_fences(|s| s.fences.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+    }
+
+    fn fences_lost(&self) -> bool {
+        self.0.lock().unwrap().fences_lost
+    }
+
+    fn fences_repaired(&self) {
+        self.0.lock().unwrap().fences_lost = false;
     }
 }

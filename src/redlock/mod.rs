@@ -51,18 +51,27 @@ pub enum LockError {
     },
 }
 
+/// How long a fence repair may take before it is tried again later.
+const REPAIR_WITHIN: Duration = Duration::from_secs(10);
+
 /// The lock service over `masters`.
 #[derive(Debug)]
 pub struct Redlock<M> {
     masters: Vec<M>,
     deadline: Duration,
+    /// Held while fence counters are being repaired.
+    repairing: tokio::sync::Mutex<()>,
 }
 
 impl<M: Master> Redlock<M> {
     /// Redlock over `masters`, waiting at most `deadline` for each round of answers.
     pub fn new(masters: Vec<M>, deadline: Duration) -> Self {
         assert!(!masters.is_empty(), "Redlock needs at least one master");
-        Redlock { masters, deadline }
+        Redlock {
+            masters,
+            deadline,
+            repairing: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The masters, in configuration order.
@@ -91,6 +100,64 @@ impl<M: Master> Redlock<M> {
         let tally = self
             .vote(self.wait_for(ttl_ms), |m| m.acquire(key, &token, ttl_ms))
             .await;
+        self.settle(key, token, ttl_ms, tally, start)
+    }
+
+    /// Takes `key` like [`Redlock::lock_with_token`], with a fence that is greater than every
+    /// fence granted for `key` before, whichever proxy granted it: the highest fence a quorum has
+    /// seen, plus one, accepted by a quorum only where it is greater than what that master saw.
+    /// Quorum intersection orders the fences; no clock is involved.
+    pub async fn lock_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: Bytes,
+        ttl_ms: u64,
+    ) -> Result<Option<(Grant, u64)>, LockError> {
+        self.repair_fences().await;
+        let wait = self.wait_for(ttl_ms);
+        // A master that may have lost counters in a restart must not be the one that answers
+        // for the fences a quorum has seen.
+        let mut reads: FuturesUnordered<_> = self
+            .masters
+            .iter()
+            .filter(|m| m.votes() && !m.fences_lost())
+            .map(|m| m.read_fence(fence_key))
+            .collect();
+        let (mut answered, mut highest) = (0, 0);
+        let collect = async {
+            while let Some(read) = reads.next().await {
+                if let Ok(fence) = read {
+                    answered += 1;
+                    highest = highest.max(fence);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, collect).await;
+        if answered < self.quorum() {
+            return Err(self.no_quorum(answered));
+        }
+        let fence = highest + 1;
+        let start = Instant::now();
+        let tally = self
+            .vote(wait, |m| {
+                m.acquire_fenced(key, fence_key, &token, ttl_ms, fence)
+            })
+            .await;
+        Ok(self
+            .settle(key, token, ttl_ms, tally, start)?
+            .map(|grant| (grant, fence)))
+    }
+
+    /// Turns an acquire round into its outcome, releasing everywhere unless granted.
+    fn settle(
+        &self,
+        key: &[u8],
+        token: Bytes,
+        ttl_ms: u64,
+        tally: Tally,
+        start: Instant,
+    ) -> Result<Option<Grant>, LockError> {
         let outcome = match tally.verdict(ttl_ms, start.elapsed()) {
             Verdict::Granted { validity_ms } => return Ok(Some(Grant { token, validity_ms })),
             Verdict::Refused => Ok(None),
@@ -103,6 +170,63 @@ impl<M: Master> Redlock<M> {
             drop(m.release(key, &token));
         }
         outcome
+    }
+
+    /// Copies fence counters back into masters that lost them in a restart, from a majority of
+    /// the others (every granted fence is on a quorum, so a majority's union has its maximum).
+    /// One repair at a time; a master stays out of fence reads until its repair is done. When
+    /// no majority kept its counters, every master's are merged instead, so fences stay
+    /// available; that case is logged.
+    async fn repair_fences(&self) {
+        if !self.masters.iter().any(|m| m.fences_lost() && m.votes()) {
+            return;
+        }
+        let Ok(_one_at_a_time) = self.repairing.try_lock() else {
+            return;
+        };
+        let mut sources: Vec<&M> = self
+            .masters
+            .iter()
+            .filter(|m| m.votes() && !m.fences_lost())
+            .collect();
+        if sources.len() < self.quorum() {
+            // A majority restarted (or all started together, as a new cluster does): no majority
+            // kept its counters, so the best there is — every master's — has to do.
+            tracing::warn!(
+                "fence counters rebuilt from every master: a majority may have lost them; fences \
+                 of keys whose counters only those masters held can start lower"
+            );
+            sources = self.masters.iter().filter(|m| m.votes()).collect();
+        }
+        let scans = futures_util::future::join_all(sources.iter().map(|m| m.fences()));
+        let Ok(scans) = tokio::time::timeout(REPAIR_WITHIN, scans).await else {
+            return;
+        };
+        let scans: Vec<_> = scans.into_iter().filter_map(Result::ok).collect();
+        if scans.len() < self.quorum() {
+            return;
+        }
+        let mut highest: std::collections::HashMap<Bytes, u64> = std::collections::HashMap::new();
+        for (key, fence) in scans.into_iter().flatten() {
+            let entry = highest.entry(key).or_default();
+            *entry = (*entry).max(fence);
+        }
+        for m in self.masters.iter().filter(|m| m.fences_lost() && m.votes()) {
+            let raises = futures_util::future::join_all(
+                highest
+                    .iter()
+                    .map(|(key, fence)| m.raise_fence(key, *fence)),
+            );
+            if let Ok(results) = tokio::time::timeout(REPAIR_WITHIN, raises).await
+                && results.iter().all(Result::is_ok)
+            {
+                m.fences_repaired();
+                tracing::info!(
+                    fences = highest.len(),
+                    "fence counters repaired on a restarted master"
+                );
+            }
+        }
     }
 
     /// Releases `key` if it holds `token`: true when a quorum of masters deleted it.

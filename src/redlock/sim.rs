@@ -57,6 +57,7 @@ struct SimState {
     loss_percent: u64,
     /// Bumped by each restart: answers from an earlier run never arrive (its connections died).
     epoch: u64,
+    fences: HashMap<Bytes, u64>,
 }
 
 /// A simulated master: each request is applied after a random delay (or lost), and answered
@@ -74,6 +75,7 @@ impl SimMaster {
             quarantine_enabled,
             loss_percent,
             epoch: 0,
+            fences: HashMap::new(),
         })))
     }
 
@@ -81,6 +83,7 @@ impl SimMaster {
     fn restart(&self) {
         let mut s = self.0.lock().unwrap();
         s.keys.clear();
+        s.fences.clear();
         s.epoch += 1;
         if s.quarantine_enabled {
             s.quarantined_until = Some(Instant::now() + Duration::from_millis(MAX_TTL_MS));
@@ -109,7 +112,7 @@ impl SimMaster {
     ) -> impl Future<Output = Result<T, BackendError>> + Send + use<T, F>
     where
         T: Send + 'static,
-        F: FnOnce(&mut HashMap<Bytes, (Bytes, Instant)>, Instant, i64) -> T + Send + 'static,
+        F: FnOnce(&mut SimState, Instant) -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let (apply_in, reply_in, lost_there, lost_back, epoch) = {
@@ -138,8 +141,7 @@ impl SimMaster {
                 }
                 let now = Instant::now();
                 s.keys.retain(|_, (_, exp)| *exp > now);
-                let skew = s.skew_permille;
-                op(&mut s.keys, now, skew)
+                op(&mut s, now)
             };
             tokio::time::sleep(reply_in).await;
             if !lost_back && state.lock().unwrap().epoch == epoch {
@@ -169,7 +171,8 @@ impl Master for SimMaster {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
-        self.request(move |keys, now, skew| {
+        self.request(move |s, now| {
+            let (keys, skew) = (&mut s.keys, s.skew_permille);
             if keys.contains_key(&key) {
                 return false;
             }
@@ -184,7 +187,8 @@ impl Master for SimMaster {
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
-        self.request(move |keys, _, _| {
+        self.request(move |s, _| {
+            let keys = &mut s.keys;
             if keys.get(&key).is_some_and(|(t, _)| *t == token) {
                 keys.remove(&key);
                 true
@@ -201,9 +205,9 @@ impl Master for SimMaster {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
-        self.request(move |keys, now, skew| match keys.get_mut(&key) {
+        self.request(move |s, now| match s.keys.get_mut(&key) {
             Some((t, exp)) if *t == token => {
-                *exp = expiry(now, ttl_ms, skew);
+                *exp = expiry(now, ttl_ms, s.skew_permille);
                 true
             }
             _ => false,
@@ -215,12 +219,63 @@ impl Master for SimMaster {
         key: &[u8],
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
         let key = Bytes::copy_from_slice(key);
-        self.request(move |keys, now, _| {
-            keys.get(&key).map(|(token, exp)| KeyState {
+        self.request(move |s, now| {
+            s.keys.get(&key).map(|(token, exp)| KeyState {
                 token: token.clone(),
                 pttl_ms: Some((*exp - now).as_millis() as u64),
             })
         })
+    }
+
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
+        let fence_key = Bytes::copy_from_slice(fence_key);
+        self.request(move |s, _| s.fences.get(&fence_key).copied().unwrap_or(0))
+    }
+
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, fence_key, token) = (
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(fence_key),
+            Bytes::copy_from_slice(token),
+        );
+        self.request(move |s, now| {
+            if s.keys.contains_key(&key) || s.fences.get(&fence_key).copied().unwrap_or(0) >= fence
+            {
+                return false;
+            }
+            let exp = expiry(now, ttl_ms, s.skew_permille);
+            s.keys.insert(key, (token, exp));
+            s.fences.insert(fence_key, fence);
+            true
+        })
+    }
+
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let fence_key = Bytes::copy_from_slice(fence_key);
+        self.request(move |s, _| {
+            let seen = s.fences.entry(fence_key).or_default();
+            *seen = (*seen).max(fence);
+        })
+    }
+
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
+        self.request(|s, _| s.fences.iter().map(|(k, v)| (k.clone(), *v)).collect())
     }
 }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::fake::{FakeMaster, Mode};
 use super::*;
+use crate::backend::Master;
 
 const DEADLINE: Duration = Duration::from_millis(50);
 
@@ -196,4 +197,78 @@ async fn a_quarantined_master_gets_requests_but_no_vote() {
     masters[1].set_mode(Mode::Healthy);
     assert!(rl.unlock(b"k", &g.token).await.unwrap());
     assert_eq!(masters[0].holder(b"k"), None, "released there too");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fences_strictly_increase_across_holders() {
+    let (rl, masters) = cluster(3);
+    let mut last = 0;
+    for _ in 0..5 {
+        let (g, fence) = rl
+            .lock_fenced(b"k", b"f", token::generate(), 1_000)
+            .await
+            .unwrap()
+            .expect("free");
+        assert!(fence > last, "{fence} after {last}");
+        last = fence;
+        // Held: no fence is handed out.
+        assert_eq!(
+            rl.lock_fenced(b"k", b"f", token::generate(), 1_000)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(rl.unlock(b"k", &g.token).await.unwrap());
+    }
+    assert!(masters.iter().all(|m| m.fence(b"f") == last));
+    // One master down: the other two still order the fences.
+    masters[0].set_mode(Mode::Down);
+    let (_, fence) = rl
+        .lock_fenced(b"j", b"f", token::generate(), 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fence, last + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_master_gets_its_fences_back_before_they_count() {
+    let (rl, masters) = cluster(3);
+    for _ in 0..3 {
+        let (g, _) = rl
+            .lock_fenced(b"k", b"f", token::generate(), 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        rl.unlock(b"k", &g.token).await.unwrap();
+    }
+    masters[0].restart_empty();
+    assert_eq!(masters[0].fence(b"f"), 0);
+    // The next fenced acquire repairs it from the other two first.
+    let (g, fence) = rl
+        .lock_fenced(b"k", b"f", token::generate(), 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fence, 4);
+    assert_eq!(masters[0].fence(b"f"), 4);
+    assert!(!masters[0].fences_lost());
+    rl.unlock(b"k", &g.token).await.unwrap();
+    // Another one restarts, and the third goes down: the repaired master and the restarted one
+    // are all that is left. Unrepaired, the restarted one's reads do not count, so nothing is
+    // granted below 5 — the repair from a majority needs the third back.
+    masters[1].restart_empty();
+    masters[2].set_mode(Mode::Down);
+    assert!(matches!(
+        rl.lock_fenced(b"k", b"f", token::generate(), 1_000).await,
+        Err(LockError::NoQuorum { answered: 1, .. })
+    ));
+    masters[2].set_mode(Mode::Healthy);
+    let (_, fence) = rl
+        .lock_fenced(b"k", b"f", token::generate(), 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fence, 5);
+    assert_eq!(masters[1].fence(b"f"), 5);
 }

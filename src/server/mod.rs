@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use bytes::Bytes;
 
-use crate::backend::redis::{Quarantine, RedisMaster, Releases};
+use crate::backend::redis::{Namespace, Quarantine, RedisMaster};
 use crate::cmd::Shared;
 use crate::config::Config;
 use crate::redlock::Redlock;
@@ -60,9 +60,10 @@ impl Proxy {
             fresh_at_start: config.backend.fresh_at_start,
         };
         let (released, mut announcements) = tokio::sync::mpsc::unbounded_channel();
-        let releases = Releases {
+        let releases = Namespace {
             channel: Bytes::from(format!("{}released", config.redlock.key_prefix)),
             released,
+            fence_pattern: Bytes::from(format!("{}fence:*", config.redlock.key_prefix)),
         };
         let masters: Vec<RedisMaster> = config
             .backend
