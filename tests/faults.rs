@@ -20,15 +20,8 @@ impl Drop for Paused<'_> {
 
 /// Waits (bounded) until INFO shows `count` masters up.
 async fn wait_masters_up(p: &TestProxy, count: usize) {
-    let mut c = p.conn().await;
-    let want = format!("masters_up:{count}\r\n");
-    for _ in 0..500 {
-        if flatten(&c.call(&["INFO", "masters"]).await).contains(&want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never saw {want:?}");
+    p.wait_for_masters_line(&format!("masters_up:{count}"))
+        .await;
 }
 
 #[tokio::test]

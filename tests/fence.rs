@@ -17,15 +17,8 @@ async fn fenced(c: &mut Conn, key: &str) -> (String, i64) {
 }
 
 async fn wait_voting(p: &TestProxy, count: usize) {
-    let mut c = p.conn().await;
-    let want = format!("masters_voting:{count}\r\n");
-    for _ in 0..500 {
-        if flatten(&c.call(&["INFO", "masters"]).await).contains(&want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never saw {want:?}");
+    p.wait_for_masters_line(&format!("masters_voting:{count}"))
+        .await;
 }
 
 #[tokio::test]

@@ -80,6 +80,19 @@ impl TestProxy {
         format!("redis://{}/", self.addr)
     }
 
+    /// Waits (bounded, about 5 s) until `INFO masters` contains `line` (e.g. `masters_up:3`).
+    pub async fn wait_for_masters_line(&self, line: &str) {
+        let mut c = self.conn().await;
+        let want = format!("{line}\r\n");
+        for _ in 0..500 {
+            if flatten(&c.call(&["INFO", "masters"]).await).contains(&want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("INFO masters never showed {line:?}");
+    }
+
     /// Graceful shutdown.
     pub async fn stop(mut self) {
         if let Some(p) = self.proxy.take() {
