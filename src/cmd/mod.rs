@@ -418,3 +418,88 @@ mod tests {
         }
     }
 }
+
+/// Whatever a client sends, dispatch answers without panicking, and the answer encodes in both
+/// protocols. The masters are unreachable here, so lock commands end in `NOQUORUM` quickly.
+#[cfg(test)]
+mod fuzz {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::backend::redis::{Namespace, Quarantine};
+    use crate::config::MasterAddr;
+
+    fn argv() -> impl Strategy<Value = Vec<Bytes>> {
+        let names: Vec<&'static str> = COMMANDS.iter().map(|s| s.name).collect();
+        let name = prop_oneof![
+            proptest::sample::select(names).prop_map(|n| n.as_bytes().to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        let word = prop_oneof![
+            Just(b"NX".to_vec()),
+            Just(b"PX".to_vec()),
+            Just(b"EX".to_vec()),
+            Just(b"WAIT".to_vec()),
+            Just(b"SESSION".to_vec()),
+            Just(b"FENCE".to_vec()),
+            Just(b"AUTH".to_vec()),
+            Just(b"-1".to_vec()),
+            Just(b"0".to_vec()),
+            Just(b"5".to_vec()),
+            Just(b"99999999999999999999999".to_vec()),
+            Just(b"c3f8721cbb97f72bc19e972846bd7aaf91901658".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        (name, proptest::collection::vec(word, 0..7))
+            .prop_map(|(name, args)| std::iter::once(name).chain(args).map(Bytes::from).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_request_gets_a_well_formed_reply(requests in proptest::collection::vec(argv(), 1..6)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut config = Config::default();
+                // Nothing listens on port 1: every master operation fails at once.
+                config.backend.masters = vec![MasterAddr::local(1)];
+                config.redlock.master_deadline_ms = 5;
+                let (released, _announcements) = tokio::sync::mpsc::unbounded_channel();
+                let namespace = Namespace {
+                    channel: Bytes::from_static(b"redlock:released"),
+                    released,
+                    fence_pattern: Bytes::from_static(b"redlock:fence:*"),
+                };
+                let stop = CancellationToken::new();
+                let master = RedisMaster::start(
+                    MasterAddr::local(1),
+                    &config.backend,
+                    Quarantine { max_ttl: Duration::from_secs(60), persistent_masters: true, fresh_at_start: true },
+                    &namespace,
+                    stop.clone(),
+                    &TaskTracker::new(),
+                );
+                let shared = Arc::new(Shared::new(config, Redlock::new(vec![master], Duration::from_millis(5)), 0));
+                let mut client = Client::new(1, "127.0.0.1:9".parse().unwrap(), &shared);
+                for argv in requests {
+                    let reply = match dispatch(argv, &mut client, &shared) {
+                        Outcome::Reply(r) | Outcome::Close(r) => r,
+                        Outcome::Later(fut) => tokio::time::timeout(Duration::from_secs(5), fut)
+                            .await
+                            .expect("a lock command answers within its deadlines"),
+                    };
+                    let mut out = BytesMut::new();
+                    reply.encode(Protocol::Resp2, &mut out);
+                    reply.encode(Protocol::Resp3, &mut out);
+                    assert!(!out.is_empty());
+                }
+                stop.cancel();
+            });
+        }
+    }
+}
