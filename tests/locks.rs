@@ -157,3 +157,22 @@ async fn two_masters_need_both() {
     assert_eq!(err, "NOQUORUM 1 of 2 masters answered, 2 needed");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn masters_that_lost_their_scripts_get_them_again() {
+    let m = support::masters(3);
+    let p = support::proxy(&m).await;
+    let mut c = p.conn().await;
+    let token = text(&c.call(&["LOCK", "s", "5000"]).await);
+    for master in &m {
+        master_conn(master)
+            .await
+            .roundtrip(&["SCRIPT", "FLUSH"], b"+OK\r\n")
+            .await;
+    }
+    // Each script comes back with NOSCRIPT once per master, is loaded, and the request repeated.
+    assert!(int(&c.call(&["LOCKTTL", "s"]).await) > 4_000);
+    assert_eq!(int(&c.call(&["EXTEND", "s", &token, "5000"]).await), 1);
+    assert_eq!(int(&c.call(&["UNLOCK", "s", &token]).await), 1);
+    p.stop().await;
+}

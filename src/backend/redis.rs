@@ -220,7 +220,22 @@ impl RedisMaster {
         key: &[u8],
         args: &[&[u8]],
     ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
-        let queued = self.queue(key, args);
+        self.send(self.home(key), encode(args))
+    }
+
+    /// The connection that owns `key`.
+    fn home(&self, key: &[u8]) -> usize {
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % self.0.conns.len()
+    }
+
+    /// Queues an encoded command on connection `home` (or, if that one is down, the next one
+    /// up) and returns the reply's future.
+    fn send(
+        &self,
+        home: usize,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let queued = self.queue(home, bytes);
         let inner = self.0.clone();
         async move {
             let result = match queued {
@@ -238,11 +253,10 @@ impl RedisMaster {
         }
     }
 
-    fn queue(&self, key: &[u8], args: &[&[u8]]) -> Result<oneshot::Receiver<Frame>, BackendError> {
+    fn queue(&self, home: usize, bytes: Bytes) -> Result<oneshot::Receiver<Frame>, BackendError> {
         let inner = &self.0;
         inner.requests.fetch_add(1, Ordering::Relaxed);
         let n = inner.conns.len();
-        let home = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % n;
         // The key's own connection first; another one only if that one is down.
         let conn = (0..n)
             .map(|i| &inner.conns[(home + i) % n])
@@ -253,12 +267,10 @@ impl RedisMaster {
             .clone()
             .try_acquire_owned()
             .map_err(|_| BackendError::Overloaded)?;
-        let mut bytes = BytesMut::with_capacity(resp::encoded_len(args));
-        resp::encode_command(&mut bytes, args);
         let (reply, rx) = oneshot::channel();
         conn.tx
             .send(Request {
-                bytes: bytes.freeze(),
+                bytes,
                 reply,
                 _slot: slot,
             })
@@ -276,7 +288,9 @@ impl RedisMaster {
         self.eval_keys(script, &[key], argv)
     }
 
-    /// Runs a script with several keys; the first one picks the connection.
+    /// Runs a script with several keys; the first one picks the connection. If the master lost
+    /// its scripts (a restart, `SCRIPT FLUSH`), they are loaded again on that connection and the
+    /// same request is sent once more — nothing is copied unless that happens.
     fn eval_keys(
         &self,
         script: &'static Script,
@@ -289,21 +303,28 @@ impl RedisMaster {
         args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
         args.extend_from_slice(keys);
         args.extend_from_slice(argv);
-        let first = self.call(keys[0], &args);
+        let home = self.home(keys[0]);
+        let request = encode(&args);
+        let first = self.send(home, request.clone());
         let this = self.clone();
-        let mut fallback: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
-        fallback[0] = Bytes::from_static(b"EVAL");
-        fallback[1] = Bytes::from_static(script.body.as_bytes());
         async move {
             match first.await {
                 Err(BackendError::Reply(e)) if e.starts_with("NOSCRIPT") => {
-                    let args: Vec<&[u8]> = fallback.iter().map(|b| &b[..]).collect();
-                    this.call(&fallback[3], &args).await
+                    this.send(home, encode(&[b"SCRIPT", b"LOAD", script.body.as_bytes()]))
+                        .await?;
+                    this.send(home, request).await
                 }
                 other => other,
             }
         }
     }
+}
+
+/// One command, encoded once, in a buffer sized once.
+fn encode(args: &[&[u8]]) -> Bytes {
+    let mut bytes = BytesMut::with_capacity(resp::encoded_len(args));
+    resp::encode_command(&mut bytes, args);
+    bytes.freeze()
 }
 
 impl Inner {
