@@ -13,6 +13,14 @@
 //!
 //! The caller decides how `promised_validity_ms` is measured; it must never exceed what the
 //! lock service promised, or the checker could blame the service for a client's overrun.
+//!
+//! A **fence regression** is a grant whose fence is not greater than the fence of some other
+//! grant of the same key that had already **ended** when this grant's `LOCK` was sent
+//! (`sent_us`). A hold has ended at its `end_us`, or at its deadline if it overran (the lock
+//! was not promised beyond it). Fences must follow real-time order: once G1 is over, anything
+//! requested afterwards must get a greater fence, whoever granted it. Grants whose intervals
+//! overlap in time are not ordered by this rule. Equal fences count as regressions. Holds
+//! without a fence take no part.
 
 use std::collections::BTreeMap;
 
@@ -27,13 +35,15 @@ pub struct Hold {
     pub proxy: u32,
     /// The token the grant returned.
     pub token: String,
+    /// When the client sent its `LOCK`, µs since the start of the run (at or before `start_us`).
+    pub sent_us: u64,
     /// When the grant reply was received, µs since the start of the run.
     pub start_us: u64,
     /// How long from `start_us` the lock was promised to be safe, in ms.
     pub promised_validity_ms: u64,
     /// When the client finished its critical section, µs since the start of the run.
     pub end_us: u64,
-    /// A fencing token, when the lock service hands one out; not checked yet.
+    /// A fencing token, when the lock service hands one out.
     pub fence: Option<u64>,
 }
 
@@ -48,6 +58,29 @@ impl Hold {
     /// it did not end before it began).
     pub fn counted(&self) -> bool {
         self.start_us <= self.end_us && self.end_us <= self.deadline_us()
+    }
+
+    /// When the hold was over for the fence check, µs: its end, or its deadline when it overran
+    /// (past the deadline the lock was not its own any more); never before the grant arrived.
+    pub fn ended_us(&self) -> u64 {
+        self.end_us.min(self.deadline_us()).max(self.start_us)
+    }
+}
+
+/// A grant whose fence did not exceed that of an earlier, already ended grant of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceRegression {
+    /// The ended grant with the highest fence among those that ended before `later` was asked
+    /// for (the earliest-ended one at equal fences).
+    pub earlier: Hold,
+    /// The grant whose fence was not greater.
+    pub later: Hold,
+}
+
+impl FenceRegression {
+    /// The key both held.
+    pub fn key(&self) -> &str {
+        &self.earlier.key
     }
 }
 
@@ -91,6 +124,10 @@ pub struct Report {
     pub keys: BTreeMap<String, KeyCounts>,
     /// Every overlapping pair of counted holds, ordered by the second hold's start.
     pub violations: Vec<Violation>,
+    /// Every grant whose fence regressed, ordered by its `sent_us`.
+    pub fence_regressions: Vec<FenceRegression>,
+    /// Holds that carried a fence.
+    pub fenced: usize,
 }
 
 impl Report {
@@ -104,9 +141,9 @@ impl Report {
         self.keys.values().map(|k| k.not_counted).sum()
     }
 
-    /// True when no two counted holds overlapped.
+    /// True when no two counted holds overlapped and no fence regressed.
     pub fn is_safe(&self) -> bool {
-        self.violations.is_empty()
+        self.violations.is_empty() && self.fence_regressions.is_empty()
     }
 }
 
@@ -152,7 +189,60 @@ pub fn check(holds: &[Hold]) -> Report {
     report
         .violations
         .sort_by_key(|v| (v.second.start_us, v.first.start_us));
+    report.fenced = holds.iter().filter(|h| h.fence.is_some()).count();
+    report.fence_regressions = check_fences(holds);
     report
+}
+
+/// The fence check: per key, grants in order of `sent_us` against the highest fence among
+/// the grants that ended at or before it (a running maximum over grants sorted by end).
+/// O(n log n), and one report per regressed grant however many earlier grants it fell behind.
+fn check_fences(holds: &[Hold]) -> Vec<FenceRegression> {
+    let mut by_key: BTreeMap<&str, Vec<(&Hold, u64)>> = BTreeMap::new();
+    for h in holds {
+        if let Some(f) = h.fence {
+            by_key.entry(&h.key).or_default().push((h, f));
+        }
+    }
+    let mut out = Vec::new();
+    for list in by_key.into_values() {
+        let mut by_end = list.clone();
+        by_end.sort_by_key(|(h, _)| h.ended_us());
+        let mut by_sent = list;
+        by_sent.sort_by_key(|(h, _)| h.sent_us);
+        let mut ended = by_end.iter().peekable();
+        // The two highest fences among grants ended so far (from different grants): a
+        // malformed record (start not after sent) can count as ended before its own LOCK, and
+        // must then be compared with the runner-up, not with itself.
+        let mut top: [Option<(&Hold, u64)>; 2] = [None, None];
+        for &(later, fence) in &by_sent {
+            while let Some(&&(h, f)) = ended.peek() {
+                if h.ended_us() > later.sent_us {
+                    break;
+                }
+                if top[0].is_none_or(|(_, b)| f > b) {
+                    top = [Some((h, f)), top[0]];
+                } else if top[1].is_none_or(|(_, b)| f > b) {
+                    top[1] = Some((h, f));
+                }
+                ended.next();
+            }
+            let rival = match top[0] {
+                Some((h, _)) if std::ptr::eq(h, later) => top[1],
+                other => other,
+            };
+            if let Some((earlier, f)) = rival
+                && f >= fence
+            {
+                out.push(FenceRegression {
+                    earlier: earlier.clone(),
+                    later: later.clone(),
+                });
+            }
+        }
+    }
+    out.sort_by_key(|r| (r.later.sent_us, r.earlier.ended_us()));
+    out
 }
 
 #[cfg(test)]
@@ -166,6 +256,7 @@ mod tests {
             client: 0,
             proxy: 0,
             token: token.to_owned(),
+            sent_us: start_ms * 1_000,
             start_us: start_ms * 1_000,
             promised_validity_ms: validity_ms,
             end_us: end_ms * 1_000,
@@ -354,11 +445,162 @@ mod tests {
                     client: i as u32 % 7,
                     proxy,
                     token: format!("t{i:05}"),
+                    sent_us: start,
                     start_us: start,
                     promised_validity_ms: validity,
                     end_us: start + len,
                     fence: None,
                 })
+                .collect()
+        })
+    }
+
+    /// A fenced grant: LOCK sent at `sent_ms`, reply at `start_ms`, done at `end_ms`.
+    fn fenced(token: &str, sent_ms: u64, start_ms: u64, end_ms: u64, fence: u64) -> Hold {
+        Hold {
+            sent_us: sent_ms * 1_000,
+            fence: Some(fence),
+            ..hold("k", token, start_ms, end_ms, 500)
+        }
+    }
+
+    fn regressed(report: &Report) -> Vec<(String, String)> {
+        report
+            .fence_regressions
+            .iter()
+            .map(|r| (r.earlier.token.clone(), r.later.token.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn increasing_fences_pass() {
+        let r = check(&[
+            fenced("a", 0, 1, 10, 1),
+            fenced("b", 10, 12, 20, 2),
+            fenced("c", 25, 26, 30, 7),
+        ]);
+        assert!(r.is_safe(), "{:?}", r.fence_regressions);
+        assert_eq!(r.fenced, 3);
+    }
+
+    #[test]
+    fn a_lower_or_equal_fence_after_an_ended_grant_regresses() {
+        let r = check(&[
+            fenced("a", 0, 1, 10, 5),
+            fenced("b", 10, 12, 20, 4),
+            fenced("c", 30, 31, 40, 5),
+        ]);
+        // b asked when a (fence 5) had ended; so did c, and equal is not greater.
+        assert_eq!(
+            regressed(&r),
+            vec![("a".into(), "b".into()), ("a".into(), "c".into())]
+        );
+        assert!(!r.is_safe());
+        assert!(r.violations.is_empty());
+    }
+
+    #[test]
+    fn grants_asked_for_before_the_other_ended_are_not_ordered() {
+        // b's LOCK was sent at 9, before a ended at 10: a waiting or racing request may get a
+        // lower fence (it read the counters before a's grant); only ended grants constrain it.
+        let r = check(&[fenced("a", 0, 1, 10, 5), fenced("b", 9, 12, 20, 4)]);
+        assert!(r.fence_regressions.is_empty());
+    }
+
+    #[test]
+    fn an_overrun_hold_ends_at_its_deadline() {
+        // a was promised 5 ms from 1 ms and ran to 50: for fences it ended at 6.
+        let a = Hold {
+            promised_validity_ms: 5,
+            ..fenced("a", 0, 1, 50, 9)
+        };
+        assert_eq!(a.ended_us(), 6_000);
+        let r = check(&[a, fenced("b", 6, 7, 8, 3)]);
+        assert_eq!(regressed(&r), vec![("a".into(), "b".into())]);
+    }
+
+    #[test]
+    fn the_highest_ended_fence_is_the_one_reported() {
+        let r = check(&[
+            fenced("a", 0, 1, 2, 3),
+            fenced("b", 3, 4, 5, 8),
+            fenced("c", 6, 7, 8, 6),
+            fenced("d", 10, 11, 12, 7),
+        ]);
+        assert_eq!(
+            regressed(&r),
+            vec![("b".into(), "c".into()), ("b".into(), "d".into())]
+        );
+    }
+
+    #[test]
+    fn holds_without_fences_and_other_keys_take_no_part() {
+        let other = Hold {
+            key: "other".into(),
+            ..fenced("x", 20, 21, 22, 1)
+        };
+        let plain = Hold {
+            fence: None,
+            ..fenced("p", 20, 21, 22, 0)
+        };
+        let r = check(&[fenced("a", 0, 1, 10, 5), other, plain]);
+        assert!(r.is_safe(), "{:?}", r.fence_regressions);
+        assert_eq!(r.fenced, 2);
+    }
+
+    #[test]
+    fn a_malformed_hold_is_not_compared_with_itself() {
+        // Sent, granted and ended in the same µs: it ended "before" its own LOCK.
+        let r = check(&[fenced("a", 5, 5, 5, 4)]);
+        assert!(r.fence_regressions.is_empty());
+        let r = check(&[fenced("a", 5, 5, 5, 4), fenced("b", 1, 2, 3, 4)]);
+        assert_eq!(regressed(&r), vec![("b".into(), "a".into())]);
+    }
+
+    /// The fence definition, pair by pair: the set of regressed grants.
+    fn fence_brute_force(holds: &[Hold]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (j, b) in holds.iter().enumerate() {
+            let regressed = holds.iter().enumerate().any(|(i, a)| {
+                i != j
+                    && a.key == b.key
+                    && a.ended_us() <= b.sent_us
+                    && matches!((a.fence, b.fence), (Some(fa), Some(fb)) if fa >= fb)
+            });
+            if regressed {
+                out.push(b.token.clone());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn fenced_history(max_len: usize, span_us: u64) -> impl Strategy<Value = Vec<Hold>> {
+        let one = (
+            (0..3u8, 0..span_us, 0..span_us / 50, 0..span_us / 8),
+            (0..span_us / 1_000 / 4, 0..40u64, 0..10u8),
+        );
+        prop::collection::vec(one, 0..max_len).prop_map(|raw| {
+            raw.into_iter()
+                .enumerate()
+                .map(
+                    |(i, ((key, sent, rtt, len), (validity, fence, kind)))| Hold {
+                        key: format!("k{key}"),
+                        client: i as u32 % 7,
+                        proxy: i as u32 % 2,
+                        token: format!("t{i:05}"),
+                        sent_us: sent,
+                        start_us: sent + rtt,
+                        promised_validity_ms: validity,
+                        end_us: sent + rtt + len,
+                        // Mostly fences that grow with time, some random, some missing.
+                        fence: match kind {
+                            0 => None,
+                            1 | 2 => Some(fence),
+                            _ => Some(sent / 1_000 + fence / 20),
+                        },
+                    },
+                )
                 .collect()
         })
     }
@@ -375,6 +617,21 @@ mod tests {
         #[test]
         fn mostly_sequential_histories_match_too(holds in history(400, 100_000_000)) {
             prop_assert_eq!(unordered(&check(&holds)), brute_force(&holds));
+        }
+
+        #[test]
+        fn fences_match_the_pairwise_definition(holds in fenced_history(80, 2_000_000)) {
+            let report = check(&holds);
+            let mut got: Vec<String> =
+                report.fence_regressions.iter().map(|r| r.later.token.clone()).collect();
+            got.sort();
+            prop_assert_eq!(got, fence_brute_force(&holds));
+            for r in &report.fence_regressions {
+                // The reported pair is itself a witness.
+                prop_assert!(r.earlier.ended_us() <= r.later.sent_us);
+                prop_assert!(r.earlier.fence >= r.later.fence);
+                prop_assert!(r.earlier.token != r.later.token);
+            }
         }
     }
 
@@ -403,6 +660,7 @@ mod tests {
                     client: rng.random_range(0..16),
                     proxy: rng.random_range(0..2),
                     token: format!("{key}-{i}"),
+                    sent_us: start,
                     start_us: start,
                     promised_validity_ms: validity_ms,
                     end_us: start + len,

@@ -1,13 +1,15 @@
 //! Runs the `torture` binary: real masters and proxies, concurrent clients, masters killed and
 //! restarted empty (also two in quick succession), masters frozen, proxies killed; then the
 //! history checker. With restart quarantine in the proxy no two clients may ever have held a
-//! key at once within their promised validity.
+//! key at once within their promised validity, and with `--fence` fences never go backwards.
+//! The two runs go side by side (the test harness runs tests in parallel), so the file takes
+//! one run's wall time.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Seconds of traffic; setup and wind-down add about ten.
+/// Seconds of traffic per run; setup and wind-down add about ten.
 const TRAFFIC_SECS: u64 = 30;
 /// Far beyond what the run needs; only a hung run gets near it.
 const HARD_LIMIT: Duration = Duration::from_secs(150);
@@ -27,12 +29,13 @@ fn field(json: &str, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
 }
 
-#[test]
-fn no_two_holders_under_faults() {
+/// Runs `torture` with `extra` flags to completion (bounded); returns the exit status, the
+/// JSON summary line and everything printed, for assertion messages.
+fn torture(extra: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_torture"))
         .args(["--duration-secs", &TRAFFIC_SECS.to_string()])
         .args(["--faults", "restart-empty,pause,kill-proxy"])
-        .args(["--seed", "424242"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -66,10 +69,30 @@ fn no_two_holders_under_faults() {
     let json = out
         .lines()
         .find(|l| l.starts_with("{\"torture\":"))
-        .unwrap_or_else(|| panic!("no JSON summary\n{context}"));
-    assert_eq!(field(json, "violations"), 0, "{context}");
+        .unwrap_or_else(|| panic!("no JSON summary\n{context}"))
+        .to_owned();
+    (status, json, context)
+}
+
+#[test]
+fn no_two_holders_under_faults() {
+    let (status, json, context) = torture(&["--seed", "424242"]);
+    assert_eq!(field(&json, "violations"), 0, "{context}");
     assert_eq!(status.code(), Some(0), "{context}");
-    assert!(field(json, "grants") > 200, "too few grants\n{context}");
-    assert!(field(json, "master_restarts") > 0, "{context}");
-    assert_eq!(field(json, "stuck_clients"), 0, "{context}");
+    assert!(field(&json, "grants") > 200, "too few grants\n{context}");
+    assert!(field(&json, "master_restarts") > 0, "{context}");
+    assert_eq!(field(&json, "stuck_clients"), 0, "{context}");
+}
+
+#[test]
+fn fences_increase_under_faults() {
+    let (status, json, context) = torture(&["--seed", "535353", "--fence"]);
+    assert_eq!(field(&json, "violations"), 0, "{context}");
+    assert_eq!(field(&json, "fence_regressions"), 0, "{context}");
+    assert_eq!(status.code(), Some(0), "{context}");
+    assert!(field(&json, "grants") > 200, "too few grants\n{context}");
+    // Every grant came with a fence: the check had something to check.
+    assert_eq!(field(&json, "fenced"), field(&json, "grants"), "{context}");
+    assert!(field(&json, "master_restarts") > 0, "{context}");
+    assert_eq!(field(&json, "stuck_clients"), 0, "{context}");
 }

@@ -109,6 +109,12 @@ pub trait Master: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<Self>;
 
+    /// Raises the floor under every fence counter to `floor` unless it is already that high.
+    fn raise_fence_floor(
+        &self,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<Self>;
+
     /// True while the master may have lost fence counters (it restarted) and no repair has
     /// copied them back yet: its fence reads must not count.
     fn fences_lost(&self) -> bool {

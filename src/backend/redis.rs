@@ -47,6 +47,8 @@ struct Inner {
     release_channel: Bytes,
     /// Pattern of the fence counters (see [`Namespace`]).
     fence_pattern: Bytes,
+    /// Floor under every fence counter (see [`Namespace`]).
+    fence_floor: Bytes,
 }
 
 /// The proxy's names on the masters besides lock keys. Every proxy publishes each release on
@@ -60,6 +62,9 @@ pub struct Namespace {
     pub released: mpsc::UnboundedSender<Bytes>,
     /// `SCAN` pattern matching every fence counter.
     pub fence_pattern: Bytes,
+    /// The floor under every fence counter (outside `fence_pattern`), raised when counters had
+    /// to be rebuilt with no majority that kept them.
+    pub fence_floor: Bytes,
 }
 
 /// When a master may vote after (re)connecting.
@@ -165,6 +170,7 @@ impl RedisMaster {
             identity: Mutex::new(Identity::default()),
             release_channel: releases.channel.clone(),
             fence_pattern: releases.fence_pattern.clone(),
+            fence_floor: releases.fence_floor.clone(),
         }));
         tracker.spawn(listen_for_releases(
             master.0.clone(),
@@ -355,6 +361,9 @@ impl Inner {
         }
         let vouched = self.policy.fresh_at_start && id.first_run.as_deref() == Some(run_id);
         let exempt = self.policy.persistent_masters || vouched;
+        // Redis computes uptime from two whole-second clock readings, so it can read up to a
+        // second more than the process has really run: count one second less.
+        let uptime = uptime.saturating_sub(Duration::from_secs(1));
         let left = self
             .policy
             .max_ttl
@@ -464,7 +473,7 @@ impl Master for RedisMaster {
         &self,
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
-        let reply = self.eval(&resp::READ_FENCE, fence_key, &[]);
+        let reply = self.eval_keys(&resp::READ_FENCE, &[fence_key, &self.0.fence_floor], &[]);
         async move { expect_count(reply.await?) }
     }
 
@@ -479,7 +488,7 @@ impl Master for RedisMaster {
         let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
         let reply = self.eval_keys(
             &resp::ACQUIRE_FENCED,
-            &[key, fence_key],
+            &[key, fence_key, &self.0.fence_floor],
             &[
                 token,
                 ttl.format(ttl_ms).as_bytes(),
@@ -554,6 +563,19 @@ impl Master for RedisMaster {
             }
             Err(BackendError::Unexpected("SCAN never finished".into()))
         }
+    }
+
+    fn raise_fence_floor(
+        &self,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let mut f = itoa::Buffer::new();
+        let reply = self.eval(
+            &resp::RAISE_FENCE,
+            &self.0.fence_floor,
+            &[f.format(floor).as_bytes()],
+        );
+        async move { reply.await.map(|_| ()) }
     }
 
     fn fences_lost(&self) -> bool {
@@ -840,8 +862,8 @@ async fn connect(addr: &MasterAddr) -> Result<(TcpStream, String, Duration), Str
     Ok((stream, run_id, uptime))
 }
 
-/// `run_id` and `uptime_in_seconds` from `INFO server` text. The uptime is whole seconds,
-/// rounded down by Redis: the conservative direction for quarantine.
+/// `run_id` and `uptime_in_seconds` from `INFO server` text (whole seconds; see
+/// `observe_run` for why one is taken off).
 fn parse_run(info: &str) -> Option<(String, Duration)> {
     let field = |name: &str| {
         info.lines()
@@ -918,6 +940,7 @@ mod tests {
             identity: Mutex::new(Identity::default()),
             release_channel: Bytes::new(),
             fence_pattern: Bytes::new(),
+            fence_floor: Bytes::new(),
         }
     }
 
@@ -932,20 +955,22 @@ mod tests {
         });
         assert!(m.observe_run("a", Duration::from_secs(10)).is_some());
         let left = m.quarantine_left().unwrap();
+        // 60 s − 10 s of reported uptime, plus the second by which Redis's whole-second
+        // uptime can overstate.
         assert!(
-            left > Duration::from_secs(49) && left <= Duration::from_secs(50),
+            left > Duration::from_secs(50) && left <= Duration::from_secs(51),
             "{left:?}"
         );
         // A second connection to the same run does not shorten it.
         assert!(m.observe_run("a", Duration::from_secs(11)).is_none());
-        assert!(m.quarantine_left().unwrap() > Duration::from_secs(49));
+        assert!(m.quarantine_left().unwrap() > Duration::from_secs(50));
         // An old master votes at once.
         let m = inner(Quarantine {
             max_ttl: TTL,
             persistent_masters: false,
             fresh_at_start: false,
         });
-        assert!(m.observe_run("a", Duration::from_secs(60)).is_none());
+        assert!(m.observe_run("a", Duration::from_secs(61)).is_none());
         assert!(m.quarantine_left().is_none());
     }
 

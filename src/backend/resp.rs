@@ -78,17 +78,22 @@ pub static INSPECT: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// The fence counter KEYS[1] (0 when absent).
-pub static READ_FENCE: LazyLock<Script> =
-    LazyLock::new(|| Script::new("return tonumber(redis.call('GET', KEYS[1]) or '0')"));
+/// The fence counter KEYS[1], or the floor KEYS[2] when that is higher (0 when both absent).
+pub static READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "return math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), \
+         tonumber(redis.call('GET', KEYS[2]) or '0'))",
+    )
+});
 
 /// Takes lock KEYS[1] with token ARGV[1] for ARGV[2] ms together with fence ARGV[3], only if the
-/// lock is free and the fence is greater than every fence KEYS[2] has seen: 1 when taken, 0 when
-/// held, -1 when the fence is stale.
+/// lock is free and the fence is greater than every fence KEYS[2] has seen and than the floor
+/// KEYS[3]: 1 when taken, 0 when held, -1 when the fence is stale.
 pub static ACQUIRE_FENCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
-         if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then return -1 end \
+         if math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), \
+         tonumber(redis.call('GET', KEYS[3]) or '0')) >= tonumber(ARGV[3]) then return -1 end \
          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[3]) \
          return 1",
     )

@@ -6,6 +6,15 @@
 //! uniform in `0..--keys`. `--idle N` first opens N connections, checks each with a `PING`, and
 //! holds them open for the whole run.
 //!
+//! `--fence` sends `LOCK key ttl FENCE` and takes the token from the `[token, fence]` reply.
+//!
+//! `wait-latency` mode measures how fast a waiter wakes: for each of `--rounds` fresh keys, a
+//! holder takes the key through `--addr`, a waiter sends `LOCK key ttl WAIT ms` through
+//! `--addr-b`, and after `--hold-ms` the holder releases through `--addr`; the time from the
+//! `UNLOCK` reply to the waiter's token is recorded. With `--master` (each master's address) it
+//! then runs `--fallback-rounds` where the holder's key is deleted on the masters directly, so
+//! no release is announced and only the waiter's timer can notice.
+//!
 //! It prints cycles/s, `LOCK` latency percentiles and reply counts, then one JSON line with the
 //! same numbers. Replies are counted when they arrive within the measured window (after
 //! `--warmup-secs`); broken connections and timeouts whenever they happen. Errors are counted,
@@ -77,12 +86,36 @@ struct Args {
     /// Password sent with AUTH on every connection, for a server with requirepass
     #[arg(long, env = "LOCKBENCH_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Lock with `LOCK key ttl FENCE` (the reply is `[token, fence]`)
+    #[arg(long)]
+    fence: bool,
+    /// wait-latency: the second proxy, where the waiter waits
+    #[arg(long)]
+    addr_b: Option<String>,
+    /// wait-latency: release-and-wake rounds
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rounds: u32,
+    /// wait-latency: how long the holder keeps the key after the waiter's request was sent, ms
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    hold_ms: u64,
+    /// wait-latency: the waiter's WAIT timeout, ms
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    wait_ms: u64,
+    /// wait-latency: a master of the proxies (repeat for each), for the unannounced-release
+    /// rounds; their lock keys are `redlock:0:<key>` (the default key_prefix, database 0)
+    #[arg(long = "master")]
+    masters: Vec<String>,
+    /// wait-latency: rounds with an unannounced release (needs --master)
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    fallback_rounds: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     Cycle,
     Lock,
+    /// Wake-up latency of `LOCK ... WAIT` across two proxies (see the module docs).
+    WaitLatency,
 }
 
 impl Mode {
@@ -90,6 +123,7 @@ impl Mode {
         match self {
             Mode::Cycle => "cycle",
             Mode::Lock => "lock",
+            Mode::WaitLatency => "wait-latency",
         }
     }
 }
@@ -129,6 +163,9 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let args = Arc::new(args);
+    if args.mode == Mode::WaitLatency {
+        return wait::run(addr, &args).await;
+    }
 
     let idle = open_idle(addr, &args).await;
     if args.idle > 0 {
@@ -302,7 +339,7 @@ impl Conn {
         let depth = args.pipeline as usize;
         let now = Instant::now();
         while self.in_flight.len() < depth && now < window.until {
-            self.push_lock(rng.below(args.keys), args.ttl_ms, now);
+            self.push_lock(rng.below(args.keys), args.ttl_ms, args.fence, now);
         }
         loop {
             self.flush().await?;
@@ -325,7 +362,7 @@ impl Conn {
                     continue;
                 }
                 if now < window.until {
-                    self.push_lock(rng.below(args.keys), args.ttl_ms, now);
+                    self.push_lock(rng.below(args.keys), args.ttl_ms, args.fence, now);
                 }
             }
             self.rbuf.advance(used);
@@ -350,7 +387,9 @@ impl Conn {
                     stats.lock_latency.record(now - t0);
                 }
                 match reply {
-                    Reply::Bulk(Some(range)) => {
+                    Reply::Bulk(Some(range)) | Reply::Fenced(range)
+                        if matches!(reply, Reply::Fenced(_)) == args.fence =>
+                    {
                         if measuring {
                             stats.granted += 1;
                         }
@@ -401,14 +440,21 @@ impl Conn {
         false
     }
 
-    fn push_lock(&mut self, key: u64, ttl_ms: u64, now: Instant) {
+    fn push_lock(&mut self, key: u64, ttl_ms: u64, fence: bool, now: Instant) {
         let mut kb = itoa::Buffer::new();
         let mut tb = itoa::Buffer::new();
         let key_num = kb.format(key).as_bytes();
         let ttl = tb.format(ttl_ms).as_bytes();
-        self.wbuf.extend_from_slice(b"*3\r\n$4\r\nLOCK\r\n");
+        if fence {
+            self.wbuf.extend_from_slice(b"*4\r\n$4\r\nLOCK\r\n");
+        } else {
+            self.wbuf.extend_from_slice(b"*3\r\n$4\r\nLOCK\r\n");
+        }
         put_key(&mut self.wbuf, key_num);
         put_bulk(&mut self.wbuf, ttl);
+        if fence {
+            put_bulk(&mut self.wbuf, b"FENCE");
+        }
         self.in_flight.push_back(Sent::Lock { key, at: now });
     }
 
@@ -479,6 +525,8 @@ enum Reply {
     Error((usize, usize)),
     Int(i64),
     Bulk(Option<(usize, usize)>),
+    /// `[token, fence]`, the reply of `LOCK ... FENCE`: the token's range.
+    Fenced((usize, usize)),
     /// Any other type (aggregates, doubles, ...), skipped whole.
     Other,
 }
@@ -537,6 +585,10 @@ fn parse_at(buf: &[u8], pos: usize, depth: usize) -> io::Result<Option<(Reply, u
                 return Err(invalid("reply nested too deeply"));
             }
             let n = number(&buf[body.0..body.1])?;
+            if n < 0 {
+                // A null array: what a RESP2 null may look like besides `$-1`.
+                return Ok(Some((Reply::Bulk(None), next)));
+            }
             let per = if matches!(buf[pos], b'%' | b'|') {
                 2
             } else {
@@ -547,13 +599,23 @@ fn parse_at(buf: &[u8], pos: usize, depth: usize) -> io::Result<Option<(Reply, u
                 return Err(invalid("aggregate reply too long"));
             }
             let mut at = next;
+            let mut parts = Vec::with_capacity(items.min(2));
             for _ in 0..items {
                 match parse_at(buf, at, depth + 1)? {
-                    Some((_, end)) => at = end,
+                    Some((part, end)) => {
+                        if parts.len() < 2 {
+                            parts.push(part);
+                        }
+                        at = end;
+                    }
                     None => return Ok(None),
                 }
             }
-            return Ok(Some((Reply::Other, at)));
+            let reply = match (buf[pos], items, parts.as_slice()) {
+                (b'*', 2, [Reply::Bulk(Some(token)), Reply::Int(_)]) => Reply::Fenced(*token),
+                _ => Reply::Other,
+            };
+            return Ok(Some((reply, at)));
         }
         _ => return Err(invalid("unknown reply type")),
     };
@@ -759,11 +821,12 @@ impl Report<'_> {
         let q = |h: &Histogram, p| h.quantile_us(p);
         let l = &s.lock_latency;
         println!(
-            "lockbench: {} | {} connections x {} in flight | {} mode | {} s measured after {} s warm-up | {} idle connections held ({} failed)",
+            "lockbench: {} | {} connections x {} in flight | {} mode{} | {} s measured after {} s warm-up | {} idle connections held ({} failed)",
             a.addr,
             a.connections,
             a.pipeline,
             a.mode.name(),
+            if a.fence { " (FENCE)" } else { "" },
             a.duration_secs,
             a.warmup_secs,
             self.idle_open,
@@ -771,7 +834,9 @@ impl Report<'_> {
         );
         match a.mode {
             Mode::Cycle => println!("  LOCK→UNLOCK cycles/s  {cycles_per_sec:.0}"),
-            Mode::Lock => println!("  LOCK/s                {locks_per_sec:.0}"),
+            Mode::Lock | Mode::WaitLatency => {
+                println!("  LOCK/s                {locks_per_sec:.0}")
+            }
         }
         println!(
             "  LOCK latency (µs)     p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
@@ -807,7 +872,7 @@ impl Report<'_> {
         let mut json = String::with_capacity(512);
         let _ = write!(
             json,
-            "{{\"tool\":\"lockbench\",\"addr\":{},\"mode\":\"{}\",\"connections\":{},\"pipeline\":{},\
+            "{{\"tool\":\"lockbench\",\"addr\":{},\"mode\":\"{}\",\"fence\":{},\"connections\":{},\"pipeline\":{},\
              \"duration_secs\":{},\"warmup_secs\":{},\"keys\":{},\"ttl_ms\":{},\"idle_open\":{},\
              \"idle_failed\":{},\"cycles_per_sec\":{:.1},\"locks_per_sec\":{:.1},\"requests_per_sec\":{:.1},\
              \"lock_p50_us\":{:.1},\"lock_p99_us\":{:.1},\"lock_p999_us\":{:.1},\"lock_max_us\":{:.1},\
@@ -816,6 +881,7 @@ impl Report<'_> {
              \"unexpected\":{},\"io_errors\":{},\"timeouts\":{},\"first_error\":{}}}",
             json_str(&a.addr),
             a.mode.name(),
+            a.fence,
             a.connections,
             a.pipeline,
             a.duration_secs,
@@ -917,6 +983,296 @@ fn raise_fd_limit(wanted: u64) {
     }
 }
 
+/// `--mode wait-latency`: one holder and one waiter, sequential rounds, every step bounded.
+mod wait {
+    use super::*;
+
+    /// Longest any single request of a round may take, besides the waiter's `WAIT`.
+    const STEP: Duration = Duration::from_secs(3);
+
+    /// One connection with whole replies copied out (no pipelining here).
+    struct Link {
+        conn: Conn,
+    }
+
+    impl Link {
+        async fn open(addr: SocketAddr, args: &Args) -> io::Result<Link> {
+            Ok(Link {
+                conn: connect(addr, args).await?,
+            })
+        }
+
+        async fn send(&mut self, cmd: &[&[u8]]) -> io::Result<()> {
+            encode(&mut self.conn.wbuf, cmd);
+            self.conn.flush().await
+        }
+
+        /// The next reply and its bytes (ranges in the reply index those bytes).
+        async fn reply(&mut self, within: Duration) -> io::Result<(Reply, Vec<u8>)> {
+            timeout(within, async {
+                loop {
+                    if let Some((reply, len)) = parse(&self.conn.rbuf)? {
+                        let bytes = self.conn.rbuf[..len].to_vec();
+                        self.conn.rbuf.advance(len);
+                        return Ok((reply, bytes));
+                    }
+                    if self.conn.stream.read_buf(&mut self.conn.rbuf).await? == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+                    }
+                }
+            })
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply in time"))?
+        }
+
+        async fn call(&mut self, cmd: &[&[u8]]) -> io::Result<(Reply, Vec<u8>)> {
+            self.send(cmd).await?;
+            self.reply(STEP).await
+        }
+    }
+
+    fn token_of(reply: &(Reply, Vec<u8>)) -> Option<Vec<u8>> {
+        match reply.0 {
+            Reply::Bulk(Some((a, b))) => Some(reply.1[a..b].to_vec()),
+            _ => None,
+        }
+    }
+
+    /// What one set of rounds measured.
+    #[derive(Default)]
+    struct Tally {
+        /// µs from the release (UNLOCK reply, or the last master's DEL reply) to the token.
+        wake_us: Vec<f64>,
+        /// Tokens that arrived before the release's reply did (counted as 0 µs above).
+        early: u32,
+        failed: u32,
+        first_error: Option<String>,
+    }
+
+    impl Tally {
+        fn fail(&mut self, why: String) {
+            self.failed += 1;
+            self.first_error.get_or_insert(why);
+        }
+
+        fn quantile(&self, q: f64) -> f64 {
+            let mut v = self.wake_us.clone();
+            v.sort_by(f64::total_cmp);
+            if v.is_empty() {
+                return 0.0;
+            }
+            v[((v.len() - 1) as f64 * q).round() as usize]
+        }
+
+        fn print(&self, name: &str) -> String {
+            let max = self.wake_us.iter().copied().fold(0.0, f64::max);
+            println!(
+                "  {name:<12} rounds {}  wake-up (ms) p50 {:.2}  p99 {:.2}  max {:.2}  early {}  failed {}{}",
+                self.wake_us.len(),
+                self.quantile(0.5) / 1e3,
+                self.quantile(0.99) / 1e3,
+                max / 1e3,
+                self.early,
+                self.failed,
+                self.first_error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!("  first error: {e}"))
+            );
+            format!(
+                "\"{name}\":{{\"rounds\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\
+                 \"early\":{},\"failed\":{}}}",
+                self.wake_us.len(),
+                self.quantile(0.5) / 1e3,
+                self.quantile(0.99) / 1e3,
+                max / 1e3,
+                self.early,
+                self.failed
+            )
+        }
+    }
+
+    pub async fn run(addr: SocketAddr, args: &Args) -> ExitCode {
+        let resolve = |a: &str| {
+            let a = a.to_owned();
+            async move {
+                tokio::net::lookup_host(&a)
+                    .await
+                    .ok()
+                    .and_then(|mut i| i.next())
+                    .ok_or(a)
+            }
+        };
+        let Some(addr_b) = &args.addr_b else {
+            eprintln!("lockbench: --mode wait-latency needs --addr-b");
+            return ExitCode::FAILURE;
+        };
+        let addr_b = match resolve(addr_b).await {
+            Ok(a) => a,
+            Err(a) => {
+                eprintln!("lockbench: cannot resolve {a}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut masters = Vec::new();
+        for m in &args.masters {
+            match resolve(m).await {
+                Ok(a) => masters.push(a),
+                Err(a) => {
+                    eprintln!("lockbench: cannot resolve {a}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        // Fresh keys per run and round, so no round meets a lock left by another.
+        let run_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let announced = rounds(addr, addr_b, &[], args.rounds, run_id, "a", args).await;
+        let fallback = if masters.is_empty() {
+            Tally::default()
+        } else {
+            rounds(
+                addr,
+                addr_b,
+                &masters,
+                args.fallback_rounds,
+                run_id,
+                "f",
+                args,
+            )
+            .await
+        };
+        println!(
+            "lockbench: wait-latency | holder via {} | waiter via {} | ttl {} ms | hold {} ms after the waiter asked | WAIT {} ms",
+            args.addr, addr_b, args.ttl_ms, args.hold_ms, args.wait_ms
+        );
+        let mut json = format!(
+            "{{\"tool\":\"lockbench\",\"mode\":\"wait-latency\",\"addr\":{},\"addr_b\":{},\
+             \"ttl_ms\":{},\"hold_ms\":{},\"wait_ms\":{},",
+            json_str(&args.addr),
+            json_str(&addr_b.to_string()),
+            args.ttl_ms,
+            args.hold_ms,
+            args.wait_ms
+        );
+        json.push_str(&announced.print("released"));
+        if !masters.is_empty() {
+            json.push(',');
+            json.push_str(&fallback.print("unannounced"));
+        }
+        json.push('}');
+        println!("{json}");
+        if announced.wake_us.is_empty() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+
+    /// `count` rounds; with `masters` the release is a DEL on each master (no announcement).
+    async fn rounds(
+        addr: SocketAddr,
+        addr_b: SocketAddr,
+        masters: &[SocketAddr],
+        count: u32,
+        run_id: u128,
+        tag: &str,
+        args: &Args,
+    ) -> Tally {
+        let mut tally = Tally::default();
+        let mut links: Option<(Link, Link)> = None;
+        for round in 0..count {
+            if links.is_none() {
+                match (Link::open(addr, args).await, Link::open(addr_b, args).await) {
+                    (Ok(h), Ok(w)) => links = Some((h, w)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tally.fail(format!("connect: {e}"));
+                        sleep(RECONNECT_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+            let Some((holder, waiter)) = links.as_mut() else {
+                continue;
+            };
+            let key = format!("lockbench:wait:{run_id}:{tag}{round}");
+            match one_round(holder, waiter, masters, &key, args).await {
+                Ok((us, early)) => {
+                    tally.wake_us.push(us);
+                    tally.early += u32::from(early);
+                }
+                Err(e) => {
+                    tally.fail(e.to_string());
+                    // A connection in an unknown state is not reused.
+                    links = None;
+                }
+            }
+        }
+        tally
+    }
+
+    /// One round: µs from the release to the waiter's token, and whether the token came first.
+    async fn one_round(
+        holder: &mut Link,
+        waiter: &mut Link,
+        masters: &[SocketAddr],
+        key: &str,
+        args: &Args,
+    ) -> io::Result<(f64, bool)> {
+        let ttl = args.ttl_ms.to_string();
+        let wait = args.wait_ms.to_string();
+        let held = holder
+            .call(&[b"LOCK", key.as_bytes(), ttl.as_bytes()])
+            .await?;
+        let token = token_of(&held).ok_or_else(|| io::Error::other("the holder got no token"))?;
+        waiter
+            .send(&[
+                b"LOCK",
+                key.as_bytes(),
+                ttl.as_bytes(),
+                b"WAIT",
+                wait.as_bytes(),
+            ])
+            .await?;
+        // The waiter's reply is read concurrently with the release, stamped on arrival.
+        let wait_for = Duration::from_millis(args.wait_ms) + STEP;
+        let waited = async {
+            let reply = waiter.reply(wait_for).await;
+            (reply, Instant::now())
+        };
+        let release = async {
+            // Part of the scenario, not a readiness check: the holder keeps the lock a while
+            // after the waiter asked, as a real holder would.
+            sleep(Duration::from_millis(args.hold_ms)).await;
+            if masters.is_empty() {
+                match holder.call(&[b"UNLOCK", key.as_bytes(), &token]).await? {
+                    (Reply::Int(1), _) => {}
+                    other => return Err(io::Error::other(format!("UNLOCK: {:?}", other.0))),
+                }
+            } else {
+                let master_key = format!("redlock:0:{key}");
+                for m in masters {
+                    let mut link = Link::open(*m, args).await?;
+                    link.call(&[b"DEL", master_key.as_bytes()]).await?;
+                }
+            }
+            Ok(Instant::now())
+        };
+        let ((reply, woke), released) = tokio::join!(waited, release);
+        let released = released?;
+        let granted = reply?;
+        let token_b =
+            token_of(&granted).ok_or_else(|| io::Error::other("the waiter got no token"))?;
+        // Leave nothing behind for the next round.
+        waiter.call(&[b"UNLOCK", key.as_bytes(), &token_b]).await?;
+        let early = woke < released;
+        Ok((
+            woke.saturating_duration_since(released).as_secs_f64() * 1e6,
+            early,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -974,6 +1330,12 @@ mod tests {
                 Reply::Status,
             ]
         );
+        assert_eq!(
+            parse(b"*2\r\n$2\r\nab\r\n:17\r\n").unwrap(),
+            Some((Reply::Fenced((8, 10)), 17))
+        );
+        assert_eq!(parse(b"*-1\r\n").unwrap(), Some((Reply::Bulk(None), 5)));
+        assert_eq!(parse(b"*2\r\n$2\r\nab\r\n").unwrap(), None);
         assert_eq!(parse(b"$4\r\nab").unwrap(), None);
         assert_eq!(parse(b"*2\r\n:1\r\n").unwrap(), None);
         assert!(parse(b"?\r\n").is_err());

@@ -1,10 +1,11 @@
 //! `torture`: runs real `redis-server` masters and `redlock-proxy` processes, drives concurrent
 //! lock clients through them while injecting faults (masters killed and restarted empty,
 //! masters frozen, proxies killed), then checks the recorded history: no two clients may have
-//! held one key at the same time within the validity they were promised.
+//! held one key at the same time within the validity they were promised. With `--fence` every
+//! lock is taken with `FENCE`, and fences must also increase per key in real-time order.
 //!
-//! Exit code: 0 no violation, 1 at least one violation, 2 the run could not be set up,
-//! 130 interrupted (Ctrl-C) without a violation.
+//! Exit code: 0 no violation, 1 at least one violation or fence regression, 2 the run could not
+//! be set up, 130 interrupted (Ctrl-C) without either.
 
 #[path = "torture/clients.rs"]
 mod clients;
@@ -108,6 +109,11 @@ struct Args {
     #[arg(long)]
     persistent_masters: bool,
 
+    /// Lock with `LOCK key ttl FENCE` and check that fences strictly increase per key across
+    /// grants that follow one another in time, whichever proxy granted them
+    #[arg(long)]
+    fence: bool,
+
     /// The redis-server program
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
@@ -150,7 +156,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let kind_names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     println!(
         "torture: seed {seed}, {} masters, {} proxies, {} clients, {} keys, max-ttl {} ms, \
-         faults [{}] every ~{} ms, {} s of traffic{}",
+         faults [{}] every ~{} ms, {} s of traffic{}{}",
         args.masters,
         args.proxies,
         args.clients,
@@ -163,7 +169,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             ", persistent_masters = true (restart quarantine off)"
         } else {
             ""
-        }
+        },
+        if args.fence { ", FENCE" } else { "" }
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -235,6 +242,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         proxies: proxies.iter().map(ProxyProc::addr).collect(),
         keys: (0..args.keys).map(|k| format!("torture:{k}")).collect(),
         max_ttl_ms: args.max_ttl_ms,
+        fence: args.fence,
         promised_until_us: (0..args.keys).map(|_| AtomicU64::new(0)).collect(),
         holds: Mutex::new(Vec::new()),
         deadline_us: traffic_start + args.duration_secs * 1_000_000,
@@ -443,6 +451,38 @@ impl Summary<'_> {
         if r.violations.len() > SHOWN {
             let _ = writeln!(out, "  ... and {} more", r.violations.len() - SHOWN);
         }
+        if self.args.fence {
+            let _ = writeln!(
+                out,
+                "fences       {} fenced grants, {} fence regressions",
+                r.fenced,
+                r.fence_regressions.len()
+            );
+            for g in r.fence_regressions.iter().take(SHOWN) {
+                let _ = writeln!(
+                    out,
+                    "  key {}: fence {:?} asked for at {} after fence {:?} ended at {}\n    {}\n    {}",
+                    g.key(),
+                    g.later.fence,
+                    clock::secs(g.later.sent_us).trim(),
+                    g.earlier.fence,
+                    clock::secs(g.earlier.ended_us()).trim(),
+                    describe(&g.earlier),
+                    describe(&g.later)
+                );
+                let from = g
+                    .earlier
+                    .start_us
+                    .saturating_sub(self.args.max_ttl_ms * 1_000);
+                let faults = faults::events_between(events, from, g.later.end_us);
+                if !faults.is_empty() {
+                    let _ = write!(out, "    faults around it:\n{faults}");
+                }
+            }
+            if r.fence_regressions.len() > SHOWN {
+                let _ = writeln!(out, "  ... and {} more", r.fence_regressions.len() - SHOWN);
+            }
+        }
         out
     }
 
@@ -453,6 +493,19 @@ impl Summary<'_> {
         let r = self.report;
         let a = self.args;
         let kinds: Vec<String> = self.kinds.iter().map(|k| format!("\"{k}\"")).collect();
+        let fence_examples: Vec<String> = r
+            .fence_regressions
+            .iter()
+            .take(SHOWN)
+            .map(|g| {
+                format!(
+                    "{{\"key\":\"{}\",\"earlier\":{},\"later\":{}}}",
+                    escape(g.key()),
+                    hold_json(&g.earlier),
+                    hold_json(&g.later)
+                )
+            })
+            .collect();
         let examples: Vec<String> = r
             .violations
             .iter()
@@ -475,7 +528,8 @@ impl Summary<'_> {
              \"conn_errors\":{},\"unlocked\":{},\"unlock_missed\":{},\"unlock_failed\":{},\
              \"master_restarts\":{},\"double_restarts\":{},\"pauses\":{},\"proxy_kills\":{},\
              \"compound_faults\":{},\"restart_failures\":{},\"stuck_clients\":{},\
-             \"violations\":{},\"violating_holds\":{},\"violation_examples\":[{}]}}",
+             \"violations\":{},\"violating_holds\":{},\"violation_examples\":[{}],\
+             \"fence\":{},\"fenced\":{},\"fence_regressions\":{},\"fence_regression_examples\":[{}]}}",
             self.seed,
             self.traffic_us as f64 / 1e6,
             a.masters,
@@ -506,17 +560,23 @@ impl Summary<'_> {
             self.stuck_clients,
             r.violations.len(),
             self.violating_holds(),
-            examples.join(",")
+            examples.join(","),
+            a.fence,
+            r.fenced,
+            r.fence_regressions.len(),
+            fence_examples.join(",")
         )
     }
 }
 
 fn describe(h: &Hold) -> String {
     format!(
-        "client {:>3} via proxy {} token {}: held {} → {} (promised {} ms, used {:.1} ms)",
+        "client {:>3} via proxy {} token {}{}: asked {}, held {} → {} (promised {} ms, used {:.1} ms)",
         h.client,
         h.proxy,
         h.token,
+        h.fence.map_or(String::new(), |f| format!(" fence {f}")),
+        clock::secs(h.sent_us).trim(),
         clock::secs(h.start_us).trim(),
         clock::secs(h.end_us).trim(),
         h.promised_validity_ms,
@@ -526,14 +586,16 @@ fn describe(h: &Hold) -> String {
 
 fn hold_json(h: &Hold) -> String {
     format!(
-        "{{\"client\":{},\"proxy\":{},\"token\":\"{}\",\"start_us\":{},\"end_us\":{},\
-         \"promised_validity_ms\":{}}}",
+        "{{\"client\":{},\"proxy\":{},\"token\":\"{}\",\"sent_us\":{},\"start_us\":{},\
+         \"end_us\":{},\"promised_validity_ms\":{},\"fence\":{}}}",
         h.client,
         h.proxy,
         escape(&h.token),
+        h.sent_us,
         h.start_us,
         h.end_us,
-        h.promised_validity_ms
+        h.promised_validity_ms,
+        h.fence.map_or("null".to_owned(), |f| f.to_string())
     )
 }
 

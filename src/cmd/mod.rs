@@ -474,6 +474,7 @@ mod fuzz {
                     channel: Bytes::from_static(b"redlock:released"),
                     released,
                     fence_pattern: Bytes::from_static(b"redlock:fence:*"),
+                    fence_floor: Bytes::from_static(b"redlock:fence-floor"),
                 };
                 let stop = CancellationToken::new();
                 let master = RedisMaster::start(

@@ -30,6 +30,7 @@ struct State {
     mode: Mode,
     votes: bool,
     fences: HashMap<Bytes, u64>,
+    fence_floor: u64,
     fences_lost: bool,
     keys: HashMap<Bytes, (Bytes, Instant)>,
 }
@@ -45,6 +46,7 @@ impl FakeMaster {
             mode: Mode::Healthy,
             votes: true,
             fences: HashMap::new(),
+            fence_floor: 0,
             fences_lost: false,
             keys: HashMap::new(),
         })))
@@ -65,6 +67,7 @@ impl FakeMaster {
         let mut s = self.0.lock().unwrap();
         s.keys.clear();
         s.fences.clear();
+        s.fence_floor = 0;
         s.fences_lost = true;
     }
 
@@ -211,7 +214,13 @@ impl Master for FakeMaster {
         &self,
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
-        reply(self.apply_fences(|s| s.fences.get(fence_key).copied().unwrap_or(0)))
+        reply(self.apply_fences(|s| {
+            s.fences
+                .get(fence_key)
+                .copied()
+                .unwrap_or(0)
+                .max(s.fence_floor)
+        }))
     }
 
     fn acquire_fenced(
@@ -225,7 +234,13 @@ impl Master for FakeMaster {
         reply(self.apply_fences(|s| {
             let now = Instant::now();
             s.keys.retain(|_, (_, exp)| *exp > now);
-            if s.keys.contains_key(key) || s.fences.get(fence_key).copied().unwrap_or(0) >= fence {
+            let seen = s
+                .fences
+                .get(fence_key)
+                .copied()
+                .unwrap_or(0)
+                .max(s.fence_floor);
+            if s.keys.contains_key(key) || seen >= fence {
                 return false;
             }
             s.keys.insert(
@@ -258,6 +273,13 @@ impl Master for FakeMaster {
         &self,
     ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
         reply(self.apply_fences(|s| s.fences.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+    }
+
+    fn raise_fence_floor(
+        &self,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        reply(self.apply_fences(|s| s.fence_floor = s.fence_floor.max(floor)))
     }
 
     fn fences_lost(&self) -> bool {

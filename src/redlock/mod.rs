@@ -51,6 +51,13 @@ pub enum LockError {
     },
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// How long a fence repair may take before it is tried again later.
 const REPAIR_WITHIN: Duration = Duration::from_secs(10);
 
@@ -175,10 +182,13 @@ impl<M: Master> Redlock<M> {
     /// Copies fence counters back into masters that lost them in a restart, from a majority of
     /// the others (every granted fence is on a quorum, so a majority's union has its maximum).
     /// One repair at a time; a master stays out of fence reads until its repair is done. When
-    /// no majority kept its counters, every master's are merged instead, so fences stay
-    /// available; that case is logged.
+    /// no majority kept its counters, a floor from the wall clock keeps fences increasing; that
+    /// case is logged.
     async fn repair_fences(&self) {
-        if !self.masters.iter().any(|m| m.fences_lost() && m.votes()) {
+        // A restarted master is repaired as soon as it answers, quarantined or not: raising a
+        // counter only ever moves it up, and the sooner it holds the counters again, the fewer
+        // masters are left without them if others restart too.
+        if !self.masters.iter().any(|m| m.fences_lost()) {
             return;
         }
         let Ok(_one_at_a_time) = self.repairing.try_lock() else {
@@ -190,20 +200,33 @@ impl<M: Master> Redlock<M> {
             .filter(|m| m.votes() && !m.fences_lost())
             .collect();
         if sources.len() < self.quorum() {
-            // A majority restarted (or all started together, as a new cluster does): no majority
-            // kept its counters, so the best there is — every master's — has to do.
-            tracing::warn!(
-                "fence counters rebuilt from every master: a majority may have lost them; fences \
-                 of keys whose counters only those masters held can start lower"
+            // No majority kept its counters (a majority restarted empty, or a new cluster came
+            // up): what they held is gone. Raise the floor under every counter on a quorum to
+            // the wall clock in microseconds, above any fence handed out before unless the
+            // clock went back or a key was granted more than once a microsecond.
+            let floor = unix_micros();
+            let raised = futures_util::future::join_all(
+                self.masters.iter().map(|m| m.raise_fence_floor(floor)),
             );
-            sources = self.masters.iter().filter(|m| m.votes()).collect();
+            let Ok(raised) = tokio::time::timeout(REPAIR_WITHIN, raised).await else {
+                return;
+            };
+            if raised.iter().filter(|r| r.is_ok()).count() < self.quorum() {
+                return;
+            }
+            tracing::warn!(
+                floor,
+                "fence counters rebuilt without a majority that kept them: fences continue \
+                 above a floor taken from the wall clock"
+            );
+            sources = self.masters.iter().collect();
         }
         let scans = futures_util::future::join_all(sources.iter().map(|m| m.fences()));
         let Ok(scans) = tokio::time::timeout(REPAIR_WITHIN, scans).await else {
             return;
         };
         let scans: Vec<_> = scans.into_iter().filter_map(Result::ok).collect();
-        if scans.len() < self.quorum() {
+        if scans.len() < self.quorum().min(sources.len()) {
             return;
         }
         let mut highest: std::collections::HashMap<Bytes, u64> = std::collections::HashMap::new();
@@ -211,7 +234,7 @@ impl<M: Master> Redlock<M> {
             let entry = highest.entry(key).or_default();
             *entry = (*entry).max(fence);
         }
-        for m in self.masters.iter().filter(|m| m.fences_lost() && m.votes()) {
+        for m in self.masters.iter().filter(|m| m.fences_lost()) {
             let raises = futures_util::future::join_all(
                 highest
                     .iter()

@@ -58,6 +58,7 @@ struct SimState {
     /// Bumped by each restart: answers from an earlier run never arrive (its connections died).
     epoch: u64,
     fences: HashMap<Bytes, u64>,
+    fence_floor: u64,
 }
 
 /// A simulated master: each request is applied after a random delay (or lost), and answered
@@ -76,6 +77,7 @@ impl SimMaster {
             loss_percent,
             epoch: 0,
             fences: HashMap::new(),
+            fence_floor: 0,
         })))
     }
 
@@ -84,6 +86,7 @@ impl SimMaster {
         let mut s = self.0.lock().unwrap();
         s.keys.clear();
         s.fences.clear();
+        s.fence_floor = 0;
         s.epoch += 1;
         if s.quarantine_enabled {
             s.quarantined_until = Some(Instant::now() + Duration::from_millis(MAX_TTL_MS));
@@ -232,7 +235,13 @@ impl Master for SimMaster {
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
         let fence_key = Bytes::copy_from_slice(fence_key);
-        self.request(move |s, _| s.fences.get(&fence_key).copied().unwrap_or(0))
+        self.request(move |s, _| {
+            s.fences
+                .get(&fence_key)
+                .copied()
+                .unwrap_or(0)
+                .max(s.fence_floor)
+        })
     }
 
     fn acquire_fenced(
@@ -249,8 +258,8 @@ impl Master for SimMaster {
             Bytes::copy_from_slice(token),
         );
         self.request(move |s, now| {
-            if s.keys.contains_key(&key) || s.fences.get(&fence_key).copied().unwrap_or(0) >= fence
-            {
+            let seen = s.fences.get(&fence_key).copied().unwrap_or(0);
+            if s.keys.contains_key(&key) || seen.max(s.fence_floor) >= fence {
                 return false;
             }
             let exp = expiry(now, ttl_ms, s.skew_permille);
@@ -276,6 +285,13 @@ impl Master for SimMaster {
         &self,
     ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
         self.request(|s, _| s.fences.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
+
+    fn raise_fence_floor(
+        &self,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        self.request(move |s, _| s.fence_floor = s.fence_floor.max(floor))
     }
 }
 

@@ -272,3 +272,34 @@ async fn a_restarted_master_gets_its_fences_back_before_they_count() {
     assert_eq!(fence, 5);
     assert_eq!(masters[1].fence(b"f"), 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn fences_keep_increasing_when_every_master_lost_them() {
+    let (rl, masters) = cluster(3);
+    let mut last = 0;
+    for _ in 0..3 {
+        let (g, fence) = rl
+            .lock_fenced(b"k", b"f", token::generate(), 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        last = fence;
+        rl.unlock(b"k", &g.token).await.unwrap();
+    }
+    masters.iter().for_each(FakeMaster::restart_empty);
+    // No majority kept a counter: the floor from the wall clock takes over.
+    let (g, fence) = rl
+        .lock_fenced(b"k", b"f", token::generate(), 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(fence > last, "{fence} after {last}");
+    assert!(masters.iter().all(|m| !m.fences_lost()));
+    rl.unlock(b"k", &g.token).await.unwrap();
+    let (_, next) = rl
+        .lock_fenced(b"k", b"f", token::generate(), 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next, fence + 1);
+}

@@ -64,6 +64,7 @@ impl Proxy {
             channel: Bytes::from(format!("{}released", config.redlock.key_prefix)),
             released,
             fence_pattern: Bytes::from(format!("{}fence:*", config.redlock.key_prefix)),
+            fence_floor: Bytes::from(format!("{}fence-floor", config.redlock.key_prefix)),
         };
         let masters: Vec<RedisMaster> = config
             .backend

@@ -71,6 +71,8 @@ pub struct Shared {
     pub proxies: Vec<SocketAddr>,
     pub keys: Vec<String>,
     pub max_ttl_ms: u64,
+    /// Lock with `FENCE` and record each grant's fence.
+    pub fence: bool,
     /// Per key, when the latest grant's promise ends (µs): the fault injector aims restarts at
     /// moments when a lock has a long life left.
     pub promised_until_us: Vec<AtomicU64>,
@@ -113,18 +115,16 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
         let key = shared.keys[k].as_bytes();
         let (plan, ttl) = pick_plan(&mut rng, shared.max_ttl_ms);
         let ttl_arg = ttl.to_string();
+        let mut lock: Vec<&[u8]> = vec![b"LOCK", key, ttl_arg.as_bytes()];
+        if shared.fence {
+            lock.push(b"FENCE");
+        }
         Counters::bump(&shared.counters.attempts);
         let sent = now_us();
-        let reply = call(
-            &mut conns,
-            &shared.proxies,
-            p,
-            &[b"LOCK", key, ttl_arg.as_bytes()],
-        )
-        .await;
+        let reply = call(&mut conns, &shared.proxies, p, &lock).await;
         let received = now_us();
-        let backoff_ms = match reply {
-            Ok(Reply::Bulk(Some(token))) => {
+        let backoff_ms = match reply.map(|r| grant_of(r, shared.fence)) {
+            Ok(Ok((token, fence))) => {
                 Counters::bump(&shared.counters.grants);
                 let rtt_ms = (received - sent).div_ceil(1_000);
                 let promised = ttl.saturating_sub(drift_ms(ttl)).saturating_sub(rtt_ms);
@@ -138,10 +138,11 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
                     client: id,
                     proxy: p as u32,
                     token: String::from_utf8_lossy(&token).into_owned(),
+                    sent_us: sent,
                     start_us: received,
                     promised_validity_ms: promised,
                     end_us: end,
-                    fence: None,
+                    fence,
                 };
                 shared
                     .holds
@@ -151,11 +152,11 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
                 unlock(&mut conns, &shared, p, key, &token).await;
                 0
             }
-            Ok(Reply::Bulk(None)) => {
+            Ok(Err(Reply::Bulk(None))) => {
                 Counters::bump(&shared.counters.refused);
                 rng.random_range(2..=30)
             }
-            Ok(Reply::Error(e)) if e.starts_with("NOQUORUM") => {
+            Ok(Err(Reply::Error(e))) if e.starts_with("NOQUORUM") => {
                 Counters::bump(&shared.counters.noquorum);
                 rng.random_range(20..=100)
             }
@@ -171,6 +172,22 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
         if backoff_ms > 0 {
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
         }
+    }
+}
+
+/// The token and fence of a grant, or the reply that was not one. With `fenced` only
+/// `[token, fence]` is a grant: a bare token there would be a fence the proxy failed to give.
+fn grant_of(reply: Reply, fenced: bool) -> Result<(Vec<u8>, Option<u64>), Reply> {
+    match reply {
+        Reply::Bulk(Some(token)) if !fenced => Ok((token, None)),
+        Reply::Array(items) if fenced => match <[Reply; 2]>::try_from(items) {
+            Ok([Reply::Bulk(Some(token)), Reply::Int(fence)]) if fence >= 0 => {
+                Ok((token, Some(fence as u64)))
+            }
+            Ok(pair) => Err(Reply::Array(pair.into())),
+            Err(items) => Err(Reply::Array(items)),
+        },
+        other => Err(other),
     }
 }
 

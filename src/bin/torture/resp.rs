@@ -1,6 +1,6 @@
 //! A tiny RESP2 client: one request at a time, every call bounded by a timeout. It knows the
-//! reply shapes the lock commands use (status, error, integer, bulk, null); anything else is
-//! reported as invalid data rather than parsed.
+//! reply shapes the lock commands use (status, error, integer, bulk, null, and the flat array
+//! of `LOCK ... FENCE`); anything else is reported as invalid data rather than parsed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 const MAX_LINE: usize = 64 * 1024;
 /// Largest bulk reply accepted; tokens are 32 bytes.
 const MAX_BULK: usize = 1024 * 1024;
+/// Longest array accepted; `LOCK ... FENCE` replies with two elements.
+const MAX_ARRAY: usize = 16;
 
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +25,10 @@ pub enum Reply {
     Error(String),
     /// `:n`
     Int(i64),
-    /// `$n` bytes, or `$-1` (null).
+    /// `$n` bytes, or `$-1` (null; also `*-1`).
     Bulk(Option<Vec<u8>>),
+    /// `*n` elements, none of them arrays.
+    Array(Vec<Reply>),
 }
 
 /// One connection.
@@ -67,6 +71,27 @@ impl Conn {
 
     async fn read_reply(&mut self) -> io::Result<Reply> {
         let line = self.read_line().await?;
+        if let Some(count) = line.strip_prefix(b"*") {
+            let n: i64 = String::from_utf8_lossy(count).parse().map_err(invalid)?;
+            if n < 0 {
+                return Ok(Reply::Bulk(None));
+            }
+            let n = usize::try_from(n).map_err(invalid)?;
+            if n > MAX_ARRAY {
+                return Err(invalid("array reply too long"));
+            }
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let line = self.read_line().await?;
+                items.push(self.read_scalar(line).await?);
+            }
+            return Ok(Reply::Array(items));
+        }
+        self.read_scalar(line).await
+    }
+
+    /// A non-array reply whose first line is `line`.
+    async fn read_scalar(&mut self, line: Vec<u8>) -> io::Result<Reply> {
         let (kind, rest) = line.split_at(1);
         let text = || String::from_utf8_lossy(rest).into_owned();
         match kind[0] {
