@@ -5,6 +5,7 @@
 //! would expire anyway.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ pub struct Waiters {
 struct Queue {
     /// Tickets in arrival order; the front one may try.
     order: Mutex<VecDeque<u64>>,
-    next_ticket: Mutex<u64>,
+    next_ticket: AtomicU64,
     /// Signalled on every release of the key and every change of the queue's head.
     changed: Notify,
 }
@@ -65,11 +66,7 @@ impl Ticket {
             .entry(key.clone())
             .or_default()
             .clone();
-        let id = {
-            let mut next = queue.next_ticket.lock().unwrap_or_else(|e| e.into_inner());
-            *next += 1;
-            *next
-        };
+        let id = queue.next_ticket.fetch_add(1, Ordering::Relaxed);
         queue
             .order
             .lock()
