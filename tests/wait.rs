@@ -144,3 +144,36 @@ async fn the_wait_ends_in_null_and_options_combine() {
         .await;
     p.stop().await;
 }
+
+#[tokio::test]
+async fn releases_are_announced_only_while_someone_waits() {
+    let m = support::masters(3);
+    let p = support::proxy(&m).await;
+    let mut listener = support::Conn::connect(([127, 0, 0, 1], m[0].port()).into()).await;
+    listener.call(&["SUBSCRIBE", "redlock:released"]).await;
+    let mut c = p.conn().await;
+    // Nobody waits for "quiet": its release is not published.
+    let token = text(&c.call(&["LOCK", "quiet", "10000"]).await);
+    c.roundtrip(&["UNLOCK", "quiet", &token], b":1\r\n").await;
+    // Someone waits for "loud": its release is.
+    let token = text(&c.call(&["LOCK", "loud", "10000"]).await);
+    let mut waiter = p.conn().await;
+    waiter
+        .send_cmd(&["LOCK", "loud", "5000", "WAIT", "4000"])
+        .await;
+    // The waiter's marker is on the masters once its second attempt has been refused.
+    let marker = "redlock:waiting:0:loud";
+    let mut master = support::Conn::connect(([127, 0, 0, 1], m[0].port()).into()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while support::int(&master.call(&["EXISTS", marker]).await) == 0 {
+        assert!(Instant::now() < deadline, "no waiting marker");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.roundtrip(&["UNLOCK", "loud", &token], b":1\r\n").await;
+    assert_eq!(text(&waiter.reply().await).len(), 32);
+    // The first message on the channel is the waited-for key.
+    let message = support::flatten(&listener.reply().await);
+    assert!(message.contains("redlock:0:loud"), "{message}");
+    assert!(!message.contains("quiet"), "{message}");
+    p.stop().await;
+}

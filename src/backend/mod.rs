@@ -66,6 +66,16 @@ pub trait Master: Send + Sync + 'static {
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
 
+    /// Asks that releases of `key` be announced to every proxy for the next `ms` ms: this proxy
+    /// has a waiter for it. Without it, a release wakes only the releasing proxy's own waiters.
+    fn mark_waiting(
+        &self,
+        _key: &[u8],
+        _ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<Self> {
+        std::future::ready(Ok(()))
+    }
+
     /// Sets the key's TTL to `ttl_ms` if it holds `token`: true when extended.
     fn extend(
         &self,

@@ -26,6 +26,16 @@ use crate::config::{BackendConfig, MasterAddr};
 
 /// Largest batch one connection writes at once; more waits for the next turn.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Room made in a read buffer before each read of a master's replies.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Makes room for a whole read: without it, `read_buf` on a full `BytesMut` reads 64 bytes at a
+/// time, one system call per pub/sub message.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
 
 /// A handle on one master; clones share the connections.
 #[derive(Debug, Clone)]
@@ -49,11 +59,16 @@ struct Inner {
     fence_pattern: Bytes,
     /// Floor under every fence counter (see [`Namespace`]).
     fence_floor: Bytes,
+    /// Lock keys start with this (see [`Namespace`]).
+    key_prefix: Bytes,
+    /// Waiting markers start with this (see [`Namespace`]).
+    waiting_prefix: Bytes,
 }
 
-/// The proxy's names on the masters besides lock keys. Every proxy publishes each release on
-/// `channel` at every master, and subscribes to it, so a release through any proxy wakes waiters
-/// on all of them; fence counters live under `fence_pattern`.
+/// The proxy's names on the masters besides lock keys. A proxy with a waiter for a key sets the
+/// key's waiting marker on the masters; while it lasts, every release of the key is published on
+/// `channel`, which every proxy subscribes to, so a release through any proxy wakes waiters on
+/// all of them. Fence counters live under `fence_pattern`.
 #[derive(Debug, Clone)]
 pub struct Namespace {
     /// The pub/sub channel, under the lock key prefix.
@@ -65,6 +80,25 @@ pub struct Namespace {
     /// The floor under every fence counter (outside `fence_pattern`), raised when counters had
     /// to be rebuilt with no majority that kept them.
     pub fence_floor: Bytes,
+    /// The prefix every lock key starts with.
+    pub key_prefix: Bytes,
+    /// A lock key's waiting marker is this followed by the lock key without `key_prefix`; it
+    /// must be a name no lock key can take.
+    pub waiting_prefix: Bytes,
+}
+
+impl Namespace {
+    /// The names for lock keys under `key_prefix`, with releases announced to `released`.
+    pub fn new(key_prefix: &str, released: mpsc::UnboundedSender<Bytes>) -> Namespace {
+        Namespace {
+            channel: Bytes::from(format!("{key_prefix}released")),
+            released,
+            fence_pattern: Bytes::from(format!("{key_prefix}fence:*")),
+            fence_floor: Bytes::from(format!("{key_prefix}fence-floor")),
+            key_prefix: Bytes::copy_from_slice(key_prefix.as_bytes()),
+            waiting_prefix: Bytes::from(format!("{key_prefix}waiting:")),
+        }
+    }
 }
 
 /// When a master may vote after (re)connecting.
@@ -171,6 +205,8 @@ impl RedisMaster {
             release_channel: releases.channel.clone(),
             fence_pattern: releases.fence_pattern.clone(),
             fence_floor: releases.fence_floor.clone(),
+            key_prefix: releases.key_prefix.clone(),
+            waiting_prefix: releases.waiting_prefix.clone(),
         }));
         tracker.spawn(listen_for_releases(
             master.0.clone(),
@@ -294,11 +330,23 @@ impl RedisMaster {
         self.eval_keys(script, &[key], argv)
     }
 
-    /// Runs a script with several keys; the first one picks the connection. If the master lost
-    /// its scripts (a restart, `SCRIPT FLUSH`), they are loaded again on that connection and the
-    /// same request is sent once more — nothing is copied unless that happens.
+    /// Runs a script with several keys; the first one picks the connection.
     fn eval_keys(
         &self,
+        script: &'static Script,
+        keys: &[&[u8]],
+        argv: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        self.eval_on(keys[0], script, keys, argv)
+    }
+
+    /// Runs a script on the connection of `owner` (whose requests it must stay in order with).
+    /// If the master lost its scripts (a restart, `SCRIPT FLUSH`), they are loaded again on that
+    /// connection and the same request is sent once more — nothing is copied unless that
+    /// happens.
+    fn eval_on(
+        &self,
+        owner: &[u8],
         script: &'static Script,
         keys: &[&[u8]],
         argv: &[&[u8]],
@@ -309,7 +357,7 @@ impl RedisMaster {
         args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
         args.extend_from_slice(keys);
         args.extend_from_slice(argv);
-        let home = self.home(keys[0]);
+        let home = self.home(owner);
         let request = encode(&args);
         let first = self.send(home, request.clone());
         let this = self.clone();
@@ -334,6 +382,15 @@ fn encode(args: &[&[u8]]) -> Bytes {
 }
 
 impl Inner {
+    /// The waiting marker of lock key `key` (see [`Namespace`]).
+    fn waiting_marker(&self, key: &[u8]) -> BytesMut {
+        let rest = key.strip_prefix(&self.key_prefix[..]).unwrap_or(key);
+        let mut marker = BytesMut::with_capacity(self.waiting_prefix.len() + rest.len());
+        marker.extend_from_slice(&self.waiting_prefix);
+        marker.extend_from_slice(rest);
+        marker
+    }
+
     fn identity(&self) -> std::sync::MutexGuard<'_, Identity> {
         self.identity.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -434,8 +491,30 @@ impl Master for RedisMaster {
         key: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        let reply = self.eval(&resp::RELEASE, key, &[token, &self.0.release_channel]);
+        let marker = self.0.waiting_marker(key);
+        let reply = self.eval_keys(
+            &resp::RELEASE,
+            &[key, &marker],
+            &[token, &self.0.release_channel],
+        );
         async move { expect_bool(reply.await) }
+    }
+
+    fn mark_waiting(
+        &self,
+        key: &[u8],
+        ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let marker = self.0.waiting_marker(key);
+        let mut ttl = itoa::Buffer::new();
+        // On the lock key's connection: it reaches the master before the attempt that follows.
+        let reply = self.eval_on(
+            key,
+            &resp::MARK_WAITING,
+            &[&marker],
+            &[ttl.format(ms).as_bytes()],
+        );
+        async move { reply.await.map(|_| ()) }
     }
 
     fn extend(
@@ -732,8 +811,9 @@ impl Link {
             }
         };
         let reader = async {
-            let mut buf = BytesMut::with_capacity(16 * 1024);
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
             loop {
+                make_room(&mut buf);
                 if rd.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
                     return Err("master closed the connection".to_owned());
                 }
@@ -776,7 +856,7 @@ async fn listen_for_releases(
             )
             .await
             .map_err(|_| "connect timed out".to_owned())??;
-            let mut buf = BytesMut::new();
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
             round_trip(
                 &mut stream,
                 &mut buf,
@@ -801,6 +881,7 @@ async fn listen_for_releases(
                             let _ = released.send(key.clone());
                         }
                     }
+                    make_room(&mut buf);
                     if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
                         return Err::<(), String>("master closed the subscription".into());
                     }
@@ -887,6 +968,7 @@ async fn round_trip(
         if let Some(frame) = resp::decode_reply(buf)? {
             return Ok(frame);
         }
+        make_room(buf);
         if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
             return Err("master closed the connection during the handshake".to_owned());
         }
@@ -941,6 +1023,8 @@ mod tests {
             release_channel: Bytes::new(),
             fence_pattern: Bytes::new(),
             fence_floor: Bytes::new(),
+            key_prefix: Bytes::new(),
+            waiting_prefix: Bytes::new(),
         }
     }
 

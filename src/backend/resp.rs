@@ -55,12 +55,23 @@ impl Script {
     }
 }
 
-/// Deletes KEYS[1] only if it holds ARGV[1] (the token), and then publishes the key on channel
-/// ARGV[2] so waiters on every proxy wake: 1 when deleted.
+/// Deletes KEYS[1] only if it holds ARGV[1] (the token): 1 when deleted. When some proxy has a
+/// waiter for the key (its waiting marker KEYS[2] exists), the release is published on channel
+/// ARGV[2] so waiters on every proxy wake; without waiters nothing is published, and no proxy
+/// reads a message per release.
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) \
-         redis.call('PUBLISH', ARGV[2], KEYS[1]) return 1 else return 0 end",
+         if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], KEYS[1]) end \
+         return 1 else return 0 end",
+    )
+});
+
+/// Keeps the waiting marker KEYS[1] for at least ARGV[1] ms (never shortens it).
+pub static MARK_WAITING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then \
+         redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end return 1",
     )
 });
 
@@ -108,9 +119,10 @@ pub static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 6] {
+pub fn all_scripts() -> [&'static Script; 7] {
     [
         &RELEASE,
+        &MARK_WAITING,
         &EXTEND,
         &INSPECT,
         &READ_FENCE,

@@ -470,12 +470,7 @@ mod fuzz {
                 config.backend.masters = vec![MasterAddr::local(1)];
                 config.redlock.master_deadline_ms = 5;
                 let (released, _announcements) = tokio::sync::mpsc::unbounded_channel();
-                let namespace = Namespace {
-                    channel: Bytes::from_static(b"redlock:released"),
-                    released,
-                    fence_pattern: Bytes::from_static(b"redlock:fence:*"),
-                    fence_floor: Bytes::from_static(b"redlock:fence-floor"),
-                };
+                let namespace = Namespace::new("redlock:", released);
                 let stop = CancellationToken::new();
                 let master = RedisMaster::start(
                     MasterAddr::local(1),

@@ -1,8 +1,8 @@
 //! Waiting for a lock without polling (`LOCK key ttl WAIT ms`). Waiters on one key queue first
 //! come, first served on this proxy; only the head of the queue tries to take the lock. They
-//! wake when any proxy releases the key (the release is published through the masters, and
-//! every proxy subscribes), and — so a lost notification only delays — when the holder's lock
-//! would expire anyway.
+//! wake when any proxy releases the key (while a waiter's marker is on the masters, the release
+//! is published through them, and every proxy subscribes), and — so a lost notification only
+//! delays — when the holder's lock would expire anyway.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +120,7 @@ pub async fn acquire_waiting(
     let deadline = Instant::now() + wait;
     let ticket = Ticket::join(shared, key);
     let mut last_failure = None;
+    let mut announced = false;
     loop {
         let notified = ticket.queue.changed.notified();
         tokio::pin!(notified);
@@ -131,6 +132,15 @@ pub async fn acquire_waiting(
                 Ok(Attempt::Granted(fence)) => return Ok(Attempt::Granted(fence)),
                 Ok(Attempt::Held) => last_failure = None,
                 Err(noquorum) => last_failure = Some(noquorum),
+            }
+            if !announced && Instant::now() < deadline {
+                // From now on, releases of the key are announced to every proxy until this wait
+                // is over; one more attempt at once catches a release that came before that.
+                let left = deadline.saturating_duration_since(Instant::now()) + MAX_RETRY;
+                let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                shared.redlock.announce_waiting(key, left).await;
+                announced = true;
+                continue;
             }
             // When the holder's lock would run out, in case its release is never announced.
             let expires_in = match shared.redlock.inspect(key).await {

@@ -264,6 +264,15 @@ impl<M: Master> Redlock<M> {
         }
     }
 
+    /// Asks every master to announce releases of `key` for the next `ms` ms (someone here
+    /// waits for it), and returns once each has answered or the deadline passed. Only
+    /// wake-ups depend on it: a master that missed it costs a waiter its timer, never safety.
+    pub async fn announce_waiting(&self, key: &[u8], ms: u64) {
+        let marks =
+            futures_util::future::join_all(self.masters.iter().map(|m| m.mark_waiting(key, ms)));
+        let _ = tokio::time::timeout(self.deadline, marks).await;
+    }
+
     /// Sets the TTL of `key` to `ttl_ms` if it holds `token`. The remaining validity when a quorum
     /// extended it in time; `None` otherwise.
     pub async fn extend(

@@ -16,8 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use bytes::Bytes;
-
 use crate::backend::redis::{Namespace, Quarantine, RedisMaster};
 use crate::cmd::Shared;
 use crate::config::Config;
@@ -60,12 +58,7 @@ impl Proxy {
             fresh_at_start: config.backend.fresh_at_start,
         };
         let (released, mut announcements) = tokio::sync::mpsc::unbounded_channel();
-        let releases = Namespace {
-            channel: Bytes::from(format!("{}released", config.redlock.key_prefix)),
-            released,
-            fence_pattern: Bytes::from(format!("{}fence:*", config.redlock.key_prefix)),
-            fence_floor: Bytes::from(format!("{}fence-floor", config.redlock.key_prefix)),
-        };
+        let releases = Namespace::new(&config.redlock.key_prefix, released);
         let masters: Vec<RedisMaster> = config
             .backend
             .masters

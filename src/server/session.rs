@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -146,12 +146,13 @@ pub async fn run(
                     if rbuf.capacity() - rbuf.len() < room / 4 {
                         rbuf.reserve(room);
                     }
-                    match stream.try_read_buf(&mut rbuf) {
+                    // `read_buf` rather than `try_read_buf`: a short read tells tokio the socket
+                    // is drained, which saves a system call that would only say so. It is
+                    // polled once: readiness can be stale, and replies must not wait on a read.
+                    match stream.read_buf(&mut rbuf).now_or_never() {
                         // The client is gone or half-closed: answer what it sent, then close.
-                        Ok(0) => reading = false,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => reading = false,
+                        Some(Ok(0)) | Some(Err(_)) => reading = false,
+                        Some(Ok(_)) | None => {}
                     }
                 }
             }
