@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::resp::{self, Frame, Script};
-use super::{BackendError, KeyState, Master};
+use super::{Ask, BackendError, Ballot, KeyState, Master};
 use crate::config::{BackendConfig, MasterAddr};
 
 /// Largest batch one connection writes at once; more waits for the next turn.
@@ -139,8 +139,106 @@ struct Conn {
 #[derive(Debug)]
 struct Request {
     bytes: Bytes,
-    reply: oneshot::Sender<Frame>,
+    waiter: Waiter,
+}
+
+/// Who gets a request's reply; it holds a slot until then (or until the connection ends).
+#[derive(Debug)]
+struct Waiter {
+    reply: Reply,
     _slot: OwnedSemaphorePermit,
+}
+
+#[derive(Debug)]
+enum Reply {
+    /// The whole frame, to a future.
+    Frame(oneshot::Sender<Frame>),
+    /// A yes or no, counted straight into a round's [`Ballot`].
+    Vote(Vote),
+}
+
+/// One master's part in a vote. Dropped without an answer (connection lost, request never
+/// sent), it counts as failed, so a round never waits for a reply that cannot come.
+#[derive(Debug)]
+struct Vote {
+    ballot: Option<Arc<Ballot>>,
+    counts: bool,
+    master: Arc<Inner>,
+    /// For a script: which one, the connection it went to, and (once written) the request, to
+    /// load the script and send the request again if the master lost its scripts.
+    script: Option<(&'static Script, usize, Bytes)>,
+}
+
+impl Vote {
+    /// Counts `answer`.
+    fn finish(mut self, answer: Result<bool, BackendError>) {
+        if answer.is_err() {
+            self.master.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(ballot) = self.ballot.take() {
+            ballot.record(self.counts, answer);
+        }
+    }
+
+    /// Counts the master's reply, first loading the script and repeating the request (on a task
+    /// of its own) if the master lost its scripts.
+    fn answer(mut self, frame: Frame) {
+        if let Frame::Error(e) = &frame
+            && e.starts_with("NOSCRIPT")
+            && let Some((script, home, request)) = self.script.take()
+            && !request.is_empty()
+        {
+            let master = RedisMaster(self.master.clone());
+            tokio::spawn(async move {
+                let load = encode(&[b"SCRIPT", b"LOAD", script.body.as_bytes()]);
+                let again = match master.send(home, load).await {
+                    Ok(_) => master.send(home, request).await,
+                    Err(e) => Err(e),
+                };
+                self.finish(again.and_then(|frame| expect_bool(Ok(frame))));
+            });
+            return;
+        }
+        self.finish(expect_bool(as_result(frame)));
+    }
+}
+
+impl Drop for Vote {
+    fn drop(&mut self) {
+        if let Some(ballot) = self.ballot.take() {
+            self.master.failures.fetch_add(1, Ordering::Relaxed);
+            ballot.record(self.counts, Err(BackendError::Disconnected));
+        }
+    }
+}
+
+impl Waiter {
+    /// Keeps the written request when a retry may need it.
+    fn written(&mut self, bytes: Bytes) {
+        if let Reply::Vote(Vote {
+            script: Some((_, _, request)),
+            ..
+        }) = &mut self.reply
+        {
+            *request = bytes;
+        }
+    }
+
+    fn answer(self, frame: Frame) {
+        match self.reply {
+            // The caller may have given up (deadline); its reply is dropped here.
+            Reply::Frame(tx) => drop(tx.send(frame)),
+            Reply::Vote(vote) => vote.answer(frame),
+        }
+    }
+}
+
+/// A master's error reply as an error.
+fn as_result(frame: Frame) -> Result<Frame, BackendError> {
+    match frame {
+        Frame::Error(e) => Err(BackendError::Reply(e.to_string())),
+        other => Ok(other),
+    }
 }
 
 /// One master's health, as `INFO` shows it.
@@ -277,17 +375,17 @@ impl RedisMaster {
         home: usize,
         bytes: Bytes,
     ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
-        let queued = self.queue(home, bytes);
+        let (tx, rx) = oneshot::channel();
+        let queued = self.queue(home, bytes, Reply::Frame(tx));
         let inner = self.0.clone();
         async move {
             let result = match queued {
-                Ok(rx) => rx.await.map_err(|_| BackendError::Disconnected),
+                Ok(()) => rx
+                    .await
+                    .map_err(|_| BackendError::Disconnected)
+                    .and_then(as_result),
                 Err(e) => Err(e),
             };
-            let result = result.and_then(|frame| match frame {
-                Frame::Error(e) => Err(BackendError::Reply(e.to_string())),
-                other => Ok(other),
-            });
             if result.is_err() {
                 inner.failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -295,7 +393,8 @@ impl RedisMaster {
         }
     }
 
-    fn queue(&self, home: usize, bytes: Bytes) -> Result<oneshot::Receiver<Frame>, BackendError> {
+    /// Queues `bytes` with whoever waits for the reply. On failure `reply` is dropped unsent.
+    fn queue(&self, home: usize, bytes: Bytes, reply: Reply) -> Result<(), BackendError> {
         let inner = &self.0;
         inner.requests.fetch_add(1, Ordering::Relaxed);
         let n = inner.conns.len();
@@ -309,15 +408,43 @@ impl RedisMaster {
             .clone()
             .try_acquire_owned()
             .map_err(|_| BackendError::Overloaded)?;
-        let (reply, rx) = oneshot::channel();
+        let waiter = Waiter { reply, _slot: slot };
         conn.tx
-            .send(Request {
-                bytes,
-                reply,
-                _slot: slot,
-            })
-            .map_err(|_| BackendError::Down)?;
-        Ok(rx)
+            .send(Request { bytes, waiter })
+            .map_err(|_| BackendError::Down)
+    }
+
+    /// Queues a vote: its answer goes straight into `ballot`.
+    fn cast_request(
+        &self,
+        home_key: &[u8],
+        args: &[&[u8]],
+        script: Option<&'static Script>,
+        ballot: &Arc<Ballot>,
+        counts: bool,
+    ) {
+        let home = self.home(home_key);
+        let vote = Vote {
+            ballot: Some(ballot.clone()),
+            counts,
+            master: self.0.clone(),
+            script: script.map(|s| (s, home, Bytes::new())),
+        };
+        // A refusal drops the vote, which counts it as failed.
+        let _ = self.queue(home, encode(args), Reply::Vote(vote));
+    }
+
+    /// The arguments of `EVALSHA script numkeys keys... argv...`, in `out`.
+    fn evalsha_args<'a>(
+        script: &'a Script,
+        numkeys: &'a [u8],
+        keys: &[&'a [u8]],
+        argv: &[&'a [u8]],
+        out: &mut Vec<&'a [u8]>,
+    ) {
+        out.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
+        out.extend_from_slice(keys);
+        out.extend_from_slice(argv);
     }
 
     /// Runs a script by SHA, falling back to sending its body once if the master lost it.
@@ -354,9 +481,7 @@ impl RedisMaster {
         let mut num = itoa::Buffer::new();
         let numkeys = num.format(keys.len()).as_bytes();
         let mut args: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + argv.len());
-        args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
-        args.extend_from_slice(keys);
-        args.extend_from_slice(argv);
+        Self::evalsha_args(script, numkeys, keys, argv, &mut args);
         let home = self.home(owner);
         let request = encode(&args);
         let first = self.send(home, request.clone());
@@ -657,6 +782,53 @@ impl Master for RedisMaster {
         async move { reply.await.map(|_| ()) }
     }
 
+    fn cast(&self, ask: Ask<'_>, ballot: &Arc<Ballot>, counts: bool) {
+        let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let mut args: Vec<&[u8]> = Vec::with_capacity(9);
+        match ask {
+            Ask::Acquire { key, token, ttl_ms } => {
+                let ttl = ttl.format(ttl_ms).as_bytes();
+                args.extend([b"SET".as_slice(), key, token, b"NX", b"PX", ttl]);
+                self.cast_request(key, &args, None, ballot, counts);
+            }
+            Ask::Release { key, token } => {
+                let marker = self.0.waiting_marker(key);
+                let channel = &self.0.release_channel[..];
+                Self::evalsha_args(
+                    &resp::RELEASE,
+                    b"2",
+                    &[key, &marker],
+                    &[token, channel],
+                    &mut args,
+                );
+                self.cast_request(key, &args, Some(&resp::RELEASE), ballot, counts);
+            }
+            Ask::Extend { key, token, ttl_ms } => {
+                let ttl = ttl.format(ttl_ms).as_bytes();
+                Self::evalsha_args(&resp::EXTEND, b"1", &[key], &[token, ttl], &mut args);
+                self.cast_request(key, &args, Some(&resp::EXTEND), ballot, counts);
+            }
+            Ask::AcquireFenced {
+                key,
+                fence_key,
+                token,
+                ttl_ms,
+                fence,
+            } => {
+                let floor = &self.0.fence_floor[..];
+                let (ttl, fence) = (ttl.format(ttl_ms).as_bytes(), f.format(fence).as_bytes());
+                Self::evalsha_args(
+                    &resp::ACQUIRE_FENCED,
+                    b"3",
+                    &[key, fence_key, floor],
+                    &[token, ttl, fence],
+                    &mut args,
+                );
+                self.cast_request(key, &args, Some(&resp::ACQUIRE_FENCED), ballot, counts);
+            }
+        }
+    }
+
     fn fences_lost(&self) -> bool {
         self.0.identity().fences_lost
     }
@@ -786,7 +958,7 @@ impl Link {
         rx: &mut mpsc::UnboundedReceiver<Request>,
     ) -> Result<(), String> {
         let (mut rd, mut wr) = stream.into_split();
-        let pending: Mutex<VecDeque<Request>> = Mutex::new(VecDeque::new());
+        let pending: Mutex<VecDeque<Waiter>> = Mutex::new(VecDeque::new());
         let writer = async {
             let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES);
             loop {
@@ -799,12 +971,15 @@ impl Link {
                 buf.clear();
                 {
                     let mut queue = pending.lock().expect("pending queue poisoned");
-                    buf.extend_from_slice(&first.bytes);
-                    queue.push_back(first);
-                    while buf.len() < MAX_BATCH_BYTES {
-                        let Ok(next) = rx.try_recv() else { break };
-                        buf.extend_from_slice(&next.bytes);
-                        queue.push_back(next);
+                    let mut next = Some(first);
+                    while let Some(Request { bytes, mut waiter }) = next {
+                        buf.extend_from_slice(&bytes);
+                        waiter.written(bytes);
+                        queue.push_back(waiter);
+                        if buf.len() >= MAX_BATCH_BYTES {
+                            break;
+                        }
+                        next = rx.try_recv().ok();
                     }
                 }
                 wr.write_all(&buf).await.map_err(|e| e.to_string())?;
@@ -823,8 +998,7 @@ impl Link {
                         .expect("pending queue poisoned")
                         .pop_front()
                         .ok_or("reply without a request")?;
-                    // The caller may have given up (deadline); its reply is dropped here.
-                    let _ = waiter.reply.send(frame);
+                    waiter.answer(frame);
                 }
             }
         };

@@ -6,7 +6,6 @@
 pub mod quorum;
 pub mod token;
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::backend::{BackendError, KeyState, Master};
+use crate::backend::{Ask, Ballot, KeyState, Master};
 use quorum::{Tally, Verdict};
 
 /// A lock granted by a quorum.
@@ -105,7 +104,14 @@ impl<M: Master> Redlock<M> {
     ) -> Result<Option<Grant>, LockError> {
         let start = Instant::now();
         let tally = self
-            .vote(self.wait_for(ttl_ms), |m| m.acquire(key, &token, ttl_ms))
+            .vote(
+                self.wait_for(ttl_ms),
+                Ask::Acquire {
+                    key,
+                    token: &token,
+                    ttl_ms,
+                },
+            )
             .await;
         self.settle(key, token, ttl_ms, tally, start)
     }
@@ -147,9 +153,16 @@ impl<M: Master> Redlock<M> {
         let fence = highest + 1;
         let start = Instant::now();
         let tally = self
-            .vote(wait, |m| {
-                m.acquire_fenced(key, fence_key, &token, ttl_ms, fence)
-            })
+            .vote(
+                wait,
+                Ask::AcquireFenced {
+                    key,
+                    fence_key,
+                    token: &token,
+                    ttl_ms,
+                    fence,
+                },
+            )
             .await;
         Ok(self
             .settle(key, token, ttl_ms, tally, start)?
@@ -254,7 +267,7 @@ impl<M: Master> Redlock<M> {
 
     /// Releases `key` if it holds `token`: true when a quorum of masters deleted it.
     pub async fn unlock(&self, key: &[u8], token: &[u8]) -> Result<bool, LockError> {
-        let tally = self.vote(self.deadline, |m| m.release(key, token)).await;
+        let tally = self.vote(self.deadline, Ask::Release { key, token }).await;
         if tally.yes >= self.quorum() {
             Ok(true)
         } else if tally.answered() >= self.quorum() {
@@ -283,7 +296,7 @@ impl<M: Master> Redlock<M> {
     ) -> Result<Option<u64>, LockError> {
         let start = Instant::now();
         let tally = self
-            .vote(self.wait_for(ttl_ms), |m| m.extend(key, token, ttl_ms))
+            .vote(self.wait_for(ttl_ms), Ask::Extend { key, token, ttl_ms })
             .await;
         match tally.verdict(ttl_ms, start.elapsed()) {
             Verdict::Granted { validity_ms } => Ok(Some(validity_ms)),
@@ -333,34 +346,15 @@ impl<M: Master> Redlock<M> {
 
     /// Asks every master at once and counts the answers that arrive within `wait`, stopping as
     /// soon as the outcome is decided.
-    async fn vote<F>(&self, wait: Duration, ask: impl Fn(&M) -> F) -> Tally
-    where
-        F: Future<Output = Result<bool, BackendError>>,
-    {
-        let mut tally = Tally::new(self.masters.len());
+    async fn vote(&self, wait: Duration, ask: Ask<'_>) -> Tally {
+        let ballot = Ballot::new(self.masters.len());
         // Every master gets the request; a quarantined one's answer is not a vote.
-        let mut pending: FuturesUnordered<_> = self
-            .masters
-            .iter()
-            .map(|m| {
-                let votes = m.votes();
-                let answer = ask(m);
-                async move { (votes, answer.await) }
-            })
-            .collect();
-        let count = async {
-            while let Some(answer) = pending.next().await {
-                match answer {
-                    (true, Ok(true)) => tally.yes += 1,
-                    (true, Ok(false)) => tally.no += 1,
-                    (false, _) | (_, Err(_)) => tally.failed += 1,
-                }
-                if tally.is_decided() {
-                    break;
-                }
-            }
-        };
-        if tokio::time::timeout(wait, count).await.is_err() {
+        for m in &self.masters {
+            m.cast(ask, &ballot, m.votes());
+        }
+        let timed_out = tokio::time::timeout(wait, ballot.decided()).await.is_err();
+        let mut tally = ballot.tally();
+        if timed_out {
             tally.failed = tally.n - tally.yes - tally.no;
         }
         tally
