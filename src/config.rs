@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// On SIGINT/SIGTERM, how long in-flight commands get to finish.
     pub shutdown_grace_ms: u64,
+    /// Threads serving clients and masters: 1 runs everything on one thread (least CPU per
+    /// lock), 0 one per CPU.
+    pub threads: usize,
 }
 
 /// `[redlock]`
@@ -154,6 +157,7 @@ impl Default for ServerConfig {
             max_inline_bytes: 64 * 1024,
             max_request_bytes: 1024 * 1024,
             shutdown_grace_ms: 5_000,
+            threads: 1,
         }
     }
 }
@@ -227,6 +231,9 @@ impl Config {
         }
         if s.max_pipeline == 0 {
             return bad("server.max_pipeline must be at least 1".into());
+        }
+        if s.threads > 1024 {
+            return bad("server.threads must be at most 1024 (0: one per CPU)".into());
         }
         if s.max_args < 4 || s.max_arg_bytes < 64 || s.max_inline_bytes < 64 {
             return bad(
