@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -53,6 +53,9 @@ struct Inner {
     reconnects: AtomicU64,
     policy: Quarantine,
     identity: Mutex<Identity>,
+    /// False while no quarantine is known to last, so voting needs no lock; set and cleared
+    /// under `identity`'s lock.
+    quarantined: AtomicBool,
     /// Channel every release is published on (see [`Namespace`]).
     release_channel: Bytes,
     /// Pattern of the fence counters (see [`Namespace`]).
@@ -131,9 +134,19 @@ struct Identity {
 struct Conn {
     tx: mpsc::UnboundedSender<Request>,
     /// Bounds what is queued or awaiting a reply, so a hung master cannot pile up work.
-    slots: Arc<Semaphore>,
+    slots: Arc<AtomicUsize>,
     capacity: usize,
     up: AtomicBool,
+}
+
+/// A request's place in its connection's bound, given back when dropped.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -146,7 +159,7 @@ struct Request {
 #[derive(Debug)]
 struct Waiter {
     reply: Reply,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 #[derive(Debug)]
@@ -284,7 +297,7 @@ impl RedisMaster {
             let (tx, rx) = mpsc::unbounded_channel();
             conns.push(Conn {
                 tx,
-                slots: Arc::new(Semaphore::new(cfg.max_pending_per_connection)),
+                slots: Arc::new(AtomicUsize::new(0)),
                 capacity: cfg.max_pending_per_connection,
                 up: AtomicBool::new(false),
             });
@@ -300,6 +313,7 @@ impl RedisMaster {
             reconnects: AtomicU64::new(0),
             policy,
             identity: Mutex::new(Identity::default()),
+            quarantined: AtomicBool::new(false),
             release_channel: releases.channel.clone(),
             fence_pattern: releases.fence_pattern.clone(),
             fence_floor: releases.fence_floor.clone(),
@@ -403,11 +417,11 @@ impl RedisMaster {
             .map(|i| &inner.conns[(home + i) % n])
             .find(|c| c.up.load(Ordering::Acquire))
             .ok_or(BackendError::Down)?;
-        let slot = conn
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| BackendError::Overloaded)?;
+        if conn.slots.fetch_add(1, Ordering::AcqRel) >= conn.capacity {
+            conn.slots.fetch_sub(1, Ordering::AcqRel);
+            return Err(BackendError::Overloaded);
+        }
+        let slot = Slot(conn.slots.clone());
         let waiter = Waiter { reply, _slot: slot };
         conn.tx
             .send(Request { bytes, waiter })
@@ -556,6 +570,7 @@ impl Inner {
             return None;
         }
         id.quarantined_until = Some(until);
+        self.quarantined.store(true, Ordering::Release);
         id.fences_lost = true;
         warn!(
             master = %self.addr,
@@ -572,7 +587,7 @@ impl Conn {
     /// Requests queued or awaiting a reply: each holds a slot until its reply or its
     /// connection's end.
     fn slots_in_use(&self) -> usize {
-        self.capacity - self.slots.available_permits()
+        self.slots.load(Ordering::Acquire).min(self.capacity)
     }
 }
 
@@ -587,7 +602,18 @@ fn expect_bool(frame: Result<Frame, BackendError>) -> Result<bool, BackendError>
 
 impl Master for RedisMaster {
     fn votes(&self) -> bool {
-        self.0.quarantine_left().is_none()
+        let inner = &self.0;
+        if !inner.quarantined.load(Ordering::Acquire) {
+            return true;
+        }
+        let id = inner.identity();
+        let ended = id
+            .quarantined_until
+            .is_none_or(|until| Instant::now() >= until);
+        if ended {
+            inner.quarantined.store(false, Ordering::Release);
+        }
+        ended
     }
 
     fn acquire(
@@ -1194,6 +1220,7 @@ mod tests {
             reconnects: AtomicU64::new(0),
             policy,
             identity: Mutex::new(Identity::default()),
+            quarantined: AtomicBool::new(false),
             release_channel: Bytes::new(),
             fence_pattern: Bytes::new(),
             fence_floor: Bytes::new(),

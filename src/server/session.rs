@@ -70,6 +70,9 @@ pub async fn run(
     let mut reading = true;
     // QUIT or a protocol error: nothing after it runs, not even what is already buffered.
     let mut ended = false;
+    // Made once: a fresh one per turn would register with the token and leave again each time.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         // Dispatch every complete request, as far as the in-flight bound allows, and stop to
         // write when the replies pile up (small requests can ask for large replies).
@@ -159,7 +162,7 @@ pub async fn run(
             Some((proto, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 reply.encode(proto, &mut wbuf);
             }
-            _ = shutdown.cancelled(), if reading => {
+            _ = &mut cancelled, if reading => {
                 // What the client sent before shutdown is answered; nothing after it is read.
                 drain_readable(&mut stream, &mut rbuf, max_request);
                 reading = false;
