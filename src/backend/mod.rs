@@ -1,5 +1,5 @@
 //! The masters behind the proxy. [`Master`] is the seam between the Redlock core and I/O: the
-//! core only ever calls these four operations, so tests run it against in-memory fakes with
+//! core only ever calls these operations, so tests run it against in-memory fakes with
 //! injected delays and failures, and production runs it against [`redis::RedisMaster`].
 
 pub mod redis;

@@ -1,6 +1,8 @@
 //! A Redis master over a few long-lived, multiplexed connections. Requests from every client
 //! session are queued on a connection's channel; one task per connection writes everything queued
-//! in one batch and matches replies to requests in order. A connection that breaks fails its
+//! in one batch and matches replies to requests in order; a vote's reply is counted straight
+//! into its round's [`Ballot`] by that task, so a round costs no task, future or channel per
+//! master and wakes its client's session once. A connection that breaks fails its
 //! pending requests at once and reconnects with backoff, so a dead master costs an operation
 //! nothing and a hung one costs at most the caller's deadline — and never more than
 //! `max_pending_per_connection` queued requests.

@@ -55,9 +55,9 @@ impl Script {
     }
 }
 
-/// Deletes KEYS[1] only if it holds ARGV[1] (the token): 1 when deleted. When some proxy has a
-/// waiter for the key (its waiting marker KEYS[2] exists), the release is published on channel
-/// ARGV[2] so waiters on every proxy wake; without waiters nothing is published, and no proxy
+/// Deletes `KEYS[1]` only if it holds `ARGV[1]` (the token): 1 when deleted. When some proxy has a
+/// waiter for the key (its waiting marker `KEYS[2]` exists), the release is published on channel
+/// `ARGV[2]` so waiters on every proxy wake; without waiters nothing is published, and no proxy
 /// reads a message per release.
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -67,7 +67,7 @@ pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Keeps the waiting marker KEYS[1] for at least ARGV[1] ms (never shortens it).
+/// Keeps the waiting marker `KEYS[1]` for at least `ARGV[1]` ms (never shortens it).
 pub static MARK_WAITING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then \
@@ -75,21 +75,21 @@ pub static MARK_WAITING: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets KEYS[1]'s TTL to ARGV[2] ms only if it holds ARGV[1]: 1 when extended.
+/// Sets `KEYS[1]`'s TTL to `ARGV[2]` ms only if it holds `ARGV[1]`: 1 when extended.
 pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
     )
 });
 
-/// KEYS[1]'s value and PTTL read atomically, or nil when the key is absent.
+/// `KEYS[1]`'s value and PTTL read atomically, or nil when the key is absent.
 pub static INSPECT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "local v = redis.call('GET', KEYS[1]) if not v then return false end return {v, redis.call('PTTL', KEYS[1])}",
     )
 });
 
-/// The fence counter KEYS[1], or the floor KEYS[2] when that is higher (0 when both absent).
+/// The fence counter `KEYS[1]`, or the floor `KEYS[2]` when that is higher (0 when both absent).
 pub static READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "return math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), \
@@ -97,9 +97,9 @@ pub static READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Takes lock KEYS[1] with token ARGV[1] for ARGV[2] ms together with fence ARGV[3], only if the
-/// lock is free and the fence is greater than every fence KEYS[2] has seen and than the floor
-/// KEYS[3]: 1 when taken, 0 when held, -1 when the fence is stale.
+/// Takes lock `KEYS[1]` with token `ARGV[1]` for `ARGV[2]` ms together with fence `ARGV[3]`, only if the
+/// lock is free and the fence is greater than every fence `KEYS[2]` has seen and than the floor
+/// `KEYS[3]`: 1 when taken, 0 when held, -1 when the fence is stale.
 pub static ACQUIRE_FENCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
@@ -110,7 +110,7 @@ pub static ACQUIRE_FENCED: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Raises fence counter KEYS[1] to ARGV[1] unless it is already that high (repair).
+/// Raises fence counter `KEYS[1]` to `ARGV[1]` unless it is already that high (repair).
 pub static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then \
