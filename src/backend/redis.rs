@@ -185,11 +185,8 @@ struct Vote {
 }
 
 impl Vote {
-    /// Counts `answer`.
+    /// Counts `answer` (a failure already counted in the master's statistics).
     fn finish(mut self, answer: Result<bool, BackendError>) {
-        if answer.is_err() {
-            self.master.failures.fetch_add(1, Ordering::Relaxed);
-        }
         if let Some(ballot) = self.ballot.take() {
             ballot.record(self.counts, answer);
         }
@@ -214,7 +211,11 @@ impl Vote {
             });
             return;
         }
-        self.finish(expect_bool(as_result(frame)));
+        let answer = expect_bool(as_result(frame));
+        if answer.is_err() {
+            self.master.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.finish(answer);
     }
 }
 
