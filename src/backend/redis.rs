@@ -451,19 +451,6 @@ impl RedisMaster {
         let _ = self.queue(home, encode(args), Reply::Vote(vote));
     }
 
-    /// The arguments of `EVALSHA script numkeys keys... argv...`, in `out`.
-    fn evalsha_args<'a>(
-        script: &'a Script,
-        numkeys: &'a [u8],
-        keys: &[&'a [u8]],
-        argv: &[&'a [u8]],
-        out: &mut Vec<&'a [u8]>,
-    ) {
-        out.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
-        out.extend_from_slice(keys);
-        out.extend_from_slice(argv);
-    }
-
     /// Runs a script by SHA, falling back to sending its body once if the master lost it.
     fn eval(
         &self,
@@ -498,7 +485,9 @@ impl RedisMaster {
         let mut num = itoa::Buffer::new();
         let numkeys = num.format(keys.len()).as_bytes();
         let mut args: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + argv.len());
-        Self::evalsha_args(script, numkeys, keys, argv, &mut args);
+        args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
+        args.extend_from_slice(keys);
+        args.extend_from_slice(argv);
         let home = self.home(owner);
         let request = encode(&args);
         let first = self.send(home, request.clone());
@@ -813,29 +802,26 @@ impl Master for RedisMaster {
 
     fn cast(&self, ask: Ask<'_>, ballot: &Arc<Ballot>, counts: bool) {
         let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
-        let mut args: Vec<&[u8]> = Vec::with_capacity(9);
         match ask {
             Ask::Acquire { key, token, ttl_ms } => {
                 let ttl = ttl.format(ttl_ms).as_bytes();
-                args.extend([b"SET".as_slice(), key, token, b"NX", b"PX", ttl]);
+                let args: [&[u8]; 6] = [b"SET", key, token, b"NX", b"PX", ttl];
                 self.cast_request(key, &args, None, ballot, counts);
             }
             Ask::Release { key, token } => {
+                let script = &*resp::RELEASE;
                 let marker = self.0.waiting_marker(key);
                 let channel = &self.0.release_channel[..];
-                Self::evalsha_args(
-                    &resp::RELEASE,
-                    b"2",
-                    &[key, &marker],
-                    &[token, channel],
-                    &mut args,
-                );
-                self.cast_request(key, &args, Some(&resp::RELEASE), ballot, counts);
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"2", key, &marker, token, channel];
+                self.cast_request(key, &args, Some(script), ballot, counts);
             }
             Ask::Extend { key, token, ttl_ms } => {
+                let script = &*resp::EXTEND;
                 let ttl = ttl.format(ttl_ms).as_bytes();
-                Self::evalsha_args(&resp::EXTEND, b"1", &[key], &[token, ttl], &mut args);
-                self.cast_request(key, &args, Some(&resp::EXTEND), ballot, counts);
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 6] = [b"EVALSHA", sha, b"1", key, token, ttl];
+                self.cast_request(key, &args, Some(script), ballot, counts);
             }
             Ask::AcquireFenced {
                 key,
@@ -844,16 +830,14 @@ impl Master for RedisMaster {
                 ttl_ms,
                 fence,
             } => {
+                let script = &*resp::ACQUIRE_FENCED;
                 let floor = &self.0.fence_floor[..];
                 let (ttl, fence) = (ttl.format(ttl_ms).as_bytes(), f.format(fence).as_bytes());
-                Self::evalsha_args(
-                    &resp::ACQUIRE_FENCED,
-                    b"3",
-                    &[key, fence_key, floor],
-                    &[token, ttl, fence],
-                    &mut args,
-                );
-                self.cast_request(key, &args, Some(&resp::ACQUIRE_FENCED), ballot, counts);
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 9] = [
+                    b"EVALSHA", sha, b"3", key, fence_key, floor, token, ttl, fence,
+                ];
+                self.cast_request(key, &args, Some(script), ballot, counts);
             }
         }
     }
