@@ -19,6 +19,10 @@ use redlock_proxy::server::Proxy;
 
 /// How long any single reply may take in a test before it fails.
 pub const REPLY_WITHIN: Duration = Duration::from_secs(5);
+/// How long a new proxy may take to have all its (just started) masters voting. Longer than a
+/// reply: when test binaries run side by side on a loaded machine, a proxy's first connects and
+/// script loads queue behind everything else.
+pub const MASTERS_WITHIN: Duration = Duration::from_secs(20);
 
 /// Starts `n` real masters.
 pub fn masters(n: usize) -> Vec<RedisServer> {
@@ -42,8 +46,8 @@ pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)
     let live: Vec<bool> = masters.iter().map(|m| m.pid().is_some()).collect();
     if live.iter().all(|l| *l) {
         assert!(
-            proxy.wait_for_masters(REPLY_WITHIN).await,
-            "masters did not come up"
+            proxy.wait_for_masters(MASTERS_WITHIN).await,
+            "masters did not come up within {MASTERS_WITHIN:?}"
         );
     }
     TestProxy {
