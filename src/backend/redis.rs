@@ -6,6 +6,11 @@
 //! pending requests at once and reconnects with backoff, so a dead master costs an operation
 //! nothing and a hung one costs at most the caller's deadline — and never more than
 //! `max_pending_per_connection` queued requests.
+//!
+//! Each request stays its own command inside the batch. Folding a batch's acquires and
+//! releases into one Lua call was measured and does not pay on Redis 7.0: a `redis.call` inside
+//! a script costs the master about what a pipelined command does, and the folded call cost the
+//! masters more CPU per lock than the pipeline it replaced.
 
 use std::collections::VecDeque;
 use std::future::Future;
