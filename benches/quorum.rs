@@ -2,16 +2,17 @@
 //! masters that answer at once, so what is measured is the quorum path (token generation,
 //! fan-out, vote counting, validity arithmetic) without sockets or a real Redis.
 
-use std::collections::HashMap;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use redlock_proxy::backend::mem::Keyspace;
 use redlock_proxy::backend::{BackendError, KeyState, Master};
 use redlock_proxy::redlock::Redlock;
+use tokio::time::Instant;
 
 /// The proxy's default per-master deadline; never reached here, as every master answers at once.
 const DEADLINE: Duration = Duration::from_millis(50);
@@ -19,13 +20,10 @@ const TTL_MS: u64 = 5000;
 /// Distinct keys cycled through, so the maps behave like a busy master's, not a one-key one.
 const KEYS: usize = 1024;
 
-/// An in-memory master: a map of key → (token, expiry), each operation applied and answered
-/// when called. Expiry is checked on access, as Redis does lazily.
-#[derive(Debug, Clone, Default)]
+/// An in-memory master, each operation applied and answered when called.
+#[derive(Debug, Default)]
 struct MemMaster {
-    keys: Arc<Mutex<HashMap<Bytes, (Bytes, Instant)>>>,
-    /// Fence counters, for fenced locks.
-    fences: Arc<Mutex<HashMap<Bytes, u64>>>,
+    data: Arc<Mutex<Keyspace>>,
     /// Never answers (a hung master): its futures stay pending.
     hung: bool,
 }
@@ -41,39 +39,23 @@ impl MemMaster {
         }
     }
 
-    fn answer<T>(&self, op: impl FnOnce(&mut HashMap<Bytes, (Bytes, Instant)>) -> T) -> Answer<T> {
+    fn answer<T>(&self, op: impl FnOnce(&mut Keyspace, Instant) -> T) -> Answer<T> {
         if self.hung {
             return futures_util::future::Either::Right(std::future::pending());
         }
-        let mut keys = self.keys.lock().expect("bench master lock");
-        futures_util::future::Either::Left(ready(Ok(op(&mut keys))))
-    }
-
-    fn answer_fences<T>(&self, op: impl FnOnce(&mut HashMap<Bytes, u64>) -> T) -> Answer<T> {
-        if self.hung {
-            return futures_util::future::Either::Right(std::future::pending());
-        }
-        let mut fences = self.fences.lock().expect("bench master lock");
-        futures_util::future::Either::Left(ready(Ok(op(&mut fences))))
+        let mut data = self.data.lock().expect("bench master lock");
+        futures_util::future::Either::Left(ready(Ok(op(&mut data, Instant::now()))))
     }
 
     fn put(&self, key: &[u8], token: &[u8]) {
-        self.keys.lock().expect("bench master lock").insert(
-            Bytes::copy_from_slice(key),
-            (
-                Bytes::copy_from_slice(token),
-                Instant::now() + Duration::from_secs(3600),
-            ),
-        );
+        let mut data = self.data.lock().expect("bench master lock");
+        data.put(key, token, Instant::now() + Duration::from_secs(3600));
     }
 }
 
-fn live<'a>(
-    keys: &'a HashMap<Bytes, (Bytes, Instant)>,
-    key: &[u8],
-    now: Instant,
-) -> Option<&'a Bytes> {
-    keys.get(key).filter(|(_, exp)| *exp > now).map(|(t, _)| t)
+/// When a key set at `now` for `ttl_ms` expires.
+fn after(now: Instant, ttl_ms: u64) -> Instant {
+    now + Duration::from_millis(ttl_ms)
 }
 
 impl Master for MemMaster {
@@ -83,18 +65,7 @@ impl Master for MemMaster {
         token: &[u8],
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.answer(|keys| {
-            let now = Instant::now();
-            if live(keys, key, now).is_some() {
-                return false;
-            }
-            let expiry = now + Duration::from_millis(ttl_ms);
-            keys.insert(
-                Bytes::copy_from_slice(key),
-                (Bytes::copy_from_slice(token), expiry),
-            );
-            true
-        })
+        self.answer(|m, now| m.acquire(key, token, after(now, ttl_ms), now))
     }
 
     fn release(
@@ -102,10 +73,7 @@ impl Master for MemMaster {
         key: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.answer(|keys| {
-            let held = live(keys, key, Instant::now()).is_some_and(|t| t == token);
-            held && keys.remove(key).is_some()
-        })
+        self.answer(|m, now| m.release(key, token, now))
     }
 
     fn extend(
@@ -114,38 +82,21 @@ impl Master for MemMaster {
         token: &[u8],
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.answer(|keys| {
-            let now = Instant::now();
-            match keys.get_mut(key) {
-                Some((t, exp)) if *exp > now && t == token => {
-                    *exp = now + Duration::from_millis(ttl_ms);
-                    true
-                }
-                _ => false,
-            }
-        })
+        self.answer(|m, now| m.extend(key, token, after(now, ttl_ms), now))
     }
 
     fn inspect(
         &self,
         key: &[u8],
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
-        self.answer(|keys| {
-            let now = Instant::now();
-            keys.get(key)
-                .filter(|(_, exp)| *exp > now)
-                .map(|(token, exp)| KeyState {
-                    token: token.clone(),
-                    pttl_ms: Some(u64::try_from((*exp - now).as_millis()).unwrap_or(u64::MAX)),
-                })
-        })
+        self.answer(|m, now| m.inspect(key, now))
     }
 
     fn read_fence(
         &self,
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
-        self.answer_fences(|f| f.get(fence_key).copied().unwrap_or(0))
+        self.answer(|m, _| m.read_fence(fence_key))
     }
 
     fn acquire_fenced(
@@ -156,33 +107,8 @@ impl Master for MemMaster {
         ttl_ms: u64,
         fence: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        let stale = self
-            .fences
-            .lock()
-            .expect("bench master lock")
-            .get(fence_key)
-            .copied()
-            .unwrap_or(0)
-            >= fence;
-        let taken = !stale && {
-            let mut keys = self.keys.lock().expect("bench master lock");
-            let now = Instant::now();
-            live(&keys, key, now).is_none() && {
-                keys.insert(
-                    Bytes::copy_from_slice(key),
-                    (
-                        Bytes::copy_from_slice(token),
-                        now + Duration::from_millis(ttl_ms),
-                    ),
-                );
-                true
-            }
-        };
-        self.answer_fences(|f| {
-            if taken {
-                f.insert(Bytes::copy_from_slice(fence_key), fence);
-            }
-            taken
+        self.answer(|m, now| {
+            m.acquire_fenced(key, fence_key, token, after(now, ttl_ms), fence, now)
         })
     }
 
@@ -191,24 +117,20 @@ impl Master for MemMaster {
         fence_key: &[u8],
         fence: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        self.answer_fences(|f| {
-            let seen = f.entry(Bytes::copy_from_slice(fence_key)).or_default();
-            *seen = (*seen).max(fence);
-        })
+        self.answer(|m, _| m.raise_fence(fence_key, fence))
     }
 
     fn raise_fence_floor(
         &self,
-        _floor: u64,
+        floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        // These masters never restart, so no repair ever raises a floor.
-        self.answer_fences(|_| ())
+        self.answer(|m, _| m.raise_fence_floor(floor))
     }
 
     fn fences(
         &self,
     ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        self.answer_fences(|f| f.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        self.answer(|m, _| m.fences())
     }
 }
 
@@ -246,24 +168,18 @@ fn bench_lock_unlock(c: &mut Criterion) {
     let keys = key_names();
     let mut group = c.benchmark_group("quorum");
     for (name, masters) in [
-        ("lock_unlock/3_masters", vec![MemMaster::default(); 3]),
-        ("lock_unlock/5_masters", vec![MemMaster::default(); 5]),
-        (
-            "lock_unlock/3_masters_1_hung",
-            vec![
-                MemMaster::default(),
-                MemMaster::default(),
-                MemMaster::hung(),
-            ],
-        ),
+        ("lock_unlock/3_masters", [false, false, false].as_slice()),
+        ("lock_unlock/5_masters", &[false; 5]),
+        ("lock_unlock/3_masters_1_hung", &[false, false, true]),
     ] {
-        // Distinct maps per master (vec! clones share the Arc).
         let masters: Vec<MemMaster> = masters
-            .into_iter()
-            .map(|m| MemMaster {
-                keys: Arc::default(),
-                fences: Arc::default(),
-                hung: m.hung,
+            .iter()
+            .map(|&hung| {
+                if hung {
+                    MemMaster::hung()
+                } else {
+                    MemMaster::default()
+                }
             })
             .collect();
         let redlock = Redlock::new(masters, DEADLINE);

@@ -2,6 +2,7 @@
 //! core only ever calls these operations, so tests run it against in-memory fakes with
 //! injected delays and failures, and production runs it against [`redis::RedisMaster`].
 
+pub mod mem;
 pub mod redis;
 pub mod resp;
 

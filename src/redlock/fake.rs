@@ -2,7 +2,6 @@
 //! when it is called (as the real connection queues it), and its reply can be delayed, lost, or
 //! replaced by a failure.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::backend::mem::Keyspace;
 use crate::backend::{BackendError, KeyState, Master};
 
 /// How a fake master behaves right now.
@@ -29,10 +29,8 @@ pub enum Mode {
 struct State {
     mode: Mode,
     votes: bool,
-    fences: HashMap<Bytes, u64>,
-    fence_floor: u64,
     fences_lost: bool,
-    keys: HashMap<Bytes, (Bytes, Instant)>,
+    data: Keyspace,
 }
 
 /// A cheap-clone handle on one fake master.
@@ -45,10 +43,8 @@ impl FakeMaster {
         FakeMaster(Arc::new(Mutex::new(State {
             mode: Mode::Healthy,
             votes: true,
-            fences: HashMap::new(),
-            fence_floor: 0,
             fences_lost: false,
-            keys: HashMap::new(),
+            data: Keyspace::new(),
         })))
     }
 
@@ -65,64 +61,34 @@ impl FakeMaster {
     /// Loses every key and fence counter, as a master restarted without persistence.
     pub fn restart_empty(&self) {
         let mut s = self.0.lock().unwrap();
-        s.keys.clear();
-        s.fences.clear();
-        s.fence_floor = 0;
+        s.data.clear();
         s.fences_lost = true;
     }
 
     /// The fence counter at `fence_key`.
     pub fn fence(&self, fence_key: &[u8]) -> u64 {
-        self.0
-            .lock()
-            .unwrap()
-            .fences
-            .get(fence_key)
-            .copied()
-            .unwrap_or(0)
+        self.0.lock().unwrap().data.fence(fence_key)
     }
 
     /// The token it holds for `key`, if unexpired.
     pub fn holder(&self, key: &[u8]) -> Option<Bytes> {
-        let now = Instant::now();
         let state = self.0.lock().unwrap();
-        state
-            .keys
-            .get(key)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(t, _)| t.clone())
+        state.data.get(key, Instant::now()).map(|(t, _)| t.clone())
     }
 
     /// Stores `token` under `key` for `ttl`, as another client would.
     pub fn put(&self, key: &[u8], token: &[u8], ttl: Duration) {
         let mut state = self.0.lock().unwrap();
-        state.keys.insert(
-            Bytes::copy_from_slice(key),
-            (Bytes::copy_from_slice(token), Instant::now() + ttl),
-        );
+        state.data.put(key, token, Instant::now() + ttl);
     }
 
-    /// Runs `op` on the fence counters now, unless the master is down or hung.
-    fn apply_fences<T>(&self, op: impl FnOnce(&mut State) -> T) -> (Mode, Option<T>) {
-        let mut state = self.0.lock().unwrap();
-        let mode = state.mode;
-        match mode {
-            Mode::Healthy | Mode::Slow(_) => (mode, Some(op(&mut state))),
-            Mode::Down | Mode::Hung => (mode, None),
-        }
-    }
-
-    /// Runs `op` on the live keys now, unless the master is down or hung.
-    fn apply<T>(
-        &self,
-        op: impl FnOnce(&mut HashMap<Bytes, (Bytes, Instant)>, Instant) -> T,
-    ) -> (Mode, Option<T>) {
+    /// Runs `op` on the master's data now, unless the master is down or hung.
+    fn apply<T>(&self, op: impl FnOnce(&mut Keyspace, Instant) -> T) -> (Mode, Option<T>) {
         let now = Instant::now();
         let mut state = self.0.lock().unwrap();
-        state.keys.retain(|_, (_, exp)| *exp > now);
         let mode = state.mode;
         match mode {
-            Mode::Healthy | Mode::Slow(_) => (mode, Some(op(&mut state.keys, now))),
+            Mode::Healthy | Mode::Slow(_) => (mode, Some(op(&mut state.data, now))),
             Mode::Down | Mode::Hung => (mode, None),
         }
     }
@@ -147,8 +113,9 @@ impl Default for FakeMaster {
     }
 }
 
-fn holds(keys: &HashMap<Bytes, (Bytes, Instant)>, key: &[u8], token: &[u8]) -> bool {
-    keys.get(key).is_some_and(|(t, _)| t == token)
+/// When a key set at `now` for `ttl_ms` expires.
+fn after(now: Instant, ttl_ms: u64) -> Instant {
+    now + Duration::from_millis(ttl_ms)
 }
 
 impl Master for FakeMaster {
@@ -162,17 +129,7 @@ impl Master for FakeMaster {
         token: &[u8],
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        reply(self.apply(|keys, now| {
-            if keys.contains_key(key) {
-                return false;
-            }
-            let expiry = now + Duration::from_millis(ttl_ms);
-            keys.insert(
-                Bytes::copy_from_slice(key),
-                (Bytes::copy_from_slice(token), expiry),
-            );
-            true
-        }))
+        reply(self.apply(|m, now| m.acquire(key, token, after(now, ttl_ms), now)))
     }
 
     fn release(
@@ -180,7 +137,7 @@ impl Master for FakeMaster {
         key: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        reply(self.apply(|keys, _| holds(keys, key, token) && keys.remove(key).is_some()))
+        reply(self.apply(|m, now| m.release(key, token, now)))
     }
 
     fn extend(
@@ -189,38 +146,21 @@ impl Master for FakeMaster {
         token: &[u8],
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        reply(self.apply(|keys, now| match keys.get_mut(key) {
-            Some((t, exp)) if t == token => {
-                *exp = now + Duration::from_millis(ttl_ms);
-                true
-            }
-            _ => false,
-        }))
+        reply(self.apply(|m, now| m.extend(key, token, after(now, ttl_ms), now)))
     }
 
     fn inspect(
         &self,
         key: &[u8],
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
-        reply(self.apply(|keys, now| {
-            keys.get(key).map(|(token, exp)| KeyState {
-                token: token.clone(),
-                pttl_ms: Some(u64::try_from((*exp - now).as_millis()).unwrap_or(u64::MAX)),
-            })
-        }))
+        reply(self.apply(|m, now| m.inspect(key, now)))
     }
 
     fn read_fence(
         &self,
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
-        reply(self.apply_fences(|s| {
-            s.fences
-                .get(fence_key)
-                .copied()
-                .unwrap_or(0)
-                .max(s.fence_floor)
-        }))
+        reply(self.apply(|m, _| m.read_fence(fence_key)))
     }
 
     fn acquire_fenced(
@@ -231,27 +171,8 @@ impl Master for FakeMaster {
         ttl_ms: u64,
         fence: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        reply(self.apply_fences(|s| {
-            let now = Instant::now();
-            s.keys.retain(|_, (_, exp)| *exp > now);
-            let seen = s
-                .fences
-                .get(fence_key)
-                .copied()
-                .unwrap_or(0)
-                .max(s.fence_floor);
-            if s.keys.contains_key(key) || seen >= fence {
-                return false;
-            }
-            s.keys.insert(
-                Bytes::copy_from_slice(key),
-                (
-                    Bytes::copy_from_slice(token),
-                    now + Duration::from_millis(ttl_ms),
-                ),
-            );
-            s.fences.insert(Bytes::copy_from_slice(fence_key), fence);
-            true
+        reply(self.apply(|m, now| {
+            m.acquire_fenced(key, fence_key, token, after(now, ttl_ms), fence, now)
         }))
     }
 
@@ -260,26 +181,20 @@ impl Master for FakeMaster {
         fence_key: &[u8],
         fence: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        reply(self.apply_fences(|s| {
-            let seen = s
-                .fences
-                .entry(Bytes::copy_from_slice(fence_key))
-                .or_default();
-            *seen = (*seen).max(fence);
-        }))
+        reply(self.apply(|m, _| m.raise_fence(fence_key, fence)))
     }
 
     fn fences(
         &self,
     ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        reply(self.apply_fences(|s| s.fences.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+        reply(self.apply(|m, _| m.fences()))
     }
 
     fn raise_fence_floor(
         &self,
         floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        reply(self.apply_fences(|s| s.fence_floor = s.fence_floor.max(floor)))
+        reply(self.apply(|m, _| m.raise_fence_floor(floor)))
     }
 
     fn fences_lost(&self) -> bool {

@@ -6,7 +6,6 @@
 //! overlap, and at each grant a quorum of masters keeps the key from anyone else for at least
 //! the validity reported (holding the token, or — having lost it in a restart — quarantined).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use tokio::time::Instant;
 
 use super::Redlock;
 use super::quorum::quorum;
+use crate::backend::mem::Keyspace;
 use crate::backend::{BackendError, KeyState, Master};
 
 const DEADLINE: Duration = Duration::from_millis(10);
@@ -48,8 +48,8 @@ impl Rng {
 #[derive(Debug)]
 struct SimState {
     rng: Rng,
-    /// Real time a key expires at, by this master's clock rate.
-    keys: HashMap<Bytes, (Bytes, Instant)>,
+    /// Keys expire at the real time this master's clock rate gives them (see [`expiry`]).
+    data: Keyspace,
     /// Parts per thousand its clock runs fast (positive) or slow (negative), within 1%.
     skew_permille: i64,
     quarantined_until: Option<Instant>,
@@ -57,8 +57,6 @@ struct SimState {
     loss_percent: u64,
     /// Bumped by each restart: answers from an earlier run never arrive (its connections died).
     epoch: u64,
-    fences: HashMap<Bytes, u64>,
-    fence_floor: u64,
 }
 
 /// A simulated master: each request is applied after a random delay (or lost), and answered
@@ -70,23 +68,19 @@ impl SimMaster {
     fn new(seed: u64, skew_permille: i64, loss_percent: u64, quarantine_enabled: bool) -> Self {
         SimMaster(Arc::new(Mutex::new(SimState {
             rng: Rng(seed | 1),
-            keys: HashMap::new(),
+            data: Keyspace::new(),
             skew_permille,
             quarantined_until: None,
             quarantine_enabled,
             loss_percent,
             epoch: 0,
-            fences: HashMap::new(),
-            fence_floor: 0,
         })))
     }
 
     /// Loses every key, as a master restarted without persistence does.
     fn restart(&self) {
         let mut s = self.0.lock().unwrap();
-        s.keys.clear();
-        s.fences.clear();
-        s.fence_floor = 0;
+        s.data.clear();
         s.epoch += 1;
         if s.quarantine_enabled {
             s.quarantined_until = Some(Instant::now() + Duration::from_millis(MAX_TTL_MS));
@@ -99,10 +93,10 @@ impl SimMaster {
         let s = self.0.lock().unwrap();
         let now = Instant::now();
         let held = s
-            .keys
-            .get(key)
-            .filter(|(t, exp)| t == token && *exp > now)
-            .map_or(Duration::ZERO, |(_, exp)| *exp - now);
+            .data
+            .get(key, now)
+            .filter(|(t, _)| *t == token)
+            .map_or(Duration::ZERO, |(_, exp)| exp - now);
         let quarantined = s
             .quarantined_until
             .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
@@ -142,9 +136,7 @@ impl SimMaster {
                 if s.epoch != epoch {
                     return;
                 }
-                let now = Instant::now();
-                s.keys.retain(|_, (_, exp)| *exp > now);
-                op(&mut s, now)
+                op(&mut s, Instant::now())
             };
             tokio::time::sleep(reply_in).await;
             if !lost_back && state.lock().unwrap().epoch == epoch {
@@ -175,12 +167,8 @@ impl Master for SimMaster {
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
         self.request(move |s, now| {
-            let (keys, skew) = (&mut s.keys, s.skew_permille);
-            if keys.contains_key(&key) {
-                return false;
-            }
-            keys.insert(key, (token, expiry(now, ttl_ms, skew)));
-            true
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data.acquire(&key, &token, expires, now)
         })
     }
 
@@ -190,15 +178,7 @@ impl Master for SimMaster {
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
-        self.request(move |s, _| {
-            let keys = &mut s.keys;
-            if keys.get(&key).is_some_and(|(t, _)| *t == token) {
-                keys.remove(&key);
-                true
-            } else {
-                false
-            }
-        })
+        self.request(move |s, now| s.data.release(&key, &token, now))
     }
 
     fn extend(
@@ -208,12 +188,9 @@ impl Master for SimMaster {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
-        self.request(move |s, now| match s.keys.get_mut(&key) {
-            Some((t, exp)) if *t == token => {
-                *exp = expiry(now, ttl_ms, s.skew_permille);
-                true
-            }
-            _ => false,
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data.extend(&key, &token, expires, now)
         })
     }
 
@@ -222,12 +199,7 @@ impl Master for SimMaster {
         key: &[u8],
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
         let key = Bytes::copy_from_slice(key);
-        self.request(move |s, now| {
-            s.keys.get(&key).map(|(token, exp)| KeyState {
-                token: token.clone(),
-                pttl_ms: Some((*exp - now).as_millis() as u64),
-            })
-        })
+        self.request(move |s, now| s.data.inspect(&key, now))
     }
 
     fn read_fence(
@@ -235,13 +207,7 @@ impl Master for SimMaster {
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
         let fence_key = Bytes::copy_from_slice(fence_key);
-        self.request(move |s, _| {
-            s.fences
-                .get(&fence_key)
-                .copied()
-                .unwrap_or(0)
-                .max(s.fence_floor)
-        })
+        self.request(move |s, _| s.data.read_fence(&fence_key))
     }
 
     fn acquire_fenced(
@@ -258,14 +224,9 @@ impl Master for SimMaster {
             Bytes::copy_from_slice(token),
         );
         self.request(move |s, now| {
-            let seen = s.fences.get(&fence_key).copied().unwrap_or(0);
-            if s.keys.contains_key(&key) || seen.max(s.fence_floor) >= fence {
-                return false;
-            }
-            let exp = expiry(now, ttl_ms, s.skew_permille);
-            s.keys.insert(key, (token, exp));
-            s.fences.insert(fence_key, fence);
-            true
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data
+                .acquire_fenced(&key, &fence_key, &token, expires, fence, now)
         })
     }
 
@@ -275,23 +236,20 @@ impl Master for SimMaster {
         fence: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
         let fence_key = Bytes::copy_from_slice(fence_key);
-        self.request(move |s, _| {
-            let seen = s.fences.entry(fence_key).or_default();
-            *seen = (*seen).max(fence);
-        })
+        self.request(move |s, _| s.data.raise_fence(&fence_key, fence))
     }
 
     fn fences(
         &self,
     ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        self.request(|s, _| s.fences.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        self.request(|s, _| s.data.fences())
     }
 
     fn raise_fence_floor(
         &self,
         floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        self.request(move |s, _| s.fence_floor = s.fence_floor.max(floor))
+        self.request(move |s, _| s.data.raise_fence_floor(floor))
     }
 }
 
