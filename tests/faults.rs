@@ -155,12 +155,7 @@ async fn a_hung_master_cannot_pile_up_requests() {
 #[tokio::test]
 async fn a_restarted_master_is_quarantined_then_used_again() {
     let mut m = support::masters(3);
-    let p = support::proxy_with(&m, |c| {
-        c.redlock.max_ttl_ms = 1_000;
-        c.backend.reconnect_min_ms = 10;
-        c.backend.reconnect_max_ms = 100;
-    })
-    .await;
+    let p = support::proxy_for_restarts(&m).await;
     let mut c = p.conn().await;
     m[0].kill();
     wait_masters_up(&p, 2).await;

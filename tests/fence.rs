@@ -52,12 +52,7 @@ async fn fences_increase_across_holders_and_proxies() {
 #[tokio::test]
 async fn fences_survive_a_master_restarted_empty() {
     let mut m = support::masters(3);
-    let p = support::proxy_with(&m, |c| {
-        c.redlock.max_ttl_ms = 1_000;
-        c.backend.reconnect_min_ms = 10;
-        c.backend.reconnect_max_ms = 100;
-    })
-    .await;
+    let p = support::proxy_for_restarts(&m).await;
     let mut c = p.conn().await;
     for _ in 0..5 {
         let (token, _) = fenced(&mut c, "r").await;

@@ -61,6 +61,17 @@ pub async fn proxy(masters: &[RedisServer]) -> TestProxy {
     proxy_with(masters, |_| {}).await
 }
 
+/// A proxy for tests that restart masters: it reconnects within 10–100 ms, and a restarted
+/// master's quarantine (`max_ttl_ms`) lasts 1 s.
+pub async fn proxy_for_restarts(masters: &[RedisServer]) -> TestProxy {
+    proxy_with(masters, |c| {
+        c.redlock.max_ttl_ms = 1_000;
+        c.backend.reconnect_min_ms = 10;
+        c.backend.reconnect_max_ms = 100;
+    })
+    .await
+}
+
 /// A running in-process proxy.
 pub struct TestProxy {
     /// Where clients connect.
