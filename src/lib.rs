@@ -25,7 +25,8 @@
 //! backend/       mod.rs: the Master trait (the test seam);
 //!                redis.rs: multiplexed, batched connections with reconnect, restart
 //!                quarantine, and the subscription that announces releases;
-//!                resp.rs: commands, replies and the Lua scripts sent to masters
+//!                resp.rs: commands, replies and the Lua scripts sent to masters;
+//!                mem.rs: what those do to a master's data, in memory (for the doubles)
 //!
 //! protocol/      pure RESP codec (requests in, replies out), used by server and cmd
 //! error.rs       typed errors and the one place they become RESP error replies
