@@ -176,3 +176,40 @@ async fn masters_that_lost_their_scripts_get_them_again() {
     assert_eq!(int(&c.call(&["UNLOCK", "s", &token]).await), 1);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn several_connections_per_master_keep_each_keys_requests_in_order() {
+    let m = support::masters(3);
+    let p = support::proxy_with(&m, |c| c.backend.connections_per_master = 4).await;
+    let mut c = p.conn().await;
+    for _ in 0..500 {
+        let info = support::flatten(&c.call(&["INFO", "masters"]).await);
+        if info.matches("connections=4/4").count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let info = support::flatten(&c.call(&["INFO", "masters"]).await);
+    assert_eq!(info.matches("connections=4/4").count(), 3, "{info}");
+    let keys: Vec<String> = (0..200).map(|i| format!("multi:{i}")).collect();
+    for key in &keys {
+        c.send_cmd(&["LOCK", key, "10000"]).await;
+    }
+    let mut tokens = Vec::new();
+    for _ in &keys {
+        let token = text(&c.reply().await);
+        assert_eq!(token.len(), 32);
+        tokens.push(token);
+    }
+    // Pipelined, so each key's EXTEND and UNLOCK are in flight together: they reach every
+    // master in this order only because one key's requests share a connection.
+    for (key, token) in keys.iter().zip(&tokens) {
+        c.send_cmd(&["EXTEND", key, token, "10000"]).await;
+        c.send_cmd(&["UNLOCK", key, token]).await;
+    }
+    for key in &keys {
+        assert_eq!(int(&c.reply().await), 1, "EXTEND {key}");
+        assert_eq!(int(&c.reply().await), 1, "UNLOCK {key}");
+    }
+    p.stop().await;
+}

@@ -385,9 +385,12 @@ impl RedisMaster {
         self.send(self.home(key), encode(args))
     }
 
-    /// The connection that owns `key`.
+    /// The connection that owns `key` (no hashing with one connection, the default).
     fn home(&self, key: &[u8]) -> usize {
-        BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % self.0.conns.len()
+        match self.0.conns.len() {
+            1 => 0,
+            n => BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % n,
+        }
     }
 
     /// Queues an encoded command on connection `home` (or, if that one is down, the next one
