@@ -88,6 +88,18 @@ pub enum Ask<'a> {
     },
 }
 
+impl Ask<'_> {
+    /// The lock key asked about.
+    pub fn key(&self) -> &[u8] {
+        match *self {
+            Ask::Acquire { key, .. }
+            | Ask::Release { key, .. }
+            | Ask::Extend { key, .. }
+            | Ask::AcquireFenced { key, .. } => key,
+        }
+    }
+}
+
 /// One round's answers, counted as they arrive: a master records its answer here directly,
 /// and the round's task is woken once, when the outcome is decided — not once per answer. A
 /// master that only has the future-returning operations adds its futures instead, and the

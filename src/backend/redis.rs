@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -439,11 +440,12 @@ impl RedisMaster {
             .map_err(|_| BackendError::Down)
     }
 
-    /// Queues a vote: its answer goes straight into `ballot`.
+    /// Queues a vote (`request`, which runs `script` if any): its answer goes straight into
+    /// `ballot`.
     fn cast_request(
         &self,
         home_key: &[u8],
-        args: &[&[u8]],
+        request: Bytes,
         script: Option<&'static Script>,
         ballot: &Arc<Ballot>,
         counts: bool,
@@ -456,7 +458,7 @@ impl RedisMaster {
             script: script.map(|s| (s, home, Bytes::new())),
         };
         // A refusal drops the vote, which counts it as failed.
-        let _ = self.queue(home, encode(args), Reply::Vote(vote));
+        let _ = self.queue(home, request, Reply::Vote(vote));
     }
 
     /// Runs a script by SHA, falling back to sending its body once if the master lost it.
@@ -496,8 +498,18 @@ impl RedisMaster {
         args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
         args.extend_from_slice(keys);
         args.extend_from_slice(argv);
-        let home = self.home(owner);
-        let request = encode(&args);
+        self.send_script(self.home(owner), script, encode(&args))
+    }
+
+    /// Sends `request`, which runs `script`, on connection `home`; if the master lost its scripts
+    /// (a restart, `SCRIPT FLUSH`), loads it on that connection and sends the same request once
+    /// more — nothing is copied unless that happens.
+    fn send_script(
+        &self,
+        home: usize,
+        script: &'static Script,
+        request: Bytes,
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
         let first = self.send(home, request.clone());
         let this = self.clone();
         async move {
@@ -510,6 +522,59 @@ impl RedisMaster {
                 other => other,
             }
         }
+    }
+
+    /// The command that asks this master `ask`, and the script it runs, if any. Votes
+    /// ([`Master::cast`]) and the operations that return a future send the same bytes.
+    fn command(&self, ask: Ask<'_>) -> (Bytes, Option<&'static Script>) {
+        let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
+        match ask {
+            Ask::Acquire { key, token, ttl_ms } => {
+                let ttl = ttl.format(ttl_ms).as_bytes();
+                (encode(&[b"SET", key, token, b"NX", b"PX", ttl]), None)
+            }
+            Ask::Release { key, token } => {
+                let script = &*resp::RELEASE;
+                let marker = self.0.waiting_marker(key);
+                let channel = &self.0.release_channel[..];
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"2", key, &marker, token, channel];
+                (encode(&args), Some(script))
+            }
+            Ask::Extend { key, token, ttl_ms } => {
+                let script = &*resp::EXTEND;
+                let ttl = ttl.format(ttl_ms).as_bytes();
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 6] = [b"EVALSHA", sha, b"1", key, token, ttl];
+                (encode(&args), Some(script))
+            }
+            Ask::AcquireFenced {
+                key,
+                fence_key,
+                token,
+                ttl_ms,
+                fence,
+            } => {
+                let script = &*resp::ACQUIRE_FENCED;
+                let floor = &self.0.fence_floor[..];
+                let (ttl, fence) = (ttl.format(ttl_ms).as_bytes(), f.format(fence).as_bytes());
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 9] = [
+                    b"EVALSHA", sha, b"3", key, fence_key, floor, token, ttl, fence,
+                ];
+                (encode(&args), Some(script))
+            }
+        }
+    }
+
+    /// Sends `ask` on its key's connection; its yes or no.
+    fn ask(&self, ask: Ask<'_>) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let home = self.home(ask.key());
+        let reply = match self.command(ask) {
+            (request, Some(script)) => Either::Left(self.send_script(home, script, request)),
+            (request, None) => Either::Right(self.send(home, request)),
+        };
+        async move { expect_bool(reply.await) }
     }
 }
 
@@ -622,19 +687,7 @@ impl Master for RedisMaster {
         token: &[u8],
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        let mut ttl = itoa::Buffer::new();
-        let reply = self.call(
-            key,
-            &[
-                b"SET",
-                key,
-                token,
-                b"NX",
-                b"PX",
-                ttl.format(ttl_ms).as_bytes(),
-            ],
-        );
-        async move { expect_bool(reply.await) }
+        self.ask(Ask::Acquire { key, token, ttl_ms })
     }
 
     fn release(
@@ -642,13 +695,7 @@ impl Master for RedisMaster {
         key: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        let marker = self.0.waiting_marker(key);
-        let reply = self.eval_keys(
-            &resp::RELEASE,
-            &[key, &marker],
-            &[token, &self.0.release_channel],
-        );
-        async move { expect_bool(reply.await) }
+        self.ask(Ask::Release { key, token })
     }
 
     fn mark_waiting(
@@ -674,9 +721,7 @@ impl Master for RedisMaster {
         token: &[u8],
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        let mut ttl = itoa::Buffer::new();
-        let reply = self.eval(&resp::EXTEND, key, &[token, ttl.format(ttl_ms).as_bytes()]);
-        async move { expect_bool(reply.await) }
+        self.ask(Ask::Extend { key, token, ttl_ms })
     }
 
     fn inspect(
@@ -715,22 +760,13 @@ impl Master for RedisMaster {
         ttl_ms: u64,
         fence: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
-        let reply = self.eval_keys(
-            &resp::ACQUIRE_FENCED,
-            &[key, fence_key, &self.0.fence_floor],
-            &[
-                token,
-                ttl.format(ttl_ms).as_bytes(),
-                f.format(fence).as_bytes(),
-            ],
-        );
-        async move {
-            match reply.await? {
-                Frame::Integer(n) => Ok(n == 1),
-                other => Err(BackendError::Unexpected(format!("{other:?}"))),
-            }
-        }
+        self.ask(Ask::AcquireFenced {
+            key,
+            fence_key,
+            token,
+            ttl_ms,
+            fence,
+        })
     }
 
     fn raise_fence(
@@ -809,45 +845,8 @@ impl Master for RedisMaster {
     }
 
     fn cast(&self, ask: Ask<'_>, ballot: &Arc<Ballot>, counts: bool) {
-        let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
-        match ask {
-            Ask::Acquire { key, token, ttl_ms } => {
-                let ttl = ttl.format(ttl_ms).as_bytes();
-                let args: [&[u8]; 6] = [b"SET", key, token, b"NX", b"PX", ttl];
-                self.cast_request(key, &args, None, ballot, counts);
-            }
-            Ask::Release { key, token } => {
-                let script = &*resp::RELEASE;
-                let marker = self.0.waiting_marker(key);
-                let channel = &self.0.release_channel[..];
-                let sha = script.sha.as_bytes();
-                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"2", key, &marker, token, channel];
-                self.cast_request(key, &args, Some(script), ballot, counts);
-            }
-            Ask::Extend { key, token, ttl_ms } => {
-                let script = &*resp::EXTEND;
-                let ttl = ttl.format(ttl_ms).as_bytes();
-                let sha = script.sha.as_bytes();
-                let args: [&[u8]; 6] = [b"EVALSHA", sha, b"1", key, token, ttl];
-                self.cast_request(key, &args, Some(script), ballot, counts);
-            }
-            Ask::AcquireFenced {
-                key,
-                fence_key,
-                token,
-                ttl_ms,
-                fence,
-            } => {
-                let script = &*resp::ACQUIRE_FENCED;
-                let floor = &self.0.fence_floor[..];
-                let (ttl, fence) = (ttl.format(ttl_ms).as_bytes(), f.format(fence).as_bytes());
-                let sha = script.sha.as_bytes();
-                let args: [&[u8]; 9] = [
-                    b"EVALSHA", sha, b"3", key, fence_key, floor, token, ttl, fence,
-                ];
-                self.cast_request(key, &args, Some(script), ballot, counts);
-            }
-        }
+        let (request, script) = self.command(ask);
+        self.cast_request(ask.key(), request, script, ballot, counts);
     }
 
     fn fences_lost(&self) -> bool {
