@@ -161,7 +161,7 @@ async fn releases_are_announced_only_while_someone_waits() {
     waiter
         .send_cmd(&["LOCK", "loud", "5000", "WAIT", "4000"])
         .await;
-    // The waiter's marker is on the masters once its second attempt has been refused.
+    // The waiter sets its marker on the masters after its first attempt is refused.
     let marker = "redlock:waiting:0:loud";
     let mut master = support::Conn::connect(([127, 0, 0, 1], m[0].port()).into()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
