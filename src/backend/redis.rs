@@ -28,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::resp::{self, Frame, Script};
+use super::resp::{self, Script};
 use super::{Ask, BackendError, Ballot, KeyState, Master};
 use crate::config::{BackendConfig, MasterAddr};
+use crate::protocol::client::{self, Frame};
 
 /// Largest batch one connection writes at once; more waits for the next turn.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -578,12 +579,7 @@ impl RedisMaster {
     }
 }
 
-/// One command, encoded once, in a buffer sized once.
-fn encode(args: &[&[u8]]) -> Bytes {
-    let mut bytes = BytesMut::with_capacity(resp::encoded_len(args));
-    resp::encode_command(&mut bytes, args);
-    bytes.freeze()
-}
+use client::command as encode;
 
 impl Inner {
     /// The waiting marker of lock key `key` (see [`Namespace`]).
@@ -1012,7 +1008,7 @@ impl Link {
                 if rd.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
                     return Err("master closed the connection".to_owned());
                 }
-                while let Some(frame) = resp::decode_reply(&mut buf)? {
+                while let Some(frame) = client::decode_reply(&mut buf).map_err(|e| e.to_string())? {
                     let waiter = pending
                         .lock()
                         .expect("pending queue poisoned")
@@ -1067,7 +1063,9 @@ async fn listen_for_releases(
             backoff = min;
             let relay = async {
                 loop {
-                    while let Some(frame) = resp::decode_reply(&mut buf)? {
+                    while let Some(frame) =
+                        client::decode_reply(&mut buf).map_err(|e| e.to_string())?
+                    {
                         if let Frame::Array(parts) = frame
                             && let [Frame::BulkString(kind), _, Frame::BulkString(key)] = &parts[..]
                             && &kind[..] == b"message"
@@ -1156,10 +1154,10 @@ async fn round_trip(
     args: &[&[u8]],
 ) -> Result<Frame, String> {
     let mut out = BytesMut::new();
-    resp::encode_command(&mut out, args);
+    client::encode_command(&mut out, args);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
     loop {
-        if let Some(frame) = resp::decode_reply(buf)? {
+        if let Some(frame) = client::decode_reply(buf).map_err(|e| e.to_string())? {
             return Ok(frame);
         }
         make_room(buf);

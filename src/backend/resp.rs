@@ -1,41 +1,7 @@
-//! The few RESP pieces the backend side needs: encoding a command, decoding a master's reply
-//! (through `redis-protocol`), and the scripts that make release, extend and inspect atomic.
+//! The Lua scripts that make the proxy's operations on a master atomic (release, extend,
+//! inspect, fences), each with its SHA1 for `EVALSHA`.
 
 use std::sync::LazyLock;
-
-use bytes::{BufMut, BytesMut};
-use redis_protocol::resp2::decode::decode_bytes_mut;
-pub use redis_protocol::resp2::types::BytesFrame as Frame;
-
-/// Appends `args` as one RESP multibulk command.
-pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
-    let mut num = itoa::Buffer::new();
-    out.put_u8(b'*');
-    out.put_slice(num.format(args.len()).as_bytes());
-    out.put_slice(b"\r\n");
-    for arg in args {
-        out.put_u8(b'$');
-        out.put_slice(num.format(arg.len()).as_bytes());
-        out.put_slice(b"\r\n");
-        out.put_slice(arg);
-        out.put_slice(b"\r\n");
-    }
-}
-
-/// An upper bound of what [`encode_command`] appends for `args`, to allocate once.
-pub fn encoded_len(args: &[&[u8]]) -> usize {
-    // "*n\r\n" plus "$len\r\n" + arg + "\r\n" each; 20 digits cover any usize.
-    25 + args.iter().map(|a| a.len() + 25).sum::<usize>()
-}
-
-/// Splits one complete reply off the front of `buf`, if there is one.
-pub fn decode_reply(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
-    match decode_bytes_mut(buf) {
-        Ok(Some((frame, _, _))) => Ok(Some(frame)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
-}
 
 /// A Lua script the proxy runs on the masters, with its SHA1 for `EVALSHA`.
 #[derive(Debug)]
@@ -134,39 +100,6 @@ pub fn all_scripts() -> [&'static Script; 7] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    #[test]
-    fn commands_encode_as_multibulk() {
-        let mut out = BytesMut::new();
-        let args: [&[u8]; 4] = [b"SET", b"k", b"", b"NX"];
-        encode_command(&mut out, &args);
-        assert!(out.len() <= encoded_len(&args));
-        assert_eq!(
-            &out[..],
-            b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n$2\r\nNX\r\n"
-        );
-    }
-
-    #[test]
-    fn replies_decode_one_at_a_time() {
-        let mut buf =
-            BytesMut::from(&b"+OK\r\n$-1\r\n:1\r\n*2\r\n$1\r\nt\r\n:5\r\n-ERR x\r\n$3\r\nab"[..]);
-        assert_eq!(
-            decode_reply(&mut buf).unwrap(),
-            Some(Frame::SimpleString(Bytes::from("OK")))
-        );
-        assert_eq!(decode_reply(&mut buf).unwrap(), Some(Frame::Null));
-        assert_eq!(decode_reply(&mut buf).unwrap(), Some(Frame::Integer(1)));
-        assert!(matches!(decode_reply(&mut buf).unwrap(), Some(Frame::Array(a)) if a.len() == 2));
-        assert!(matches!(
-            decode_reply(&mut buf).unwrap(),
-            Some(Frame::Error(_))
-        ));
-        assert_eq!(decode_reply(&mut buf).unwrap(), None);
-        assert_eq!(&buf[..], b"$3\r\nab");
-    }
-
     #[test]
     fn script_shas_are_sha1_of_the_body() {
         assert_eq!(
