@@ -2,16 +2,14 @@
 //! masters that answer at once, so what is measured is the quorum path (token generation,
 //! fan-out, vote counting, validity arithmetic) without sockets or a real Redis.
 
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::hint::black_box;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use redlock_proxy::backend::mem::Keyspace;
-use redlock_proxy::backend::{BackendError, KeyState, Master};
-use redlock_proxy::redlock::Redlock;
+use redlock_proxy::backend::mem::{MemMaster, Mode};
+use redlock_proxy::locks::keys::Schema;
+use redlock_proxy::redlock::{LockKey, Redlock};
 use tokio::time::Instant;
 
 /// The proxy's default per-master deadline; never reached here, as every master answers at once.
@@ -19,120 +17,6 @@ const DEADLINE: Duration = Duration::from_millis(50);
 const TTL_MS: u64 = 5000;
 /// Distinct keys cycled through, so the maps behave like a busy master's, not a one-key one.
 const KEYS: usize = 1024;
-
-/// An in-memory master, each operation applied and answered when called.
-#[derive(Debug, Default)]
-struct MemMaster {
-    data: Arc<Mutex<Keyspace>>,
-    /// Never answers (a hung master): its futures stay pending.
-    hung: bool,
-}
-
-type Answer<T> = futures_util::future::Either<Ready<Result<T, BackendError>>, Pending<T>>;
-type Pending<T> = std::future::Pending<Result<T, BackendError>>;
-
-impl MemMaster {
-    fn hung() -> Self {
-        MemMaster {
-            hung: true,
-            ..Self::default()
-        }
-    }
-
-    fn answer<T>(&self, op: impl FnOnce(&mut Keyspace, Instant) -> T) -> Answer<T> {
-        if self.hung {
-            return futures_util::future::Either::Right(std::future::pending());
-        }
-        let mut data = self.data.lock().expect("bench master lock");
-        futures_util::future::Either::Left(ready(Ok(op(&mut data, Instant::now()))))
-    }
-
-    fn put(&self, key: &[u8], token: &[u8]) {
-        let mut data = self.data.lock().expect("bench master lock");
-        data.put(key, token, Instant::now() + Duration::from_secs(3600));
-    }
-}
-
-/// When a key set at `now` for `ttl_ms` expires.
-fn after(now: Instant, ttl_ms: u64) -> Instant {
-    now + Duration::from_millis(ttl_ms)
-}
-
-impl Master for MemMaster {
-    fn acquire(
-        &self,
-        key: &[u8],
-        token: &[u8],
-        ttl_ms: u64,
-    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.answer(|m, now| m.acquire(key, token, after(now, ttl_ms), now))
-    }
-
-    fn release(
-        &self,
-        key: &[u8],
-        token: &[u8],
-    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.answer(|m, now| m.release(key, token, now))
-    }
-
-    fn extend(
-        &self,
-        key: &[u8],
-        token: &[u8],
-        ttl_ms: u64,
-    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.answer(|m, now| m.extend(key, token, after(now, ttl_ms), now))
-    }
-
-    fn inspect(
-        &self,
-        key: &[u8],
-    ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
-        self.answer(|m, now| m.inspect(key, now))
-    }
-
-    fn read_fence(
-        &self,
-        fence_key: &[u8],
-    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
-        self.answer(|m, _| m.read_fence(fence_key))
-    }
-
-    fn acquire_fenced(
-        &self,
-        key: &[u8],
-        fence_key: &[u8],
-        token: &[u8],
-        ttl_ms: u64,
-        fence: u64,
-    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.answer(|m, now| {
-            m.acquire_fenced(key, fence_key, token, after(now, ttl_ms), fence, now)
-        })
-    }
-
-    fn raise_fence(
-        &self,
-        fence_key: &[u8],
-        fence: u64,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        self.answer(|m, _| m.raise_fence(fence_key, fence))
-    }
-
-    fn raise_fence_floor(
-        &self,
-        floor: u64,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        self.answer(|m, _| m.raise_fence_floor(floor))
-    }
-
-    fn fences(
-        &self,
-    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        self.answer(|m, _| m.fences())
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     // The vote's deadline timer needs the time driver; one thread, as a session task runs.
@@ -142,9 +26,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("bench runtime")
 }
 
-fn key_names() -> Vec<Vec<u8>> {
+fn key_names() -> Vec<LockKey> {
+    let schema = Schema::new("redlock:");
     (0..KEYS)
-        .map(|i| format!("key:{i:06}").into_bytes())
+        .map(|i| schema.lock(0, format!("key:{i:06}").as_bytes()))
         .collect()
 }
 
@@ -175,11 +60,11 @@ fn bench_lock_unlock(c: &mut Criterion) {
         let masters: Vec<MemMaster> = masters
             .iter()
             .map(|&hung| {
+                let master = MemMaster::new();
                 if hung {
-                    MemMaster::hung()
-                } else {
-                    MemMaster::default()
+                    master.set_mode(Mode::Hung);
                 }
+                master
             })
             .collect();
         let redlock = Redlock::new(masters, DEADLINE);
@@ -205,10 +90,10 @@ fn bench_lock_unlock(c: &mut Criterion) {
 
     // Contention: every master already holds the key, so LOCK is refused and then released on
     // every master (the failure cleanup), as for a null reply.
-    let masters: Vec<MemMaster> = (0..3).map(|_| MemMaster::default()).collect();
+    let masters: Vec<MemMaster> = (0..3).map(|_| MemMaster::new()).collect();
     for m in &masters {
-        for key in &keys {
-            m.put(key, b"someone-else");
+        for lock in &keys {
+            m.put(&lock.key, b"someone-else", Duration::from_secs(3600));
         }
     }
     let redlock = Redlock::new(masters, DEADLINE);

@@ -3,6 +3,7 @@
 //! the masters start with `NOQUORUM`, so they are never confused with "held by someone else"
 //! (which is not an error at all: it is a null reply).
 
+use crate::locks;
 use crate::protocol::Reply;
 use crate::redlock::LockError;
 
@@ -63,8 +64,19 @@ pub enum Error {
     #[error("LOCKLOST the session lock on '{0}' was lost: an extension did not reach a quorum")]
     LockLost(String),
     /// The masters could not decide.
-    #[error("{0}")]
-    Lock(#[from] LockError),
+    #[error("NOQUORUM {0}")]
+    NoQuorum(#[from] LockError),
+}
+
+impl From<locks::Error> for Error {
+    fn from(e: locks::Error) -> Error {
+        match e {
+            locks::Error::Masters(e) => Error::NoQuorum(e),
+            locks::Error::LockLost { key } => {
+                Error::LockLost(String::from_utf8_lossy(&key).into_owned())
+            }
+        }
+    }
 }
 
 impl Error {
@@ -84,6 +96,11 @@ impl Error {
             name: truncate(argv.first().map_or(&b""[..], |a| &a[..]), 128),
             args,
         }
+    }
+
+    /// The masters could not decide: the reply starts with `NOQUORUM`.
+    pub fn is_noquorum(&self) -> bool {
+        matches!(self, Error::NoQuorum(_))
     }
 
     /// `ERR unknown subcommand` for `cmd`.

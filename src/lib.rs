@@ -4,37 +4,50 @@
 //! with the Redlock algorithm over several independent Redis masters. Unmodified Redis clients
 //! send `LOCK key ttl-ms` and `UNLOCK key token`; the proxy does the quorum work.
 //!
-//! ## Map (layers call downward only)
+//! ## Map (layers call downward only; `tests/layers.rs` checks it)
 //!
 //! ```text
-//! main.rs / cli.rs / config.rs   flags → validated Config; embedded.rs starts local masters
+//! main.rs        flags → validated Config → logging → local masters if none → serve until signal
+//! cli.rs         the command line, over the configuration file
+//! embedded.rs    local redis-server masters (the default, and the tests' masters)
 //!        │
-//! server/        accept loop, connection limit, shutdown;
-//!                session.rs: pipelined reads, concurrent dispatch, in-order replies
+//! server/        mod.rs: accept loop, connection limit, shutdown and drain;
+//!                session.rs: one connection: pipelined reads, concurrent dispatch, in-order replies
 //!        │
-//! cmd/           one file per command; mod.rs holds the one name → command table,
-//!                per-connection Client state and process-wide Shared state;
-//!                ops.rs: the lock operations commands share (stats, NOQUORUM replies);
-//!                lock_scripts.rs: client libraries' lock scripts known by SHA1;
-//!                session_locks.rs: LOCK ... SESSION keepers; waiters.rs: LOCK ... WAIT
+//! cmd/           one file per command (parse argv → call the lock service → reply); mod.rs: the
+//!                one name → command table, dispatch, per-connection Client and process-wide
+//!                Shared state, and `reply`, where results and errors become replies;
+//!                lock_scripts.rs: client libraries' lock scripts known by SHA1
+//! error.rs       typed errors of a command and their Redis-style error replies
 //!        │
-//! redlock/       quorum.rs: the arithmetic (pure, property-tested);
-//!                mod.rs: acquire / release / extend / inspect over N masters;
-//!                fake.rs, sim.rs (tests): in-memory masters, deterministic simulation
+//! locks/         the lock service, generic over Master; mod.rs: acquire / release / extend /
+//!                inspect / force-release, typed results and errors, counters;
+//!                keys.rs: the key schema, every name the proxy writes on a master;
+//!                waiters.rs: LOCK ... WAIT queues; session.rs: a connection's handle, and its
+//!                LOCK ... SESSION keepers; tests.rs: the service over in-memory masters
 //!        │
-//! backend/       mod.rs: the Master trait (the test seam);
+//! redlock/       mod.rs: one Redlock round over N masters (acquire, fenced acquire, release,
+//!                extend, inspect, fence repair); quorum.rs: the arithmetic (pure,
+//!                property-tested); ballot.rs: one round's votes; token.rs: lock tokens;
+//!                tests.rs, sim.rs (tests): in-memory masters, deterministic simulation
+//!        │
+//! backend/       mod.rs: the Master trait (the test seam), what a vote asks, Votes, Names;
+//!                member.rs: Member, a real or in-memory master behind one type;
 //!                redis.rs: multiplexed, batched connections with reconnect, restart
 //!                quarantine, and the subscription that announces releases;
-//!                resp.rs: commands, replies and the Lua scripts sent to masters;
-//!                mem.rs: what those do to a master's data, in memory (for the doubles)
+//!                resp.rs: the Lua scripts sent to masters;
+//!                mem.rs: a master's data in memory (Keyspace) and MemMaster over it
 //!
-//! protocol/      pure RESP codec (requests in, replies out), used by server and cmd
-//! error.rs       typed errors and the one place they become RESP error replies
-//! stats.rs       counters for INFO
-//! embedded.rs    local redis-server masters (the default, and the tests' masters)
-//! checker.rs     history checker for the fault-injection tool (src/bin/torture.rs,
-//!                docs/safety.md): overlapping holds of one key are violations
+//! protocol/      pure RESP codec: request.rs (requests in), reply.rs (replies out),
+//!                client.rs (commands out, replies in: for masters and the tools)
+//! config.rs      sections with named defaults, validated once at load
+//! stats.rs       the server's counters for INFO
 //! ```
+//!
+//! A `LOCK` goes: `server::session::run` reads and decodes it → `cmd::dispatch` → `lock::run`
+//! parses it → `locks::Session::lock` → `LockService::acquire` names it (`locks::keys`) →
+//! `Redlock::lock_with_token` casts it to every master and counts the ballot → the reply comes
+//! back through `cmd::reply`.
 //!
 //! Start with `redlock/quorum.rs` for the safety rules, `server/session.rs` for the wire.
 
@@ -45,6 +58,7 @@ pub mod cmd;
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod locks;
 pub mod protocol;
 pub mod redlock;
 pub mod server;

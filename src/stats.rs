@@ -1,4 +1,5 @@
-//! Counters shown by `INFO`, bumped where the events happen. Relaxed atomics: they are reports,
+//! The server's counters shown by `INFO` (connections, commands, error replies), bumped where
+//! the events happen; the lock service counts its own (`locks::LockStats`). Relaxed atomics: they are reports,
 //! not synchronisation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,20 +17,8 @@ pub struct Stats {
     pub commands_processed: AtomicU64,
     /// Error replies sent.
     pub error_replies: AtomicU64,
-    /// `LOCK`s granted by a quorum.
-    pub locks_granted: AtomicU64,
-    /// `LOCK`s refused because another holder has the key.
-    pub locks_refused: AtomicU64,
-    /// Operations that ended in `NOQUORUM`.
+    /// Error replies that were `NOQUORUM`.
     pub noquorum: AtomicU64,
-    /// `UNLOCK`s that released a lock.
-    pub unlocks: AtomicU64,
-    /// `EXTEND`s that extended a lock.
-    pub extends: AtomicU64,
-    /// Session locks held now, over all connections.
-    pub session_locks: AtomicU64,
-    /// Session locks whose extension missed a quorum.
-    pub session_locks_lost: AtomicU64,
 }
 
 impl Stats {

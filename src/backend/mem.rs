@@ -1,15 +1,19 @@
-//! What one master's data does under the proxy's commands, in memory: `SET NX PX`, the release,
-//! extend and inspect scripts, and the fence counters with their floor (see [`super::resp`]).
-//! The in-memory [`super::Master`] doubles of the tests, the simulation and the benchmarks keep
-//! their data here and differ only in how requests travel. Keys expire lazily, as in Redis: a
-//! key whose expiry has passed is absent to every operation.
+//! Masters in memory. [`Keyspace`] is what one master's data does under the proxy's commands:
+//! `SET NX PX`, the release, extend and inspect scripts, and the fence counters with their floor
+//! (see [`super::resp`]). Keys expire lazily, as in Redis: a key whose expiry has passed is
+//! absent to every operation. [`MemMaster`] is a whole [`Master`] over it, with injected
+//! failures, for running the layers above without sockets (unit tests, the command layer's
+//! fuzz test, benchmarks); the deterministic simulation keeps its data in a [`Keyspace`] too.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::KeyState;
+use super::{BackendError, KeyState, Master};
 
 /// One master's lock keys (token and expiry) and fence counters.
 #[derive(Debug, Default)]
@@ -133,6 +137,225 @@ impl Keyspace {
 
     fn holds(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
         self.get(key, now).is_some_and(|(t, _)| t == token)
+    }
+}
+
+/// How an in-memory master behaves right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Applies every request and answers at once.
+    Healthy,
+    /// Refuses every request without applying it.
+    Down,
+    /// Neither applies nor answers (a paused process).
+    Hung,
+    /// Applies at once, answers after the delay.
+    Slow(Duration),
+}
+
+#[derive(Debug)]
+struct State {
+    mode: Mode,
+    votes: bool,
+    fences_lost: bool,
+    data: Keyspace,
+}
+
+/// An in-memory master: each operation is applied when it is called (as the real connection
+/// queues it), and its reply can be delayed, lost, or replaced by a failure. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MemMaster(Arc<Mutex<State>>);
+
+impl MemMaster {
+    /// A healthy, empty master.
+    pub fn new() -> Self {
+        MemMaster(Arc::new(Mutex::new(State {
+            mode: Mode::Healthy,
+            votes: true,
+            fences_lost: false,
+            data: Keyspace::new(),
+        })))
+    }
+
+    /// Its health, in the shape `INFO` shows a real master's.
+    pub fn status(&self) -> super::MasterStatus {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let up = state.mode != Mode::Down;
+        super::MasterStatus {
+            addr: "memory".to_owned(),
+            up,
+            conns_up: usize::from(up),
+            conns: 1,
+            pending: 0,
+            requests: 0,
+            failures: 0,
+            reconnects: 0,
+            changed_at: 0,
+            run_id: None,
+            quarantine_left_ms: (!state.votes).then_some(0),
+        }
+    }
+
+    /// Changes how it behaves from now on.
+    pub fn set_mode(&self, mode: Mode) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).mode = mode;
+    }
+
+    /// Lets it vote, or quarantines it.
+    pub fn set_votes(&self, votes: bool) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).votes = votes;
+    }
+
+    /// Loses every key and fence counter, as a master restarted without persistence.
+    pub fn restart_empty(&self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.data.clear();
+        s.fences_lost = true;
+    }
+
+    /// The fence counter at `fence_key`.
+    pub fn fence(&self, fence_key: &[u8]) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .data
+            .fence(fence_key)
+    }
+
+    /// The token it holds for `key`, if unexpired.
+    pub fn holder(&self, key: &[u8]) -> Option<Bytes> {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.data.get(key, Instant::now()).map(|(t, _)| t.clone())
+    }
+
+    /// Stores `token` under `key` for `ttl`, as another client would.
+    pub fn put(&self, key: &[u8], token: &[u8], ttl: Duration) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.data.put(key, token, Instant::now() + ttl);
+    }
+
+    /// Runs `op` on the master's data now, unless the master is down or hung.
+    fn apply<T>(&self, op: impl FnOnce(&mut Keyspace, Instant) -> T) -> (Mode, Option<T>) {
+        let now = Instant::now();
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mode = state.mode;
+        match mode {
+            Mode::Healthy | Mode::Slow(_) => (mode, Some(op(&mut state.data, now))),
+            Mode::Down | Mode::Hung => (mode, None),
+        }
+    }
+}
+
+/// The reply to an applied (or refused) request, as the mode delivers it.
+async fn reply<T: Send + 'static>((mode, result): (Mode, Option<T>)) -> Result<T, BackendError> {
+    match (mode, result) {
+        (Mode::Slow(d), Some(r)) => {
+            tokio::time::sleep(d).await;
+            Ok(r)
+        }
+        (Mode::Hung, _) => std::future::pending().await,
+        (_, Some(r)) => Ok(r),
+        (_, None) => Err(BackendError::Down),
+    }
+}
+
+impl Default for MemMaster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// When a key set at `now` for `ttl_ms` expires.
+fn after(now: Instant, ttl_ms: u64) -> Instant {
+    now + Duration::from_millis(ttl_ms)
+}
+
+impl Master for MemMaster {
+    fn votes(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).votes
+    }
+
+    fn acquire(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.acquire(key, token, after(now, ttl_ms), now)))
+    }
+
+    fn release(
+        &self,
+        key: &[u8],
+        _marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.release(key, token, now)))
+    }
+
+    fn extend(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.extend(key, token, after(now, ttl_ms), now)))
+    }
+
+    fn inspect(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.inspect(key, now)))
+    }
+
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
+        reply(self.apply(|m, _| m.read_fence(fence_key)))
+    }
+
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| {
+            m.acquire_fenced(key, fence_key, token, after(now, ttl_ms), fence, now)
+        }))
+    }
+
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        reply(self.apply(|m, _| m.raise_fence(fence_key, fence)))
+    }
+
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
+        reply(self.apply(|m, _| m.fences()))
+    }
+
+    fn raise_fence_floor(
+        &self,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        reply(self.apply(|m, _| m.raise_fence_floor(floor)))
+    }
+
+    fn fences_lost(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).fences_lost
+    }
+
+    fn fences_repaired(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).fences_lost = false;
     }
 }
 

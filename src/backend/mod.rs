@@ -3,17 +3,17 @@
 //! injected delays and failures, and production runs it against [`redis::RedisMaster`].
 
 pub mod mem;
+mod member;
 pub mod redis;
 pub mod resp;
 
+pub use member::Member;
+
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::sync::Arc;
 
 use bytes::Bytes;
-
-use crate::redlock::quorum::Tally;
 
 /// Why one master did not give an answer. Each counts as "no vote" for that master; none of them
 /// proves the request was not applied.
@@ -61,6 +61,8 @@ pub enum Ask<'a> {
     Release {
         /// Lock key.
         key: &'a [u8],
+        /// The lock's waiting marker (see [`Master::mark_waiting`]).
+        marker: &'a [u8],
         /// The holder's token.
         token: &'a [u8],
     },
@@ -100,113 +102,57 @@ impl Ask<'_> {
     }
 }
 
-/// One round's answers, counted as they arrive: a master records its answer here directly,
-/// and the round's task is woken once, when the outcome is decided — not once per answer. A
-/// master that only has the future-returning operations adds its futures instead, and the
-/// round's task polls them (see [`Master::cast`]).
-pub struct Ballot {
-    state: Mutex<BallotState>,
+/// The names the proxy keeps on every master besides each lock's own keys, chosen by the layer
+/// above (see `locks::keys`): the backend writes and reads them but names nothing itself.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// The pub/sub channel releases of waited-for locks are announced on.
+    pub release_channel: Bytes,
+    /// `SCAN` pattern matching every fence counter.
+    pub fence_pattern: Bytes,
+    /// The floor under every fence counter, raised when counters had to be rebuilt with no
+    /// majority that kept them.
+    pub fence_floor: Bytes,
 }
 
-/// An answer still to come, polled by the round's task.
-type Pending = Pin<Box<dyn Future<Output = (bool, Result<bool, BackendError>)> + Send>>;
+/// An answer to a vote that is still to come.
+pub type Pending = Pin<Box<dyn Future<Output = Result<bool, BackendError>> + Send>>;
 
-struct BallotState {
-    tally: Tally,
-    waker: Option<Waker>,
-    pending: Vec<Pending>,
-}
-
-impl BallotState {
-    fn count(&mut self, counts: bool, answer: Result<bool, BackendError>) {
-        match (counts, answer) {
-            (true, Ok(true)) => self.tally.yes += 1,
-            (true, Ok(false)) => self.tally.no += 1,
-            _ => self.tally.failed += 1,
-        }
-    }
-}
-
-impl std::fmt::Debug for Ballot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ballot")
-            .field("tally", &self.tally())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Ballot {
-    /// A round among `n` masters.
-    pub fn new(n: usize) -> Arc<Ballot> {
-        Arc::new(Ballot {
-            state: Mutex::new(BallotState {
-                tally: Tally::new(n),
-                waker: None,
-                pending: Vec::new(),
-            }),
-        })
-    }
-
-    /// Counts one master's answer; `counts` false when that master may not vote (its answer
-    /// counts as failed).
-    pub fn record(&self, counts: bool, answer: Result<bool, BackendError>) {
-        let waker = {
-            let mut state = self.lock();
-            state.count(counts, answer);
-            if state.tally.is_decided() {
-                state.waker.take()
-            } else {
-                None
-            }
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
+/// Where a master puts its answer to one round of votes (the Redlock core's ballot). `counts`
+/// is false for a master that may not vote (quarantine): its answer counts as failed.
+pub trait Votes: std::fmt::Debug + Send + Sync + 'static {
+    /// Counts one master's answer, now.
+    fn record(&self, counts: bool, answer: Result<bool, BackendError>);
 
     /// Adds an answer that the round's task polls until it comes.
-    pub fn add(
-        &self,
-        counts: bool,
-        answer: impl Future<Output = Result<bool, BackendError>> + Send + 'static,
-    ) {
-        let pending: Pending = Box::pin(async move { (counts, answer.await) });
-        self.lock().pending.push(pending);
-    }
+    fn add(&self, counts: bool, answer: Pending);
+}
 
-    /// Resolves once the outcome is decided (see [`Tally::is_decided`]).
-    pub async fn decided(&self) {
-        std::future::poll_fn(|cx| {
-            let mut state = self.lock();
-            let mut i = 0;
-            while i < state.pending.len() {
-                if let Poll::Ready((counts, answer)) = state.pending[i].as_mut().poll(cx) {
-                    drop(state.pending.swap_remove(i));
-                    state.count(counts, answer);
-                } else {
-                    i += 1;
-                }
-            }
-            if state.tally.is_decided() {
-                return Poll::Ready(());
-            }
-            match &mut state.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await;
-    }
-
-    /// The answers so far.
-    pub fn tally(&self) -> Tally {
-        self.lock().tally
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BallotState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// One master's health, as `INFO` shows it.
+#[derive(Debug, Clone)]
+pub struct MasterStatus {
+    /// Where it is (password masked).
+    pub addr: String,
+    /// At least one connection is up.
+    pub up: bool,
+    /// Connections up.
+    pub conns_up: usize,
+    /// Connections configured.
+    pub conns: usize,
+    /// Requests queued or awaiting a reply.
+    pub pending: usize,
+    /// Requests sent since start.
+    pub requests: u64,
+    /// Requests that got no usable answer.
+    pub failures: u64,
+    /// Successful reconnects after a connection was lost.
+    pub reconnects: u64,
+    /// Unix time of the last up/down change.
+    pub changed_at: u64,
+    /// The current run's id, once connected.
+    pub run_id: Option<String>,
+    /// Milliseconds before it may vote again; `None` when it votes.
+    pub quarantine_left_ms: Option<u64>,
 }
 
 /// One Redis master, as the Redlock core sees it.
@@ -229,18 +175,23 @@ pub trait Master: Send + Sync + 'static {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
 
-    /// Deletes the key if it holds `token`: true when deleted.
+    /// Deletes the key if it holds `token`: true when deleted. While the key's waiting
+    /// `marker` exists, the release is announced to every proxy.
     fn release(
         &self,
         key: &[u8],
+        marker: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
 
-    /// Asks that releases of `key` be announced to every proxy for the next `ms` ms: this proxy
-    /// has a waiter for it. Without it, a release wakes only the releasing proxy's own waiters.
+    /// Sets `key`'s waiting `marker` for the next `ms` ms (this proxy has a waiter for it), so
+    /// its releases are announced to every proxy. Sent on `key`'s own path, so it reaches the
+    /// master before the attempt that follows it. Without it, a release wakes only the releasing
+    /// proxy's own waiters.
     fn mark_waiting(
         &self,
         _key: &[u8],
+        _marker: &[u8],
         _ms: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<Self> {
         std::future::ready(Ok(()))
@@ -298,26 +249,20 @@ pub trait Master: Send + Sync + 'static {
     /// Sends `ask` and records the answer in `ballot` when it comes (or a failure, when none
     /// will), counted as a vote only if `counts`. The request is queued before this returns.
     /// The default hands the matching operation's future to the ballot.
-    fn cast(&self, ask: Ask<'_>, ballot: &Arc<Ballot>, counts: bool) {
-        match ask {
-            Ask::Acquire { key, token, ttl_ms } => {
-                ballot.add(counts, self.acquire(key, token, ttl_ms))
-            }
-            Ask::Release { key, token } => ballot.add(counts, self.release(key, token)),
-            Ask::Extend { key, token, ttl_ms } => {
-                ballot.add(counts, self.extend(key, token, ttl_ms))
-            }
+    fn cast(&self, ask: Ask<'_>, ballot: &Arc<dyn Votes>, counts: bool) {
+        let answer: Pending = match ask {
+            Ask::Acquire { key, token, ttl_ms } => Box::pin(self.acquire(key, token, ttl_ms)),
+            Ask::Release { key, marker, token } => Box::pin(self.release(key, marker, token)),
+            Ask::Extend { key, token, ttl_ms } => Box::pin(self.extend(key, token, ttl_ms)),
             Ask::AcquireFenced {
                 key,
                 fence_key,
                 token,
                 ttl_ms,
                 fence,
-            } => ballot.add(
-                counts,
-                self.acquire_fenced(key, fence_key, token, ttl_ms, fence),
-            ),
-        }
+            } => Box::pin(self.acquire_fenced(key, fence_key, token, ttl_ms, fence)),
+        };
+        ballot.add(counts, answer);
     }
 
     /// True while the master may have lost fence counters (it restarted) and no repair has
@@ -328,41 +273,4 @@ pub trait Master: Send + Sync + 'static {
 
     /// Records that its fence counters were repaired.
     fn fences_repaired(&self) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures_util::FutureExt;
-
-    #[test]
-    fn a_ballot_is_decided_by_recorded_answers_alone() {
-        let ballot = Ballot::new(3);
-        let mut decided = Box::pin(ballot.decided());
-        assert!((&mut decided).now_or_never().is_none());
-        ballot.record(true, Ok(true));
-        // A quarantined master's yes is no vote.
-        ballot.record(false, Ok(true));
-        assert!((&mut decided).now_or_never().is_none());
-        ballot.record(true, Ok(true));
-        assert!(decided.now_or_never().is_some());
-        let tally = ballot.tally();
-        assert_eq!((tally.yes, tally.no, tally.failed), (2, 0, 1));
-    }
-
-    #[test]
-    fn a_ballot_polls_the_answers_added_to_it() {
-        let ballot = Ballot::new(3);
-        ballot.add(true, std::future::ready(Ok(false)));
-        ballot.add(true, std::future::ready(Err(BackendError::Down)));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        ballot.add(true, async { rx.await.unwrap_or(Err(BackendError::Down)) });
-        let mut decided = Box::pin(ballot.decided());
-        // One no and one failure leave a quorum of yes possible only with the third.
-        assert!((&mut decided).now_or_never().is_none());
-        tx.send(Ok(false)).unwrap();
-        assert!(decided.now_or_never().is_some());
-        let tally = ballot.tally();
-        assert_eq!((tally.yes, tally.no, tally.failed), (0, 2, 1));
-    }
 }

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::resp::{self, Script};
-use super::{Ask, BackendError, Ballot, KeyState, Master};
+use super::{Ask, BackendError, KeyState, Master, MasterStatus, Names, Votes};
 use crate::config::{BackendConfig, MasterAddr};
 use crate::protocol::client::{self, Frame};
 
@@ -65,52 +65,8 @@ struct Inner {
     /// False while no quarantine is known to last, so voting needs no lock; set and cleared
     /// under `identity`'s lock.
     quarantined: AtomicBool,
-    /// Channel every release is published on (see [`Namespace`]).
-    release_channel: Bytes,
-    /// Pattern of the fence counters (see [`Namespace`]).
-    fence_pattern: Bytes,
-    /// Floor under every fence counter (see [`Namespace`]).
-    fence_floor: Bytes,
-    /// Lock keys start with this (see [`Namespace`]).
-    key_prefix: Bytes,
-    /// Waiting markers start with this (see [`Namespace`]).
-    waiting_prefix: Bytes,
-}
-
-/// The proxy's names on the masters besides lock keys. A proxy with a waiter for a key sets the
-/// key's waiting marker on the masters; while it lasts, every release of the key is published on
-/// `channel`, which every proxy subscribes to, so a release through any proxy wakes waiters on
-/// all of them. Fence counters live under `fence_pattern`.
-#[derive(Debug, Clone)]
-pub struct Namespace {
-    /// The pub/sub channel, under the lock key prefix.
-    pub channel: Bytes,
-    /// Receives the key of every release announced by any master.
-    pub released: mpsc::UnboundedSender<Bytes>,
-    /// `SCAN` pattern matching every fence counter.
-    pub fence_pattern: Bytes,
-    /// The floor under every fence counter (outside `fence_pattern`), raised when counters had
-    /// to be rebuilt with no majority that kept them.
-    pub fence_floor: Bytes,
-    /// The prefix every lock key starts with.
-    pub key_prefix: Bytes,
-    /// A lock key's waiting marker is this followed by the lock key without `key_prefix`; it
-    /// must be a name no lock key can take.
-    pub waiting_prefix: Bytes,
-}
-
-impl Namespace {
-    /// The names for lock keys under `key_prefix`, with releases announced to `released`.
-    pub fn new(key_prefix: &str, released: mpsc::UnboundedSender<Bytes>) -> Namespace {
-        Namespace {
-            channel: Bytes::from(format!("{key_prefix}released")),
-            released,
-            fence_pattern: Bytes::from(format!("{key_prefix}fence:*")),
-            fence_floor: Bytes::from(format!("{key_prefix}fence-floor")),
-            key_prefix: Bytes::copy_from_slice(key_prefix.as_bytes()),
-            waiting_prefix: Bytes::from(format!("{key_prefix}waiting:")),
-        }
-    }
+    /// The proxy's names on the master besides lock keys.
+    names: Names,
 }
 
 /// When a master may vote after (re)connecting.
@@ -183,7 +139,7 @@ enum Reply {
 /// sent), it counts as failed, so a round never waits for a reply that cannot come.
 #[derive(Debug)]
 struct Vote {
-    ballot: Option<Arc<Ballot>>,
+    ballot: Option<Arc<dyn Votes>>,
     counts: bool,
     master: Arc<Inner>,
     /// For a script: which one, the connection it went to, and (once written) the request, to
@@ -264,40 +220,15 @@ fn as_result(frame: Frame) -> Result<Frame, BackendError> {
     }
 }
 
-/// One master's health, as `INFO` shows it.
-#[derive(Debug, Clone)]
-pub struct MasterStatus {
-    /// Where it is (password masked).
-    pub addr: String,
-    /// At least one connection is up.
-    pub up: bool,
-    /// Connections up.
-    pub conns_up: usize,
-    /// Connections configured.
-    pub conns: usize,
-    /// Requests queued or awaiting a reply.
-    pub pending: usize,
-    /// Requests sent since start.
-    pub requests: u64,
-    /// Requests that got no usable answer.
-    pub failures: u64,
-    /// Successful reconnects after a connection was lost.
-    pub reconnects: u64,
-    /// Unix time of the last up/down change.
-    pub changed_at: u64,
-    /// The current run's id, once connected.
-    pub run_id: Option<String>,
-    /// Milliseconds before it may vote again; `None` when it votes.
-    pub quarantine_left_ms: Option<u64>,
-}
-
 impl RedisMaster {
-    /// Starts the connections to `addr` on `tracker`; they run until `shutdown`.
+    /// Starts the connections to `addr` on `tracker`; they run until `shutdown`. The key of
+    /// every release announced on `names.release_channel` goes to `released`.
     pub fn start(
         addr: MasterAddr,
         cfg: &BackendConfig,
         policy: Quarantine,
-        releases: &Namespace,
+        names: &Names,
+        released: mpsc::UnboundedSender<Bytes>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> RedisMaster {
@@ -324,16 +255,12 @@ impl RedisMaster {
             policy,
             identity: Mutex::new(Identity::default()),
             quarantined: AtomicBool::new(false),
-            release_channel: releases.channel.clone(),
-            fence_pattern: releases.fence_pattern.clone(),
-            fence_floor: releases.fence_floor.clone(),
-            key_prefix: releases.key_prefix.clone(),
-            waiting_prefix: releases.waiting_prefix.clone(),
+            names: names.clone(),
         }));
         tracker.spawn(listen_for_releases(
             master.0.clone(),
             cfg.clone(),
-            releases.released.clone(),
+            released,
             shutdown.clone(),
         ));
         for (i, rx) in receivers.into_iter().enumerate() {
@@ -448,7 +375,7 @@ impl RedisMaster {
         home_key: &[u8],
         request: Bytes,
         script: Option<&'static Script>,
-        ballot: &Arc<Ballot>,
+        ballot: &Arc<dyn Votes>,
         counts: bool,
     ) {
         let home = self.home(home_key);
@@ -534,12 +461,11 @@ impl RedisMaster {
                 let ttl = ttl.format(ttl_ms).as_bytes();
                 (encode(&[b"SET", key, token, b"NX", b"PX", ttl]), None)
             }
-            Ask::Release { key, token } => {
+            Ask::Release { key, marker, token } => {
                 let script = &*resp::RELEASE;
-                let marker = self.0.waiting_marker(key);
-                let channel = &self.0.release_channel[..];
+                let channel = &self.0.names.release_channel[..];
                 let sha = script.sha.as_bytes();
-                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"2", key, &marker, token, channel];
+                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"2", key, marker, token, channel];
                 (encode(&args), Some(script))
             }
             Ask::Extend { key, token, ttl_ms } => {
@@ -557,7 +483,7 @@ impl RedisMaster {
                 fence,
             } => {
                 let script = &*resp::ACQUIRE_FENCED;
-                let floor = &self.0.fence_floor[..];
+                let floor = &self.0.names.fence_floor[..];
                 let (ttl, fence) = (ttl.format(ttl_ms).as_bytes(), f.format(fence).as_bytes());
                 let sha = script.sha.as_bytes();
                 let args: [&[u8]; 9] = [
@@ -582,15 +508,6 @@ impl RedisMaster {
 use client::command as encode;
 
 impl Inner {
-    /// The waiting marker of lock key `key` (see [`Namespace`]).
-    fn waiting_marker(&self, key: &[u8]) -> BytesMut {
-        let rest = key.strip_prefix(&self.key_prefix[..]).unwrap_or(key);
-        let mut marker = BytesMut::with_capacity(self.waiting_prefix.len() + rest.len());
-        marker.extend_from_slice(&self.waiting_prefix);
-        marker.extend_from_slice(rest);
-        marker
-    }
-
     fn identity(&self) -> std::sync::MutexGuard<'_, Identity> {
         self.identity.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -689,23 +606,24 @@ impl Master for RedisMaster {
     fn release(
         &self,
         key: &[u8],
+        marker: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
-        self.ask(Ask::Release { key, token })
+        self.ask(Ask::Release { key, marker, token })
     }
 
     fn mark_waiting(
         &self,
         key: &[u8],
+        marker: &[u8],
         ms: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        let marker = self.0.waiting_marker(key);
         let mut ttl = itoa::Buffer::new();
         // On the lock key's connection: it reaches the master before the attempt that follows.
         let reply = self.eval_on(
             key,
             &resp::MARK_WAITING,
-            &[&marker],
+            &[marker],
             &[ttl.format(ms).as_bytes()],
         );
         async move { reply.await.map(|_| ()) }
@@ -744,7 +662,11 @@ impl Master for RedisMaster {
         &self,
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
-        let reply = self.eval_keys(&resp::READ_FENCE, &[fence_key, &self.0.fence_floor], &[]);
+        let reply = self.eval_keys(
+            &resp::READ_FENCE,
+            &[fence_key, &self.0.names.fence_floor],
+            &[],
+        );
         async move { expect_count(reply.await?) }
     }
 
@@ -780,7 +702,7 @@ impl Master for RedisMaster {
     ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
         let this = self.clone();
         async move {
-            let pattern = this.0.fence_pattern.clone();
+            let pattern = this.0.names.fence_pattern.clone();
             let mut found = Vec::new();
             let mut cursor = Bytes::from_static(b"0");
             // Bounded: SCAN ends when the cursor returns to 0; the cap only guards a broken one.
@@ -834,13 +756,13 @@ impl Master for RedisMaster {
         let mut f = itoa::Buffer::new();
         let reply = self.eval(
             &resp::RAISE_FENCE,
-            &self.0.fence_floor,
+            &self.0.names.fence_floor,
             &[f.format(floor).as_bytes()],
         );
         async move { reply.await.map(|_| ()) }
     }
 
-    fn cast(&self, ask: Ask<'_>, ballot: &Arc<Ballot>, counts: bool) {
+    fn cast(&self, ask: Ask<'_>, ballot: &Arc<dyn Votes>, counts: bool) {
         let (request, script) = self.command(ask);
         self.cast_request(ask.key(), request, script, ballot, counts);
     }
@@ -1050,7 +972,7 @@ async fn listen_for_releases(
             round_trip(
                 &mut stream,
                 &mut buf,
-                &[b"SUBSCRIBE", &master.release_channel],
+                &[b"SUBSCRIBE", &master.names.release_channel],
             )
             .await?;
             Ok::<_, String>((stream, buf))
@@ -1213,11 +1135,11 @@ mod tests {
             policy,
             identity: Mutex::new(Identity::default()),
             quarantined: AtomicBool::new(false),
-            release_channel: Bytes::new(),
-            fence_pattern: Bytes::new(),
-            fence_floor: Bytes::new(),
-            key_prefix: Bytes::new(),
-            waiting_prefix: Bytes::new(),
+            names: Names {
+                release_channel: Bytes::new(),
+                fence_pattern: Bytes::new(),
+                fence_floor: Bytes::new(),
+            },
         }
     }
 

@@ -1,7 +1,6 @@
 //! `DEL key [key ...]`: force-release locks, whoever holds them — what an operator clearing a
-//! stuck lock expects. Each key's current token is read from a quorum and released with a
-//! compare-and-delete, so a holder who took the key in between is not touched. Returns how many
-//! locks were released.
+//! stuck lock expects (see `LockService::force_release`: a holder who took the key in between is
+//! not touched). Returns how many locks were released.
 
 use std::sync::Arc;
 
@@ -30,30 +29,13 @@ pub const SPEC: Spec = Spec {
     run,
 };
 
-fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
-    let keys: Vec<Bytes> = argv[1..]
-        .iter()
-        .map(|k| shared.lock_key(client.db, k))
-        .collect();
-    let shared = shared.clone();
+fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
+    let (db, locks) = (client.db, client.locks.service().clone());
     Ok(Outcome::later(async move {
-        let one = |key: &Bytes| {
-            let shared = &shared;
-            let key = key.clone();
-            async move {
-                match shared.inspect(&key).await? {
-                    Some((token, _)) => shared.release(&key, &token).await,
-                    None => Ok(false),
-                }
-            }
-        };
         let mut released = 0;
-        for r in join_all(keys.iter().map(one)).await {
-            match r {
-                Ok(done) => released += i64::from(done),
-                Err(noquorum) => return noquorum,
-            }
+        for done in join_all(argv[1..].iter().map(|k| locks.force_release(db, k))).await {
+            released += i64::from(done?);
         }
-        Reply::Integer(released)
+        Ok(Reply::Integer(released))
     }))
 }

@@ -70,9 +70,6 @@ fn call(
         ));
     }
     let args = argv.split_off(3 + numkeys);
-    let keys = argv[3..]
-        .iter()
-        .map(|k| shared.lock_key(client.db, k))
-        .collect();
-    lock_scripts::run(script, cmd, keys, args, shared)
+    let keys = argv.split_off(3);
+    lock_scripts::run(script, cmd, client, keys, args, shared)
 }

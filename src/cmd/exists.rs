@@ -27,20 +27,13 @@ pub const SPEC: Spec = Spec {
     run,
 };
 
-fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
-    let keys: Vec<Bytes> = argv[1..]
-        .iter()
-        .map(|k| shared.lock_key(client.db, k))
-        .collect();
-    let shared = shared.clone();
+fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
+    let (db, locks) = (client.db, client.locks.service().clone());
     Ok(Outcome::later(async move {
         let mut held = 0;
-        for state in join_all(keys.iter().map(|k| shared.inspect(k))).await {
-            match state {
-                Ok(s) => held += i64::from(s.is_some()),
-                Err(noquorum) => return noquorum,
-            }
+        for holder in join_all(argv[1..].iter().map(|k| locks.inspect(db, k))).await {
+            held += i64::from(holder?.is_some());
         }
-        Reply::Integer(held)
+        Ok(Reply::Integer(held))
     }))
 }

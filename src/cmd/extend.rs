@@ -28,18 +28,10 @@ pub const SPEC: Spec = Spec {
 
 fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let ttl_ms = parse_ttl_ms(&argv[3], "extend", shared)?;
-    let key = shared.lock_key(client.db, &argv[1]);
-    if client.session_locks.is_lost(&key) {
-        return Err(Error::LockLost(
-            String::from_utf8_lossy(&argv[1]).into_owned(),
-        ));
-    }
-    let token = argv[2].clone();
-    let shared = shared.clone();
+    let extended = client
+        .locks
+        .extend(client.db, argv[1].clone(), argv[2].clone(), ttl_ms);
     Ok(Outcome::later(async move {
-        match shared.extend(&key, &token, ttl_ms).await {
-            Ok(extended) => Reply::Integer(i64::from(extended)),
-            Err(noquorum) => noquorum,
-        }
+        Ok(Reply::Integer(i64::from(extended.await?)))
     }))
 }

@@ -22,14 +22,10 @@ pub const SPEC: Spec = Spec {
     run,
 };
 
-fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
-    let key = shared.lock_key(client.db, &argv[1]);
-    let shared = shared.clone();
+fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
+    let (db, locks) = (client.db, client.locks.service().clone());
     Ok(Outcome::later(async move {
-        match shared.inspect(&key).await {
-            Ok(Some((token, _))) => Reply::Bulk(token),
-            Ok(None) => Reply::Null,
-            Err(noquorum) => noquorum,
-        }
+        let holder = locks.inspect(db, &argv[1]).await?;
+        Ok(holder.map_or(Reply::Null, |h| Reply::Bulk(h.token)))
     }))
 }

@@ -101,18 +101,19 @@ fn persistence(_: &Shared, out: &mut String) {
 
 fn stats(shared: &Shared, out: &mut String) {
     let s = &shared.stats;
+    let l = shared.locks.stats();
     let counters = [
         ("total_connections_received", &s.connections_received),
         ("total_commands_processed", &s.commands_processed),
         ("rejected_connections", &s.rejected_connections),
         ("total_error_replies", &s.error_replies),
-        ("locks_granted", &s.locks_granted),
-        ("locks_refused", &s.locks_refused),
-        ("locks_released", &s.unlocks),
-        ("locks_extended", &s.extends),
+        ("locks_granted", &l.granted),
+        ("locks_refused", &l.refused),
+        ("locks_released", &l.released),
+        ("locks_extended", &l.extended),
         ("noquorum_replies", &s.noquorum),
-        ("session_locks", &s.session_locks),
-        ("session_locks_lost", &s.session_locks_lost),
+        ("session_locks", &l.session_locks),
+        ("session_locks_lost", &l.session_locks_lost),
     ];
     for (field, counter) in counters {
         line(out, field, Stats::get(counter));
@@ -120,10 +121,10 @@ fn stats(shared: &Shared, out: &mut String) {
 }
 
 fn masters(shared: &Shared, out: &mut String) {
-    let masters = shared.redlock.masters();
+    let masters = shared.locks.masters();
     let statuses: Vec<_> = masters.iter().map(|m| m.status()).collect();
     line(out, "masters", masters.len());
-    line(out, "quorum", shared.redlock.quorum());
+    line(out, "quorum", shared.locks.quorum());
     line(out, "masters_up", statuses.iter().filter(|s| s.up).count());
     line(
         out,

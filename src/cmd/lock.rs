@@ -5,18 +5,18 @@
 //! when the wait runs out. With `SESSION` the proxy keeps the lock alive while the connection
 //! lives and releases it when the connection ends (see `session_locks`). With `FENCE` the reply
 //! is `[token, fence]`: a number that strictly increases across successive holders of the key,
-//! whichever proxy granted them (see `Redlock::lock_fenced`).
+//! whichever proxy granted them (see `Redlock::lock_fenced`). The lock service does all of it
+//! (see `locks`); this parses the options and shapes the reply.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::ops::Attempt;
-use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms, waiters};
+use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms};
 use crate::error::Error;
+use crate::locks::Acquire;
 use crate::protocol::Reply;
-use crate::redlock::token;
 
 /// Longest `WAIT` a client may ask for: an hour.
 const MAX_WAIT_MS: u64 = 3_600_000;
@@ -65,34 +65,23 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
             _ => return Err(Error::Syntax),
         }
     }
-    let key = shared.lock_key(client.db, &argv[1]);
-    let fence_key = fence.then(|| shared.fence_key(client.db, &argv[1]));
-    let shared = shared.clone();
-    let keeper = session.then(|| client.session_locks.clone());
+    let how = Acquire {
+        ttl_ms,
+        wait,
+        fence,
+        session,
+    };
+    let granted = client.locks.lock(client.db, argv[1].clone(), how);
     Ok(Outcome::later(async move {
-        let token = token::generate();
-        let fence_key = fence_key.as_deref();
-        let attempt = match wait {
-            Some(wait) => {
-                waiters::acquire_waiting(&shared, &key, fence_key, &token, ttl_ms, wait).await
-            }
-            None => shared.attempt(&key, fence_key, token.clone(), ttl_ms).await,
-        };
-        match attempt {
-            Ok(Attempt::Granted(fence)) => {
-                if let Some(keeper) = keeper {
-                    keeper.keep(&shared, key, token.clone(), ttl_ms);
-                }
-                match fence {
-                    Some(fence) => Reply::Array(vec![
-                        Reply::Bulk(token),
-                        Reply::Integer(i64::try_from(fence).unwrap_or(i64::MAX)),
-                    ]),
-                    None => Reply::Bulk(token),
-                }
-            }
-            Ok(Attempt::Held) => Reply::Null,
-            Err(noquorum) => noquorum,
-        }
+        Ok(match granted.await? {
+            Some(grant) => match grant.fence {
+                Some(fence) => Reply::Array(vec![
+                    Reply::Bulk(grant.token),
+                    Reply::Integer(i64::try_from(fence).unwrap_or(i64::MAX)),
+                ]),
+                None => Reply::Bulk(grant.token),
+            },
+            None => Reply::Null,
+        })
     }))
 }

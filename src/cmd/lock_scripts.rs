@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Outcome, Shared, parse_ttl_ms};
+use super::{Client, Outcome, Shared, parse_ttl_ms};
 use crate::error::Error;
+use crate::locks;
 use crate::protocol::Reply;
 
 /// What a known script does, as a lock operation.
@@ -107,10 +108,11 @@ pub fn unknown_body(body: &[u8]) -> Error {
     ))
 }
 
-/// Runs `script` with `keys` (already namespaced) and `args`.
+/// Runs `script` with `keys` (in the client's database) and `args`.
 pub fn run(
     script: &'static Known,
     cmd: &'static str,
+    client: &Client,
     keys: Vec<Bytes>,
     args: Vec<Bytes>,
     shared: &Arc<Shared>,
@@ -128,25 +130,21 @@ pub fn run(
     let single = keys.len() == 1;
     let many = !keys.is_empty();
     let ttl = |i: usize| parse_ttl_ms(&args[i], cmd, shared);
-    let shared = shared.clone();
+    let (db, locks) = (client.db, client.locks.service().clone());
     let n = i64::try_from(keys.len()).unwrap_or(i64::MAX);
     let outcome = match script.op {
         Op::Release => {
             shape(single, 1, "1 key and a token")?;
             Outcome::later(async move {
-                integer(shared.release(&keys[0], &args[0]).await.map(i64::from))
+                integer(locks.release(db, &keys[0], &args[0]).await.map(i64::from))
             })
         }
         Op::Reacquire => {
             shape(single, 2, "1 key, a token and a TTL")?;
             let ttl_ms = ttl(1)?;
             Outcome::later(async move {
-                integer(
-                    shared
-                        .extend(&keys[0], &args[0], ttl_ms)
-                        .await
-                        .map(i64::from),
-                )
+                let extended = locks.extend(db, &keys[0], &args[0], ttl_ms).await;
+                integer(extended.map(i64::from))
             })
         }
         Op::ExtendAddOrReplace => {
@@ -169,29 +167,27 @@ pub fn run(
                     ms
                 } else {
                     // Add to what is left: the validity a quorum sees, never more than it holds.
-                    match shared.inspect(key).await {
-                        Ok(Some((holder, left))) if holder == token => left + ms,
-                        Ok(_) => return Reply::Integer(0),
-                        Err(noquorum) => return noquorum,
+                    match locks.inspect(db, key).await? {
+                        Some(holder) if holder.token == token => holder.validity_ms + ms,
+                        _ => return Ok(Reply::Integer(0)),
                     }
                 };
                 if ttl_ms > max {
                     // Longer than max-ttl-ms would outlast a restarted master's quarantine.
-                    return Error::InvalidTtl {
+                    return Err(Error::InvalidTtl {
                         cmd: "evalsha",
                         min: crate::redlock::quorum::MIN_TTL_MS,
                         max,
-                    }
-                    .into();
+                    });
                 }
-                integer(shared.extend(key, token, ttl_ms).await.map(i64::from))
+                integer(locks.extend(db, key, token, ttl_ms).await.map(i64::from))
             })
         }
         Op::AcquireAll => {
             shape(many, 2, "keys, a token and a TTL")?;
             let ttl_ms = ttl(1)?;
             Outcome::later(async move {
-                let all = shared.acquire_all(&keys, &args[0], ttl_ms).await;
+                let all = locks.acquire_all(db, &keys, &args[0], ttl_ms).await;
                 integer(all.map(|all| if all { n } else { 0 }))
             })
         }
@@ -199,20 +195,23 @@ pub fn run(
             shape(many, 2, "keys, a token and a TTL")?;
             let ttl_ms = ttl(1)?;
             Outcome::later(async move {
-                let all = shared.extend_all(&keys, &args[0], ttl_ms).await;
+                let all = locks.extend_all(db, &keys, &args[0], ttl_ms).await;
                 integer(all.map(|all| if all { n } else { 0 }))
             })
         }
         Op::ReleaseAll => {
             shape(many, 1, "keys and a token")?;
-            Outcome::later(async move { integer(shared.release_all(&keys, &args[0]).await) })
+            Outcome::later(async move {
+                let released = locks.release_all(db, &keys, &args[0]).await;
+                integer(released.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+            })
         }
     };
     Ok(outcome)
 }
 
-fn integer(r: Result<i64, Reply>) -> Reply {
-    r.map_or_else(|noquorum| noquorum, Reply::Integer)
+fn integer(r: Result<i64, locks::Error>) -> Result<Reply, Error> {
+    Ok(Reply::Integer(r?))
 }
 
 #[cfg(test)]

@@ -22,21 +22,12 @@ pub const SPEC: Spec = Spec {
     run,
 };
 
-fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
-    let key = shared.lock_key(client.db, &argv[1]);
-    if client.session_locks.is_lost(&key) {
-        return Err(Error::LockLost(
-            String::from_utf8_lossy(&argv[1]).into_owned(),
-        ));
-    }
-    let shared = shared.clone();
+fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
+    let holder = client.locks.inspect(client.db, argv[1].clone());
     Ok(Outcome::later(async move {
-        match shared.inspect(&key).await {
-            Ok(Some((_, validity_ms))) => {
-                Reply::Integer(i64::try_from(validity_ms).unwrap_or(i64::MAX))
-            }
-            Ok(None) => Reply::Integer(-2),
-            Err(noquorum) => noquorum,
-        }
+        Ok(Reply::Integer(match holder.await? {
+            Some(holder) => i64::try_from(holder.validity_ms).unwrap_or(i64::MAX),
+            None => -2,
+        }))
     }))
 }

@@ -1,6 +1,8 @@
-//! Commands: one file each (parse argv → run → reply), and [`COMMANDS`], the one table that maps
-//! names to them. A command never touches a socket: it gets the argv, the connection's
-//! [`Client`] state and the process-wide [`Shared`] state, and returns an [`Outcome`].
+//! Commands: one file each (parse argv → call the lock service → reply), and [`COMMANDS`], the
+//! one table that maps names to them. A command never touches a socket and never names a
+//! backend: it gets the argv, the connection's [`Client`] state and the process-wide [`Shared`]
+//! state, and returns an [`Outcome`]. [`reply`] is the one place a command's result, value or
+//! [`Error`], becomes the reply the client gets.
 
 mod auth;
 mod client;
@@ -17,17 +19,14 @@ mod info;
 mod lock;
 mod lock_scripts;
 mod lockttl;
-mod ops;
 mod ping;
 mod pttl;
 mod quit;
 mod reset;
 mod script;
 mod select;
-mod session_locks;
 mod set;
 mod unlock;
-mod waiters;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,17 +35,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::backend::redis::RedisMaster;
 use crate::config::Config;
 use crate::error::Error;
+use crate::locks::{Locks, LocksSession};
 use crate::protocol::{Protocol, Reply};
-use crate::redlock::Redlock;
 use crate::redlock::quorum::MIN_TTL_MS;
 use crate::stats::Stats;
-pub use session_locks::SessionLocks;
-pub use waiters::Waiters;
 
 /// Every command the proxy answers, in the order `COMMAND` lists them.
 pub static COMMANDS: &[&Spec] = &[
@@ -140,8 +136,9 @@ impl ArgDoc {
 /// A command handler.
 pub type Handler = fn(Vec<Bytes>, &mut Client, &Arc<Shared>) -> Result<Outcome, Error>;
 
-/// A reply still being computed (it waits on the masters).
-pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+/// A reply still being computed (it waits on the masters); [`reply`] turns its result into
+/// what the client gets.
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply, Error>> + Send>>;
 
 /// What running a command gives the session.
 pub enum Outcome {
@@ -165,7 +162,7 @@ impl std::fmt::Debug for Outcome {
 
 impl Outcome {
     /// A reply that waits on `fut`.
-    pub fn later(fut: impl Future<Output = Reply> + Send + 'static) -> Outcome {
+    pub fn later(fut: impl Future<Output = Result<Reply, Error>> + Send + 'static) -> Outcome {
         Outcome::Later(Box::pin(fut))
     }
 }
@@ -182,7 +179,7 @@ pub struct Shared {
     /// The validated configuration.
     pub config: Config,
     /// The lock service.
-    pub redlock: Redlock<RedisMaster>,
+    pub locks: Arc<Locks>,
     /// Counters for `INFO`.
     pub stats: Stats,
     /// When the proxy started.
@@ -191,14 +188,12 @@ pub struct Shared {
     pub run_id: String,
     /// Port the proxy listens on, for `INFO`.
     pub port: u16,
-    /// Clients waiting for locks (`LOCK ... WAIT`).
-    pub waiters: Waiters,
     next_client_id: AtomicU64,
 }
 
 impl Shared {
     /// State for a proxy listening on `port`.
-    pub fn new(config: Config, redlock: Redlock<RedisMaster>, port: u16) -> Shared {
+    pub fn new(config: Config, locks: Arc<Locks>, port: u16) -> Shared {
         let run_id = format!(
             "{}{}",
             String::from_utf8_lossy(&crate::redlock::token::generate()),
@@ -206,12 +201,11 @@ impl Shared {
         );
         Shared {
             config,
-            redlock,
+            locks,
             stats: Stats::default(),
             started: Instant::now(),
             run_id,
             port,
-            waiters: Waiters::default(),
             next_client_id: AtomicU64::new(1),
         }
     }
@@ -219,33 +213,6 @@ impl Shared {
     /// A new connection's id.
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The key the masters store a client's lock under: the configured prefix, the selected
-    /// database and the client's key. The database number ends at the first `:`, so no two
-    /// (database, key) pairs share a master key.
-    pub fn lock_key(&self, db: u32, key: &[u8]) -> Bytes {
-        let prefix = self.config.redlock.key_prefix.as_bytes();
-        let mut num = itoa::Buffer::new();
-        let db = num.format(db).as_bytes();
-        let mut out = BytesMut::with_capacity(prefix.len() + db.len() + 1 + key.len());
-        out.put_slice(prefix);
-        out.put_slice(db);
-        out.put_u8(b':');
-        out.put_slice(key);
-        out.freeze()
-    }
-
-    /// Where the masters keep `key`'s fence counter: beside the lock key, under the prefix, in a
-    /// form no lock key can take (lock keys continue the prefix with a database number).
-    pub fn fence_key(&self, db: u32, key: &[u8]) -> Bytes {
-        let lock_key = self.lock_key(db, key);
-        let prefix = self.config.redlock.key_prefix.len();
-        let mut out = BytesMut::with_capacity(lock_key.len() + 6);
-        out.put_slice(&lock_key[..prefix]);
-        out.put_slice(b"fence:");
-        out.put_slice(&lock_key[prefix..]);
-        out.freeze()
     }
 
     /// `requirepass` is set.
@@ -273,8 +240,9 @@ pub struct Client {
     pub lib_ver: Option<Bytes>,
     /// Selected database: locks in different databases are distinct.
     pub db: u32,
-    /// Locks kept alive while this connection lives (`LOCK ... SESSION`).
-    pub session_locks: SessionLocks,
+    /// Its handle on the lock service, with the locks kept alive while it lives
+    /// (`LOCK ... SESSION`).
+    pub locks: LocksSession,
 }
 
 impl Client {
@@ -289,20 +257,20 @@ impl Client {
             lib_name: None,
             lib_ver: None,
             db: 0,
-            session_locks: SessionLocks::default(),
+            locks: LocksSession::new(shared.locks.clone()),
         }
     }
 
     /// Ends the connection's state: its session locks are released on every master.
-    pub async fn close(&self, shared: &Shared) {
-        self.session_locks.release_all(shared).await;
+    pub async fn close(&self) {
+        self.locks.close().await;
     }
 }
 
 /// Even when a session ends without [`Client::close`] (a panic), nothing keeps its locks alive.
 impl Drop for Client {
     fn drop(&mut self) {
-        self.session_locks.stop_keepers();
+        self.locks.stop_keepers();
     }
 }
 
@@ -324,14 +292,29 @@ pub fn dispatch(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> 
         Some(spec) => (spec.run)(argv, client, shared),
     };
     match result {
-        Ok(Outcome::Reply(r)) | Ok(Outcome::Close(r)) if r.is_error() => {
-            Stats::bump(&shared.stats.error_replies);
-            Outcome::Reply(r)
+        Ok(Outcome::Reply(r)) => Outcome::Reply(reply(Ok(r), &shared.stats)),
+        Ok(Outcome::Close(r)) => Outcome::Close(reply(Ok(r), &shared.stats)),
+        Ok(later @ Outcome::Later(_)) => later,
+        Err(e) => Outcome::Reply(reply(Err(e), &shared.stats)),
+    }
+}
+
+/// What the client gets for a command's result: the one place errors become replies, and so
+/// where error replies (and `NOQUORUM`s among them) are counted — only those a client sees.
+pub fn reply(result: Result<Reply, Error>, stats: &Stats) -> Reply {
+    match result {
+        Ok(r) => {
+            if r.is_error() {
+                Stats::bump(&stats.error_replies);
+            }
+            r
         }
-        Ok(outcome) => outcome,
         Err(e) => {
-            Stats::bump(&shared.stats.error_replies);
-            Outcome::Reply(e.into())
+            Stats::bump(&stats.error_replies);
+            if e.is_noquorum() {
+                Stats::bump(&stats.noquorum);
+            }
+            e.into()
         }
     }
 }
@@ -346,21 +329,21 @@ fn arity_ok(arity: i32, argc: usize) -> bool {
     }
 }
 
-/// Parses a signed 64-bit integer the way Redis does: optional `-`, digits, nothing else.
+/// Parses a signed 64-bit integer the way Redis does (see [`crate::protocol::parse_int`]).
 pub fn parse_int(arg: &[u8]) -> Result<i64, Error> {
-    let text = std::str::from_utf8(arg).map_err(|_| Error::NotInteger)?;
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::NotInteger);
-    }
-    text.parse().map_err(|_| Error::NotInteger)
+    crate::protocol::parse_int(arg).ok_or(Error::NotInteger)
 }
 
 /// Parses a lock TTL in milliseconds for `cmd`: an integer between [`MIN_TTL_MS`] and the
 /// configured maximum.
 pub fn parse_ttl_ms(arg: &[u8], cmd: &'static str, shared: &Shared) -> Result<u64, Error> {
+    ttl_ms_in_range(parse_int(arg)?, cmd, shared)
+}
+
+/// `ttl` if it is a lock TTL the proxy grants: between [`MIN_TTL_MS`] and the configured
+/// maximum.
+pub fn ttl_ms_in_range(ttl: i64, cmd: &'static str, shared: &Shared) -> Result<u64, Error> {
     let max = shared.config.redlock.max_ttl_ms;
-    let ttl = parse_int(arg)?;
     u64::try_from(ttl)
         .ok()
         .filter(|t| (MIN_TTL_MS..=max).contains(t))
@@ -411,6 +394,8 @@ mod tests {
             b"5 ",
             b"1e3",
             b"5.0",
+            b"007",
+            b"-0",
             b"99999999999999999999",
             b"\xff",
         ] {
@@ -420,18 +405,19 @@ mod tests {
 }
 
 /// Whatever a client sends, dispatch answers without panicking, and the answer encodes in both
-/// protocols. The masters are unreachable here, so lock commands end in `NOQUORUM` quickly.
+/// protocols. The masters are in memory, one of the three down, so lock commands are decided by
+/// the other two and come back at once.
 #[cfg(test)]
 mod fuzz {
     use std::time::Duration;
 
     use proptest::prelude::*;
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
+
+    use bytes::BytesMut;
 
     use super::*;
-    use crate::backend::redis::{Namespace, Quarantine};
-    use crate::config::MasterAddr;
+    use crate::backend::Member;
+    use crate::backend::mem::{MemMaster, Mode};
 
     fn argv() -> impl Strategy<Value = Vec<Bytes>> {
         let names: Vec<&'static str> = COMMANDS.iter().map(|s| s.name).collect();
@@ -465,36 +451,32 @@ mod fuzz {
         fn any_request_gets_a_well_formed_reply(requests in proptest::collection::vec(argv(), 1..6)) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let mut config = Config::default();
-                // Nothing listens on port 1: every master operation fails at once.
-                config.backend.masters = vec![MasterAddr::local(1)];
-                config.redlock.master_deadline_ms = 5;
-                let (released, _announcements) = tokio::sync::mpsc::unbounded_channel();
-                let namespace = Namespace::new("redlock:", released);
-                let stop = CancellationToken::new();
-                let master = RedisMaster::start(
-                    MasterAddr::local(1),
-                    &config.backend,
-                    Quarantine { max_ttl: Duration::from_secs(60), persistent_masters: true, fresh_at_start: true },
-                    &namespace,
-                    stop.clone(),
-                    &TaskTracker::new(),
-                );
-                let shared = Arc::new(Shared::new(config, Redlock::new(vec![master], Duration::from_millis(5)), 0));
+                let down = MemMaster::new();
+                down.set_mode(Mode::Down);
+                let masters = vec![
+                    Member::Mem(MemMaster::new()),
+                    Member::Mem(MemMaster::new()),
+                    Member::Mem(down),
+                ];
+                let locks = Arc::new(Locks::new(masters, Duration::from_millis(5), "redlock:"));
+                let shared = Arc::new(Shared::new(Config::default(), locks, 0));
                 let mut client = Client::new(1, "127.0.0.1:9".parse().unwrap(), &shared);
                 for argv in requests {
-                    let reply = match dispatch(argv, &mut client, &shared) {
+                    let answer = match dispatch(argv, &mut client, &shared) {
                         Outcome::Reply(r) | Outcome::Close(r) => r,
-                        Outcome::Later(fut) => tokio::time::timeout(Duration::from_secs(5), fut)
-                            .await
-                            .expect("a lock command answers within its deadlines"),
+                        Outcome::Later(fut) => {
+                            let result = tokio::time::timeout(Duration::from_secs(5), fut)
+                                .await
+                                .expect("a lock command answers within its deadlines");
+                            reply(result, &shared.stats)
+                        }
                     };
                     let mut out = BytesMut::new();
-                    reply.encode(Protocol::Resp2, &mut out);
-                    reply.encode(Protocol::Resp3, &mut out);
+                    answer.encode(Protocol::Resp2, &mut out);
+                    answer.encode(Protocol::Resp3, &mut out);
                     assert!(!out.is_empty());
                 }
-                stop.cancel();
+                client.close().await;
             });
         }
     }

@@ -32,19 +32,17 @@ pub const TTL: Spec = Spec {
 fn remaining(
     argv: Vec<Bytes>,
     client: &mut Client,
-    shared: &Arc<Shared>,
+    _: &Arc<Shared>,
     unit_ms: u64,
 ) -> Result<Outcome, Error> {
-    let key = shared.lock_key(client.db, &argv[1]);
-    let shared = shared.clone();
+    let (db, locks) = (client.db, client.locks.service().clone());
     Ok(Outcome::later(async move {
-        match shared.inspect(&key).await {
-            Ok(Some((_, ms))) => {
-                let rounded = (ms + unit_ms / 2) / unit_ms;
-                Reply::Integer(i64::try_from(rounded).unwrap_or(i64::MAX))
+        Ok(Reply::Integer(match locks.inspect(db, &argv[1]).await? {
+            Some(holder) => {
+                let rounded = (holder.validity_ms + unit_ms / 2) / unit_ms;
+                i64::try_from(rounded).unwrap_or(i64::MAX)
             }
-            Ok(None) => Reply::Integer(-2),
-            Err(noquorum) => noquorum,
-        }
+            None => -2,
+        }))
     }))
 }

@@ -24,10 +24,9 @@ pub const SPEC: Spec = Spec {
 
 fn run(_: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let old = std::mem::replace(client, Client::new(client.id, client.addr, shared));
-    let shared = shared.clone();
     // A reset connection holds nothing: its session locks are released before the reply.
     Ok(Outcome::later(async move {
-        old.close(&shared).await;
-        Reply::Status("RESET".into())
+        old.close().await;
+        Ok(Reply::Status("RESET".into()))
     }))
 }

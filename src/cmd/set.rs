@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms};
+use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, ttl_ms_in_range};
 use crate::error::Error;
+use crate::locks::Acquire;
 use crate::protocol::Reply;
 
 pub const SPEC: Spec = Spec {
@@ -33,15 +34,15 @@ pub const SPEC: Spec = Spec {
 
 fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let ttl_ms = parse_options(&argv[3..], shared)?;
-    let key = shared.lock_key(client.db, &argv[1]);
-    let token = argv[2].clone();
-    let shared = shared.clone();
+    let (db, locks) = (client.db, client.locks.service().clone());
     Ok(Outcome::later(async move {
-        match shared.acquire(&key, token, ttl_ms).await {
-            Ok(true) => Reply::ok(),
-            Ok(false) => Reply::Null,
-            Err(noquorum) => noquorum,
-        }
+        let (key, token) = (&argv[1], argv[2].clone());
+        let granted = locks.acquire(db, key, token, Acquire::once(ttl_ms)).await?;
+        Ok(if granted.is_some() {
+            Reply::ok()
+        } else {
+            Reply::Null
+        })
     }))
 }
 
@@ -58,15 +59,12 @@ fn parse_options(opts: &[Bytes], shared: &Shared) -> Result<u64, Error> {
                 let value = opts.get(i + 1).ok_or(Error::Syntax)?;
                 let n = parse_int(value)?;
                 let ms = if &opt[..] == b"EX" {
-                    n.checked_mul(1000).ok_or(Error::InvalidTtl {
-                        cmd: "set",
-                        min: crate::redlock::quorum::MIN_TTL_MS,
-                        max: shared.config.redlock.max_ttl_ms,
-                    })?
+                    // Past i64, certainly past the maximum.
+                    n.checked_mul(1000).unwrap_or(i64::MAX)
                 } else {
                     n
                 };
-                ttl_ms = Some(parse_ttl_ms(ms.to_string().as_bytes(), "set", shared)?);
+                ttl_ms = Some(ttl_ms_in_range(ms, "set", shared)?);
                 i += 1;
             }
             b"XX" | b"GET" | b"KEEPTTL" | b"EXAT" | b"PXAT" => return Err(not_a_lock()),

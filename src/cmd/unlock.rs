@@ -22,19 +22,11 @@ pub const SPEC: Spec = Spec {
     run,
 };
 
-fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
-    let key = shared.lock_key(client.db, &argv[1]);
-    let token = argv[2].clone();
-    if client.session_locks.forget(&key, &token) {
-        return Err(Error::LockLost(
-            String::from_utf8_lossy(&argv[1]).into_owned(),
-        ));
-    }
-    let shared = shared.clone();
+fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
+    let released = client
+        .locks
+        .release(client.db, argv[1].clone(), argv[2].clone());
     Ok(Outcome::later(async move {
-        match shared.release(&key, &token).await {
-            Ok(released) => Reply::Integer(i64::from(released)),
-            Err(noquorum) => noquorum,
-        }
+        Ok(Reply::Integer(i64::from(released.await?)))
     }))
 }

@@ -12,4 +12,4 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{Protocol, Reply};
-pub use request::{Limits, ParseError, decode};
+pub use request::{Limits, ParseError, decode, parse_int};

@@ -219,7 +219,7 @@ fn read_header(data: &[u8], at: usize, kind: Header) -> Result<Option<(i64, usiz
 
 /// Parses a decimal integer the way Redis's `string2ll` does: an optional
 /// `-`, then digits without leading zeros; no `+`, no spaces, no overflow.
-fn parse_int(s: &[u8]) -> Option<i64> {
+pub fn parse_int(s: &[u8]) -> Option<i64> {
     let (negative, digits) = match s {
         [b'-', digits @ ..] => (true, digits),
         _ => (false, s),

@@ -3,9 +3,11 @@
 //! every master when an acquire fails. The arithmetic lives in [`quorum`], pure and
 //! property-tested; this module only orchestrates.
 
+pub mod ballot;
 pub mod quorum;
 pub mod token;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,8 +15,19 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::backend::{Ask, Ballot, KeyState, Master};
+use crate::backend::{Ask, KeyState, Master, Votes};
+use ballot::Ballot;
 use quorum::{Tally, Verdict};
+
+/// The names one lock has on the masters: the key that holds its token, and its waiting marker
+/// (while that exists, the lock's releases are announced to every proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockKey {
+    /// Holds the token, with the lock's TTL.
+    pub key: Bytes,
+    /// Exists while some proxy waits for the lock.
+    pub marker: Bytes,
+}
 
 /// A lock granted by a quorum.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +42,7 @@ pub struct Grant {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
     /// Fewer than a quorum of masters answered in time.
-    #[error("NOQUORUM {answered} of {total} masters answered, {needed} needed")]
+    #[error("{answered} of {total} masters answered, {needed} needed")]
     NoQuorum {
         /// Masters that answered.
         answered: usize,
@@ -40,7 +53,7 @@ pub enum LockError {
     },
     /// A quorum agreed, but only after the requested TTL's validity was used up.
     #[error(
-        "NOQUORUM a quorum agreed only after {elapsed_ms} ms, leaving no validity of the {ttl_ms} ms TTL"
+        "a quorum agreed only after {elapsed_ms} ms, leaving no validity of the {ttl_ms} ms TTL"
     )]
     TooLate {
         /// How long the round took.
@@ -90,15 +103,16 @@ impl<M: Master> Redlock<M> {
         quorum::quorum(self.masters.len())
     }
 
-    /// Tries once to take `key` for `ttl_ms` with a fresh token. `Ok(None)`: someone else holds it.
-    pub async fn lock(&self, key: &[u8], ttl_ms: u64) -> Result<Option<Grant>, LockError> {
-        self.lock_with_token(key, token::generate(), ttl_ms).await
+    /// Tries once to take `lock` for `ttl_ms` with a fresh token. `Ok(None)`: someone else
+    /// holds it.
+    pub async fn lock(&self, lock: &LockKey, ttl_ms: u64) -> Result<Option<Grant>, LockError> {
+        self.lock_with_token(lock, token::generate(), ttl_ms).await
     }
 
-    /// Tries once to take `key` for `ttl_ms` with the caller's token.
+    /// Tries once to take `lock` for `ttl_ms` with the caller's token.
     pub async fn lock_with_token(
         &self,
-        key: &[u8],
+        lock: &LockKey,
         token: Bytes,
         ttl_ms: u64,
     ) -> Result<Option<Grant>, LockError> {
@@ -107,13 +121,13 @@ impl<M: Master> Redlock<M> {
             .vote(
                 self.wait_for(ttl_ms),
                 Ask::Acquire {
-                    key,
+                    key: &lock.key,
                     token: &token,
                     ttl_ms,
                 },
             )
             .await;
-        self.settle(key, token, ttl_ms, tally, start)
+        self.settle(lock, token, ttl_ms, tally, start)
     }
 
     /// Takes `key` like [`Redlock::lock_with_token`], with a fence that is greater than every
@@ -122,7 +136,7 @@ impl<M: Master> Redlock<M> {
     /// Quorum intersection orders the fences; no clock is involved.
     pub async fn lock_fenced(
         &self,
-        key: &[u8],
+        lock: &LockKey,
         fence_key: &[u8],
         token: Bytes,
         ttl_ms: u64,
@@ -156,7 +170,7 @@ impl<M: Master> Redlock<M> {
             .vote(
                 wait,
                 Ask::AcquireFenced {
-                    key,
+                    key: &lock.key,
                     fence_key,
                     token: &token,
                     ttl_ms,
@@ -165,14 +179,14 @@ impl<M: Master> Redlock<M> {
             )
             .await;
         Ok(self
-            .settle(key, token, ttl_ms, tally, start)?
+            .settle(lock, token, ttl_ms, tally, start)?
             .map(|grant| (grant, fence)))
     }
 
     /// Turns an acquire round into its outcome, releasing everywhere unless granted.
     fn settle(
         &self,
-        key: &[u8],
+        lock: &LockKey,
         token: Bytes,
         ttl_ms: u64,
         tally: Tally,
@@ -187,7 +201,7 @@ impl<M: Master> Redlock<M> {
         // A SET may have landed even where its reply was lost or said no: undo it everywhere.
         // The requests are already queued when `release` returns, so nothing needs to wait.
         for m in &self.masters {
-            drop(m.release(key, &token));
+            drop(m.release(&lock.key, &lock.marker, &token));
         }
         outcome
     }
@@ -265,9 +279,14 @@ impl<M: Master> Redlock<M> {
         }
     }
 
-    /// Releases `key` if it holds `token`: true when a quorum of masters deleted it.
-    pub async fn unlock(&self, key: &[u8], token: &[u8]) -> Result<bool, LockError> {
-        let tally = self.vote(self.deadline, Ask::Release { key, token }).await;
+    /// Releases `lock` if it holds `token`: true when a quorum of masters deleted it.
+    pub async fn unlock(&self, lock: &LockKey, token: &[u8]) -> Result<bool, LockError> {
+        let ask = Ask::Release {
+            key: &lock.key,
+            marker: &lock.marker,
+            token,
+        };
+        let tally = self.vote(self.deadline, ask).await;
         if tally.yes >= self.quorum() {
             Ok(true)
         } else if tally.answered() >= self.quorum() {
@@ -277,12 +296,15 @@ impl<M: Master> Redlock<M> {
         }
     }
 
-    /// Asks every master to announce releases of `key` for the next `ms` ms (someone here
+    /// Asks every master to announce releases of `lock` for the next `ms` ms (someone here
     /// waits for it), and returns once each has answered or the deadline passed. Only
     /// wake-ups depend on it: a master that missed it costs a waiter its timer, never safety.
-    pub async fn announce_waiting(&self, key: &[u8], ms: u64) {
-        let marks =
-            futures_util::future::join_all(self.masters.iter().map(|m| m.mark_waiting(key, ms)));
+    pub async fn announce_waiting(&self, lock: &LockKey, ms: u64) {
+        let marks = futures_util::future::join_all(
+            self.masters
+                .iter()
+                .map(|m| m.mark_waiting(&lock.key, &lock.marker, ms)),
+        );
         let _ = tokio::time::timeout(self.deadline, marks).await;
     }
 
@@ -348,9 +370,10 @@ impl<M: Master> Redlock<M> {
     /// soon as the outcome is decided.
     async fn vote(&self, wait: Duration, ask: Ask<'_>) -> Tally {
         let ballot = Ballot::new(self.masters.len());
+        let votes: Arc<dyn Votes> = ballot.clone();
         // Every master gets the request; a quarantined one's answer is not a vote.
         for m in &self.masters {
-            m.cast(ask, &ballot, m.votes());
+            m.cast(ask, &votes, m.votes());
         }
         let timed_out = tokio::time::timeout(wait, ballot.decided()).await.is_err();
         let mut tally = ballot.tally();
@@ -376,8 +399,14 @@ impl<M: Master> Redlock<M> {
     }
 }
 
+/// A lock's names on the masters, for tests: the key itself and a marker beside it.
 #[cfg(test)]
-pub mod fake;
+fn key(name: &[u8]) -> LockKey {
+    LockKey {
+        key: Bytes::copy_from_slice(name),
+        marker: Bytes::from([b"waiting:", name].concat()),
+    }
+}
 
 #[cfg(test)]
 mod tests;

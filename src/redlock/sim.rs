@@ -15,8 +15,8 @@ use proptest::prelude::*;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::Redlock;
 use super::quorum::quorum;
+use super::{Redlock, key};
 use crate::backend::mem::Keyspace;
 use crate::backend::{BackendError, KeyState, Master};
 
@@ -175,6 +175,7 @@ impl Master for SimMaster {
     fn release(
         &self,
         key: &[u8],
+        _marker: &[u8],
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
@@ -314,7 +315,7 @@ fn simulate(schedule: &Schedule, quarantine: bool) -> Outcome {
             clients.push(tokio::spawn(async move {
                 for _ in 0..attempts {
                     let ttl = 20 + rng.below(MAX_TTL_MS - 20);
-                    if let Ok(Some(g)) = redlock.lock(b"k", ttl).await {
+                    if let Ok(Some(g)) = redlock.lock(&key(b"k"), ttl).await {
                         let now = Instant::now();
                         let validity = Duration::from_millis(g.validity_ms);
                         let covering = masters
@@ -332,7 +333,7 @@ fn simulate(schedule: &Schedule, quarantine: bool) -> Outcome {
                         tokio::time::sleep(work).await;
                         if rng.chance(80) {
                             grants.lock().unwrap().push((now, Instant::now()));
-                            let _ = redlock.unlock(b"k", &g.token).await;
+                            let _ = redlock.unlock(&key(b"k"), &g.token).await;
                         } else {
                             grants.lock().unwrap().push((now, now + validity));
                         }

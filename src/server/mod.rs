@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::backend::redis::{Namespace, Quarantine, RedisMaster};
+use crate::backend::Member;
+use crate::backend::redis::{Quarantine, RedisMaster};
 use crate::cmd::Shared;
 use crate::config::Config;
-use crate::redlock::Redlock;
+use crate::locks::Locks;
 use crate::stats::Stats;
 
 /// How long the masters' connections get to close after the sessions are done.
@@ -58,31 +59,36 @@ impl Proxy {
             fresh_at_start: config.backend.fresh_at_start,
         };
         let (released, mut announcements) = tokio::sync::mpsc::unbounded_channel();
-        let releases = Namespace::new(&config.redlock.key_prefix, released);
-        let masters: Vec<RedisMaster> = config
+        let names = Locks::names(&config.redlock.key_prefix);
+        let masters: Vec<Member> = config
             .backend
             .masters
             .iter()
             .map(|addr| {
-                RedisMaster::start(
+                Member::Redis(RedisMaster::start(
                     addr.clone(),
                     &config.backend,
                     policy,
-                    &releases,
+                    &names,
+                    released.clone(),
                     backend_stop.clone(),
                     &backend,
-                )
+                ))
             })
             .collect();
-        let redlock = Redlock::new(masters, config.master_deadline());
-        let shared = Arc::new(Shared::new(config, redlock, local_addr.port()));
-        drop(releases);
-        // Every master announces each release: wake this proxy's waiters on that key. Ends when
-        // the masters' subscriptions do.
-        let waking = shared.clone();
+        drop(released);
+        let locks = Locks::new(
+            masters,
+            config.master_deadline(),
+            &config.redlock.key_prefix,
+        );
+        let shared = Arc::new(Shared::new(config, Arc::new(locks), local_addr.port()));
+        // Every master announces each release of a waited-for lock: wake this proxy's waiters
+        // on that key. Ends when the masters' subscriptions do.
+        let waking = shared.locks.clone();
         backend.spawn(async move {
             while let Some(key) = announcements.recv().await {
-                waking.waiters.wake(&key);
+                waking.released(&key);
             }
         });
         let clients_stop = CancellationToken::new();
@@ -117,7 +123,7 @@ impl Proxy {
     /// they did.
     pub async fn wait_for_masters(&self, within: Duration) -> bool {
         let all_up = || {
-            self.shared.redlock.masters().iter().all(|m| {
+            self.shared.locks.masters().iter().all(|m| {
                 let s = m.status();
                 s.up && s.quarantine_left_ms.is_none()
             })

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::{self, Client, Outcome, ReplyFuture, Shared};
+use crate::error::Error;
 use crate::protocol::{self, Limits, Protocol, Reply};
 use crate::stats::Stats;
 
@@ -35,11 +36,14 @@ enum Slot {
 }
 
 impl Future for Slot {
-    type Output = (Protocol, Reply);
+    type Output = (Protocol, Result<Reply, Error>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Slot::Ready(r) => Poll::Ready(r.take().expect("a slot is polled to completion once")),
+            Slot::Ready(r) => {
+                let (proto, reply) = r.take().expect("a slot is polled to completion once");
+                Poll::Ready((proto, Ok(reply)))
+            }
             Slot::Waiting(proto, fut) => fut.as_mut().poll(cx).map(|r| (*proto, r)),
         }
     }
@@ -117,8 +121,8 @@ pub async fn run(
             }
         }
         // Collect every reply that is ready now, then write them in one go.
-        while let Some(Some((proto, reply))) = in_flight.next().now_or_never() {
-            reply.encode(proto, &mut wbuf);
+        while let Some(Some((proto, result))) = in_flight.next().now_or_never() {
+            cmd::reply(result, &shared.stats).encode(proto, &mut wbuf);
         }
         if !wbuf.is_empty() {
             if stream.write_all(&wbuf).await.is_err() {
@@ -159,8 +163,8 @@ pub async fn run(
                     }
                 }
             }
-            Some((proto, reply)) = in_flight.next(), if !in_flight.is_empty() => {
-                reply.encode(proto, &mut wbuf);
+            Some((proto, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                cmd::reply(result, &shared.stats).encode(proto, &mut wbuf);
             }
             _ = &mut cancelled, if reading => {
                 // What the client sent before shutdown is answered; nothing after it is read.
@@ -171,7 +175,7 @@ pub async fn run(
     }
     let _ = stream.shutdown().await;
     // However the connection ended, the locks it kept alive end with it.
-    client.close(&shared).await;
+    client.close().await;
 }
 
 /// Reads whatever the socket already holds, without waiting, up to `limit` bytes.

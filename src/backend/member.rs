@@ -1,0 +1,154 @@
+//! [`Member`]: one Redlock member as the running proxy holds it, whichever kind it is. The layers
+//! above name this one type, so the same commands run over real masters in production and over
+//! in-memory ones in their tests; each call goes straight to the member's own implementation.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::Either;
+
+use super::mem::MemMaster;
+use super::redis::RedisMaster;
+use super::{Ask, BackendError, KeyState, Master, MasterStatus, Votes};
+
+/// One Redlock member.
+#[derive(Debug, Clone)]
+pub enum Member {
+    /// A Redis master over the network.
+    Redis(RedisMaster),
+    /// A master in memory (tests and benchmarks of the layers above).
+    Mem(MemMaster),
+}
+
+/// Calls the same method on whichever kind `$member` is; futures of the two kinds become one.
+macro_rules! each {
+    ($member:expr, $m:ident => $call:expr) => {
+        match $member {
+            Member::Redis($m) => Either::Left($call),
+            Member::Mem($m) => Either::Right($call),
+        }
+    };
+}
+
+impl Member {
+    /// A snapshot of its health.
+    pub fn status(&self) -> MasterStatus {
+        match self {
+            Member::Redis(m) => m.status(),
+            Member::Mem(m) => m.status(),
+        }
+    }
+}
+
+impl Master for Member {
+    fn votes(&self) -> bool {
+        match self {
+            Member::Redis(m) => m.votes(),
+            Member::Mem(m) => m.votes(),
+        }
+    }
+
+    fn acquire(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.acquire(key, token, ttl_ms))
+    }
+
+    fn release(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.release(key, marker, token))
+    }
+
+    fn mark_waiting(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        each!(self, m => m.mark_waiting(key, marker, ms))
+    }
+
+    fn extend(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.extend(key, token, ttl_ms))
+    }
+
+    fn inspect(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
+        each!(self, m => m.inspect(key))
+    }
+
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
+        each!(self, m => m.read_fence(fence_key))
+    }
+
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.acquire_fenced(key, fence_key, token, ttl_ms, fence))
+    }
+
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        each!(self, m => m.raise_fence(fence_key, fence))
+    }
+
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
+        each!(self, m => m.fences())
+    }
+
+    fn raise_fence_floor(
+        &self,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        each!(self, m => m.raise_fence_floor(floor))
+    }
+
+    fn cast(&self, ask: Ask<'_>, ballot: &Arc<dyn Votes>, counts: bool) {
+        match self {
+            Member::Redis(m) => m.cast(ask, ballot, counts),
+            Member::Mem(m) => m.cast(ask, ballot, counts),
+        }
+    }
+
+    fn fences_lost(&self) -> bool {
+        match self {
+            Member::Redis(m) => m.fences_lost(),
+            Member::Mem(m) => m.fences_lost(),
+        }
+    }
+
+    fn fences_repaired(&self) {
+        match self {
+            Member::Redis(m) => m.fences_repaired(),
+            Member::Mem(m) => m.fences_repaired(),
+        }
+    }
+}

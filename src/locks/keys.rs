@@ -1,0 +1,113 @@
+//! The key schema: every name the proxy writes on a master, made here and nowhere else.
+//!
+//! Under the configured prefix `P` (default `redlock:`):
+//! - `P{db}:{key}` — a client's lock `key` in database `db`: holds the token, with the lock's TTL;
+//! - `Pwaiting:{db}:{key}` — exists while some proxy waits for that lock: its releases are then
+//!   published on `Preleased`, which every proxy subscribes to;
+//! - `Pfence:{db}:{key}` — the lock's fence counter (`LOCK ... FENCE`);
+//! - `Pfence-floor` — the floor under every fence counter.
+//!
+//! Lock keys continue the prefix with a database number, so no lock key can take any of the
+//! other names, and the database number ends at the first `:`, so no two (database, key) pairs
+//! share a name.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::backend::Names;
+use crate::redlock::LockKey;
+
+/// The names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    prefix: Bytes,
+}
+
+impl Schema {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Schema {
+        Schema {
+            prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+        }
+    }
+
+    /// The names of `key`'s lock in database `db`: its key and its waiting marker, built in one
+    /// allocation.
+    pub fn lock(&self, db: u32, key: &[u8]) -> LockKey {
+        const WAITING: &[u8] = b"waiting:";
+        let mut num = itoa::Buffer::new();
+        let db = num.format(db).as_bytes();
+        let len = self.prefix.len() + db.len() + 1 + key.len();
+        let mut out = BytesMut::with_capacity(2 * len + WAITING.len());
+        self.put(&mut out, b"", db, key);
+        self.put(&mut out, WAITING, db, key);
+        let key = out.split_to(len).freeze();
+        LockKey {
+            key,
+            marker: out.freeze(),
+        }
+    }
+
+    /// The key that holds the token of `key`'s lock in database `db` (without its marker).
+    pub fn key(&self, db: u32, key: &[u8]) -> Bytes {
+        let mut num = itoa::Buffer::new();
+        let db = num.format(db).as_bytes();
+        let mut out = BytesMut::with_capacity(self.prefix.len() + db.len() + 1 + key.len());
+        self.put(&mut out, b"", db, key);
+        out.freeze()
+    }
+
+    /// Where the masters keep the fence counter of `key`'s lock in database `db`.
+    pub fn fence(&self, db: u32, key: &[u8]) -> Bytes {
+        let mut num = itoa::Buffer::new();
+        let db = num.format(db).as_bytes();
+        let mut out = BytesMut::with_capacity(self.prefix.len() + 7 + db.len() + key.len());
+        self.put(&mut out, b"fence:", db, key);
+        out.freeze()
+    }
+
+    /// The names the masters need besides each lock's own.
+    pub fn names(&self) -> Names {
+        let name = |suffix: &str| Bytes::from([&self.prefix[..], suffix.as_bytes()].concat());
+        Names {
+            release_channel: name("released"),
+            fence_pattern: name("fence:*"),
+            fence_floor: name("fence-floor"),
+        }
+    }
+
+    fn put(&self, out: &mut BytesMut, kind: &[u8], db: &[u8], key: &[u8]) {
+        out.put_slice(&self.prefix);
+        out.put_slice(kind);
+        out.put_slice(db);
+        out.put_u8(b':');
+        out.put_slice(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_documented_ones() {
+        let s = Schema::new("redlock:");
+        let lock = s.lock(3, b"orders:42");
+        assert_eq!(&lock.key[..], b"redlock:3:orders:42");
+        assert_eq!(&lock.marker[..], b"redlock:waiting:3:orders:42");
+        assert_eq!(s.key(3, b"orders:42"), lock.key);
+        assert_eq!(&s.fence(0, b"k")[..], b"redlock:fence:0:k");
+        let names = s.names();
+        assert_eq!(&names.release_channel[..], b"redlock:released");
+        assert_eq!(&names.fence_pattern[..], b"redlock:fence:*");
+        assert_eq!(&names.fence_floor[..], b"redlock:fence-floor");
+    }
+
+    #[test]
+    fn databases_and_kinds_never_share_a_name() {
+        let s = Schema::new("p:");
+        assert_ne!(s.lock(1, b"1:k").key, s.lock(11, b":k").key);
+        assert_ne!(s.lock(0, b"k").key, s.fence(0, b"k"));
+        // A client key cannot reach the other kinds: lock keys continue with a digit.
+        assert!(s.lock(0, b"x").key[2].is_ascii_digit());
+    }
+}
