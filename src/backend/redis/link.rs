@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +35,14 @@ use crate::protocol::client::{self, Frame, InvalidReply};
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Room made in a read buffer before each read of a master's replies.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
+
+/// TCP keepalive on every connection to a master, so one that vanished without a FIN or RST
+/// (power loss, a partition) is noticed on a quiet connection, the subscription above all, which
+/// only ever reads: probes start after `KEEPALIVE_IDLE` of silence and repeat every
+/// `KEEPALIVE_INTERVAL`; `KEEPALIVE_RETRIES` unanswered ones end it, about a minute in all.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Why a connection to a master could not be opened, or ended.
 #[derive(Debug, thiserror::Error)]
@@ -377,6 +386,11 @@ impl Reconnect for Link {
 pub(super) async fn connect(addr: &MasterAddr) -> Result<(TcpStream, String, Duration), LinkError> {
     let mut stream = TcpStream::connect(addr.host_port()).await?;
     stream.set_nodelay(true)?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
     let mut buf = BytesMut::new();
     if let Some(password) = &addr.password {
         let mut args: Vec<&[u8]> = vec![b"AUTH"];
