@@ -33,9 +33,10 @@
 //!        │
 //! backend/       mod.rs: the Master trait (the test seam), what a vote asks, Votes, Names;
 //!                member.rs: Member, a real or in-memory master behind one type;
-//!                redis.rs: multiplexed, batched connections with reconnect, restart
-//!                quarantine, and the subscription that announces releases;
-//!                resp.rs: the Lua scripts sent to masters;
+//!                redis/: a Redis master over multiplexed, batched connections (mod.rs: the
+//!                handle; link.rs: one connection, with reconnect; master.rs: the operations
+//!                and votes; identity.rs: restart quarantine; releases.rs: the subscription
+//!                that announces releases; scripts.rs: the Lua scripts sent to masters);
 //!                mem.rs: a master's data in memory (Keyspace) and MemMaster over it
 //!
 //! protocol/      pure RESP codec: request.rs (requests in), reply.rs (replies out),

@@ -5,7 +5,6 @@
 pub mod mem;
 mod member;
 pub mod redis;
-pub mod resp;
 
 pub use member::Member;
 
@@ -31,6 +30,10 @@ pub enum BackendError {
     /// The master answered with an error.
     #[error("master replied with an error: {0}")]
     Reply(String),
+    /// The master answered NOSCRIPT: it lost its scripts (a restart, `SCRIPT FLUSH`), so loading
+    /// the script and asking again can still succeed.
+    #[error("master replied with an error: {0}")]
+    NoScript(String),
     /// The master answered with something the operation does not expect.
     #[error("unexpected reply from master: {0}")]
     Unexpected(String),

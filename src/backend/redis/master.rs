@@ -1,0 +1,468 @@
+//! The [`Master`] operations on a Redis master: the command each one sends and what its reply
+//! means, votes counted straight into a round's ballot, and sending a script's request again
+//! when the master lost its scripts.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures_util::future::Either;
+
+use super::link::ReplyTo;
+use super::scripts::{self, Script};
+use super::{Inner, RedisMaster};
+use crate::backend::{Ask, BackendError, KeyState, Master, Votes};
+use crate::protocol::client::{self, Frame};
+
+use client::command as encode;
+
+/// A request that runs a script, kept to be sent again on its connection if the master lost
+/// its scripts.
+#[derive(Debug)]
+struct ScriptRequest {
+    script: &'static Script,
+    /// The connection it goes to.
+    home: usize,
+    request: Bytes,
+}
+
+/// One master's part in a vote. Dropped without an answer (connection lost, request never
+/// sent), it counts as failed, so a round never waits for a reply that cannot come.
+#[derive(Debug)]
+pub(super) struct Vote {
+    ballot: Option<Arc<dyn Votes>>,
+    counts: bool,
+    master: Arc<Inner>,
+    /// For a script, its request once written (empty before), to send again if the master
+    /// lost its scripts.
+    script: Option<ScriptRequest>,
+}
+
+impl Vote {
+    /// Keeps the written request when a retry may need it.
+    pub(super) fn written(&mut self, bytes: Bytes) {
+        if let Some(script) = &mut self.script {
+            script.request = bytes;
+        }
+    }
+
+    /// Counts `answer` (a failure already counted in the master's statistics).
+    fn finish(mut self, answer: Result<bool, BackendError>) {
+        if let Some(ballot) = self.ballot.take() {
+            ballot.record(self.counts, answer);
+        }
+    }
+
+    /// Counts the master's reply, first loading the script and repeating the request (on a task
+    /// of its own) if the master lost its scripts.
+    pub(super) fn answer(mut self, frame: Frame) {
+        let reply = as_result(frame);
+        if let Err(BackendError::NoScript(_)) = reply
+            && let Some(again) = self.script.take()
+            && !again.request.is_empty()
+        {
+            let again = RedisMaster(self.master.clone()).load_and_resend(again);
+            tokio::spawn(async move { self.finish(expect_bool(again.await)) });
+            return;
+        }
+        let answer = expect_bool(reply);
+        if answer.is_err() {
+            self.master.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.finish(answer);
+    }
+}
+
+impl Drop for Vote {
+    fn drop(&mut self) {
+        if let Some(ballot) = self.ballot.take() {
+            self.master.failures.fetch_add(1, Ordering::Relaxed);
+            ballot.record(self.counts, Err(BackendError::Disconnected));
+        }
+    }
+}
+
+/// A master's error reply as an error; NOSCRIPT told apart, since loading the script and asking
+/// again can still succeed.
+pub(super) fn as_result(frame: Frame) -> Result<Frame, BackendError> {
+    match frame {
+        Frame::Error(e) if e.starts_with("NOSCRIPT") => Err(BackendError::NoScript(e.to_string())),
+        Frame::Error(e) => Err(BackendError::Reply(e.to_string())),
+        other => Ok(other),
+    }
+}
+
+fn expect_bool(frame: Result<Frame, BackendError>) -> Result<bool, BackendError> {
+    match frame? {
+        Frame::Integer(n) => Ok(n == 1),
+        Frame::SimpleString(s) if &s[..] == b"OK" => Ok(true),
+        Frame::Null => Ok(false),
+        other => Err(BackendError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn expect_count(frame: Frame) -> Result<u64, BackendError> {
+    match frame {
+        Frame::Integer(n) => u64::try_from(n).map_err(|_| BackendError::Unexpected(n.to_string())),
+        other => Err(BackendError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+impl RedisMaster {
+    /// Queues `args` on the connection that owns `key` (so one key's requests stay in order)
+    /// and returns the reply's future. Queuing happens now; failing to queue fails at once.
+    fn call(
+        &self,
+        key: &[u8],
+        args: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        self.send(self.home(key), encode(args))
+    }
+
+    /// Runs a script by SHA, falling back to sending its body once if the master lost it.
+    fn eval(
+        &self,
+        script: &'static Script,
+        key: &[u8],
+        argv: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        self.eval_keys(script, &[key], argv)
+    }
+
+    /// Runs a script with several keys; the first one picks the connection.
+    fn eval_keys(
+        &self,
+        script: &'static Script,
+        keys: &[&[u8]],
+        argv: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        self.eval_on(keys[0], script, keys, argv)
+    }
+
+    /// Runs a script on the connection of `owner` (whose requests it must stay in order with).
+    fn eval_on(
+        &self,
+        owner: &[u8],
+        script: &'static Script,
+        keys: &[&[u8]],
+        argv: &[&[u8]],
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let mut num = itoa::Buffer::new();
+        let numkeys = num.format(keys.len()).as_bytes();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + argv.len());
+        args.extend([b"EVALSHA".as_slice(), script.sha.as_bytes(), numkeys]);
+        args.extend_from_slice(keys);
+        args.extend_from_slice(argv);
+        self.send_script(self.home(owner), script, encode(&args))
+    }
+
+    /// Sends `request`, which runs `script`, on connection `home`; if the master lost its
+    /// scripts, sends it again once they are loaded — nothing is copied unless that happens.
+    fn send_script(
+        &self,
+        home: usize,
+        script: &'static Script,
+        request: Bytes,
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let first = self.send(home, request.clone());
+        let this = self.clone();
+        async move {
+            match first.await {
+                Err(BackendError::NoScript(_)) => {
+                    let again = ScriptRequest {
+                        script,
+                        home,
+                        request,
+                    };
+                    this.load_and_resend(again).await
+                }
+                other => other,
+            }
+        }
+    }
+
+    /// For a master that lost its scripts (a restart, `SCRIPT FLUSH`): loads the script on the
+    /// request's connection and sends the same request once more.
+    fn load_and_resend(
+        &self,
+        again: ScriptRequest,
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let this = self.clone();
+        async move {
+            let load = encode(&[b"SCRIPT", b"LOAD", again.script.body.as_bytes()]);
+            this.send(again.home, load).await?;
+            this.send(again.home, again.request).await
+        }
+    }
+
+    /// The command that asks this master `ask`, and the script it runs, if any. Votes
+    /// ([`Master::cast`]) and the operations that return a future send the same bytes.
+    fn command(&self, ask: Ask<'_>) -> (Bytes, Option<&'static Script>) {
+        let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
+        match ask {
+            Ask::Acquire { key, token, ttl_ms } => {
+                let ttl = ttl.format(ttl_ms).as_bytes();
+                (encode(&[b"SET", key, token, b"NX", b"PX", ttl]), None)
+            }
+            Ask::Release { key, marker, token } => {
+                let script = &*scripts::RELEASE;
+                let channel = &self.0.names.release_channel[..];
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"2", key, marker, token, channel];
+                (encode(&args), Some(script))
+            }
+            Ask::Extend { key, token, ttl_ms } => {
+                let script = &*scripts::EXTEND;
+                let ttl = ttl.format(ttl_ms).as_bytes();
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 6] = [b"EVALSHA", sha, b"1", key, token, ttl];
+                (encode(&args), Some(script))
+            }
+            Ask::AcquireFenced {
+                key,
+                fence_key,
+                token,
+                ttl_ms,
+                fence,
+            } => {
+                let script = &*scripts::ACQUIRE_FENCED;
+                let floor = &self.0.names.fence_floor[..];
+                let (ttl, fence) = (ttl.format(ttl_ms).as_bytes(), f.format(fence).as_bytes());
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 9] = [
+                    b"EVALSHA", sha, b"3", key, fence_key, floor, token, ttl, fence,
+                ];
+                (encode(&args), Some(script))
+            }
+        }
+    }
+
+    /// Sends `ask` on its key's connection; its yes or no.
+    fn ask(&self, ask: Ask<'_>) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let home = self.home(ask.key());
+        let reply = match self.command(ask) {
+            (request, Some(script)) => Either::Left(self.send_script(home, script, request)),
+            (request, None) => Either::Right(self.send(home, request)),
+        };
+        async move { expect_bool(reply.await) }
+    }
+
+    /// Queues a vote (`request`, which runs `script` if any): its answer goes straight into
+    /// `ballot`.
+    fn cast_request(
+        &self,
+        home_key: &[u8],
+        request: Bytes,
+        script: Option<&'static Script>,
+        ballot: &Arc<dyn Votes>,
+        counts: bool,
+    ) {
+        let home = self.home(home_key);
+        let vote = Vote {
+            ballot: Some(ballot.clone()),
+            counts,
+            master: self.0.clone(),
+            script: script.map(|script| ScriptRequest {
+                script,
+                home,
+                request: Bytes::new(),
+            }),
+        };
+        // A refusal drops the vote, which counts it as failed.
+        let _ = self.queue(home, request, ReplyTo::Vote(vote));
+    }
+
+    /// Every fence counter, by `SCAN` over the fence pattern and `MGET` of each page.
+    async fn scan_fences(self) -> Result<Vec<(Bytes, u64)>, BackendError> {
+        let pattern = self.0.names.fence_pattern.clone();
+        let mut found = Vec::new();
+        let mut cursor = Bytes::from_static(b"0");
+        // Bounded: SCAN ends when the cursor returns to 0; the cap only guards a broken one.
+        for _ in 0..1_000_000 {
+            let page = self
+                .call(
+                    &pattern,
+                    &[b"SCAN", &cursor, b"MATCH", &pattern, b"COUNT", b"1000"],
+                )
+                .await?;
+            let Frame::Array(parts) = page else {
+                return Err(BackendError::Unexpected(format!("{page:?}")));
+            };
+            let [Frame::BulkString(next), Frame::Array(keys)] = &parts[..] else {
+                return Err(BackendError::Unexpected(format!("{parts:?}")));
+            };
+            let keys: Vec<Bytes> = keys
+                .iter()
+                .filter_map(|k| match k {
+                    Frame::BulkString(k) => Some(k.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !keys.is_empty() {
+                let mut args: Vec<&[u8]> = vec![b"MGET"];
+                args.extend(keys.iter().map(|k| &k[..]));
+                if let Frame::Array(values) = self.call(&pattern, &args).await? {
+                    for (key, value) in keys.into_iter().zip(values) {
+                        if let Frame::BulkString(v) = value
+                            && let Some(n) =
+                                std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok())
+                        {
+                            found.push((key, n));
+                        }
+                    }
+                }
+            }
+            if &next[..] == b"0" {
+                return Ok(found);
+            }
+            cursor = next.clone();
+        }
+        Err(BackendError::Unexpected("SCAN never finished".into()))
+    }
+}
+
+impl Master for RedisMaster {
+    fn votes(&self) -> bool {
+        self.0.votes()
+    }
+
+    fn acquire(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        self.ask(Ask::Acquire { key, token, ttl_ms })
+    }
+
+    fn release(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        self.ask(Ask::Release { key, marker, token })
+    }
+
+    fn mark_waiting(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let mut ttl = itoa::Buffer::new();
+        // On the lock key's connection: it reaches the master before the attempt that follows.
+        let reply = self.eval_on(
+            key,
+            &scripts::MARK_WAITING,
+            &[marker],
+            &[ttl.format(ms).as_bytes()],
+        );
+        async move { reply.await.map(|_| ()) }
+    }
+
+    fn extend(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        self.ask(Ask::Extend { key, token, ttl_ms })
+    }
+
+    fn inspect(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
+        let reply = self.eval(&scripts::INSPECT, key, &[]);
+        async move {
+            match reply.await? {
+                Frame::Null => Ok(None),
+                Frame::Array(items) => match &items[..] {
+                    [Frame::BulkString(token), Frame::Integer(pttl)] => Ok(Some(KeyState {
+                        token: token.clone(),
+                        pttl_ms: u64::try_from(*pttl).ok(),
+                    })),
+                    _ => Err(BackendError::Unexpected(format!("{items:?}"))),
+                },
+                other => Err(BackendError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    fn read_fence(
+        &self,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
+        let reply = self.eval_keys(
+            &scripts::READ_FENCE,
+            &[fence_key, &self.0.names.fence_floor],
+            &[],
+        );
+        async move { expect_count(reply.await?) }
+    }
+
+    fn acquire_fenced(
+        &self,
+        key: &[u8],
+        fence_key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        fence: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        self.ask(Ask::AcquireFenced {
+            key,
+            fence_key,
+            token,
+            ttl_ms,
+            fence,
+        })
+    }
+
+    fn raise_fence(
+        &self,
+        fence_key: &[u8],
+        fence: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let mut f = itoa::Buffer::new();
+        let reply = self.eval(
+            &scripts::RAISE_FENCE,
+            fence_key,
+            &[f.format(fence).as_bytes()],
+        );
+        async move { reply.await.map(|_| ()) }
+    }
+
+    fn fences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
+        self.clone().scan_fences()
+    }
+
+    fn raise_fence_floor(
+        &self,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let mut f = itoa::Buffer::new();
+        let reply = self.eval(
+            &scripts::RAISE_FENCE,
+            &self.0.names.fence_floor,
+            &[f.format(floor).as_bytes()],
+        );
+        async move { reply.await.map(|_| ()) }
+    }
+
+    fn cast(&self, ask: Ask<'_>, ballot: &Arc<dyn Votes>, counts: bool) {
+        let (request, script) = self.command(ask);
+        self.cast_request(ask.key(), request, script, ballot, counts);
+    }
+
+    fn fences_lost(&self) -> bool {
+        self.0.fences_lost()
+    }
+
+    fn fences_repaired(&self) {
+        self.0.fences_repaired();
+    }
+}

@@ -1,0 +1,196 @@
+//! A Redis master over a few long-lived, multiplexed connections. Requests from every client
+//! session are queued on a connection's channel; one task per connection writes everything queued
+//! in one batch and matches replies to requests in order; a vote's reply is counted straight
+//! into its round's ballot ([`Votes`](super::Votes)) by that task, so a round costs no task,
+//! future or channel per master and wakes its client's session once. A connection that breaks
+//! fails its pending requests at once and reconnects with backoff, so a dead master costs an
+//! operation nothing and a hung one costs at most the caller's deadline — and never more than
+//! `max_pending_per_connection` queued requests.
+//!
+//! - `mod.rs`: [`RedisMaster`], the handle its clones share, and queuing a request on the
+//!   connection that owns its key;
+//! - `link.rs`: one connection: connect and handshake, the batching writer and in-order
+//!   reader, up and down, and the reconnect loop with backoff every connection runs;
+//! - `master.rs`: the [`Master`] operations: each one's command and what its reply means, votes
+//!   counted into a ballot, and the resend after a master lost its scripts;
+//! - `identity.rs`: the master's run, and the quarantine after a restart;
+//! - `releases.rs`: the subscription that relays announced releases;
+//! - `scripts.rs`: the Lua scripts sent to the masters.
+//!
+//! [`Master`]: super::Master
+
+mod identity;
+mod link;
+mod master;
+mod releases;
+pub mod scripts;
+
+pub use identity::Quarantine;
+
+use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{BackendError, MasterStatus, Names};
+use crate::config::{BackendConfig, MasterAddr};
+use crate::protocol::client::Frame;
+use identity::Identity;
+use link::{Conn, Link, ReplyTo};
+use master::as_result;
+use releases::Relay;
+
+/// A handle on one master; clones share the connections.
+#[derive(Debug, Clone)]
+pub struct RedisMaster(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    addr: MasterAddr,
+    conns: Box<[Conn]>,
+    conns_up: AtomicUsize,
+    /// Unix seconds of the last up/down change, for INFO.
+    changed_at: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    reconnects: AtomicU64,
+    policy: Quarantine,
+    identity: Mutex<Identity>,
+    /// False while no quarantine is known to last, so voting needs no lock; set and cleared
+    /// under `identity`'s lock.
+    quarantined: AtomicBool,
+    /// The proxy's names on the master besides lock keys.
+    names: Names,
+}
+
+impl Inner {
+    fn new(addr: MasterAddr, conns: Box<[Conn]>, policy: Quarantine, names: &Names) -> Inner {
+        Inner {
+            addr,
+            conns,
+            conns_up: AtomicUsize::new(0),
+            changed_at: AtomicU64::new(unix_now()),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            policy,
+            identity: Mutex::new(Identity::default()),
+            quarantined: AtomicBool::new(false),
+            names: names.clone(),
+        }
+    }
+}
+
+impl RedisMaster {
+    /// Starts the connections to `addr` on `tracker`; they run until `shutdown`. The key of
+    /// every release announced on `names.release_channel` goes to `released`.
+    pub fn start(
+        addr: MasterAddr,
+        cfg: &BackendConfig,
+        policy: Quarantine,
+        names: &Names,
+        released: mpsc::UnboundedSender<Bytes>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> RedisMaster {
+        let (conns, receivers): (Vec<_>, Vec<_>) = (0..cfg.connections_per_master)
+            .map(|_| Conn::new(cfg.max_pending_per_connection))
+            .unzip();
+        let master = Arc::new(Inner::new(addr, conns.into_boxed_slice(), policy, names));
+        let relay = Relay::new(master.clone(), released, shutdown.clone());
+        tracker.spawn(link::reconnecting(relay, cfg.clone(), shutdown.clone()));
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let link = Link::new(master.clone(), i, rx, shutdown.clone());
+            tracker.spawn(link::reconnecting(link, cfg.clone(), shutdown.clone()));
+        }
+        RedisMaster(master)
+    }
+
+    /// The address it was started with.
+    pub fn addr(&self) -> &MasterAddr {
+        &self.0.addr
+    }
+
+    /// A snapshot of its health.
+    pub fn status(&self) -> MasterStatus {
+        let inner = &self.0;
+        let conns_up = inner.conns_up.load(Ordering::Relaxed);
+        // Two statements: each takes the identity lock once and lets it go.
+        let run_id = inner.run_id();
+        let quarantine_left_ms = inner
+            .quarantine_left()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        MasterStatus {
+            addr: inner.addr.to_string(),
+            up: conns_up > 0,
+            conns_up,
+            conns: inner.conns.len(),
+            pending: inner.conns.iter().map(Conn::in_use).sum(),
+            requests: inner.requests.load(Ordering::Relaxed),
+            failures: inner.failures.load(Ordering::Relaxed),
+            reconnects: inner.reconnects.load(Ordering::Relaxed),
+            changed_at: inner.changed_at.load(Ordering::Relaxed),
+            run_id,
+            quarantine_left_ms,
+        }
+    }
+
+    /// The connection that owns `key` (no hashing with one connection, the default).
+    fn home(&self, key: &[u8]) -> usize {
+        match self.0.conns.len() {
+            1 => 0,
+            n => BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % n,
+        }
+    }
+
+    /// Queues an encoded command on connection `home` (or, if that one is down, the next one
+    /// up) and returns the reply's future.
+    fn send(
+        &self,
+        home: usize,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.queue(home, bytes, ReplyTo::Frame(tx));
+        let inner = self.0.clone();
+        async move {
+            let result = match queued {
+                Ok(()) => rx
+                    .await
+                    .map_err(|_| BackendError::Disconnected)
+                    .and_then(as_result),
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                inner.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        }
+    }
+
+    /// Queues `bytes` with whoever waits for the reply. On failure `reply` is dropped unsent.
+    fn queue(&self, home: usize, bytes: Bytes, reply: ReplyTo) -> Result<(), BackendError> {
+        let inner = &self.0;
+        inner.requests.fetch_add(1, Ordering::Relaxed);
+        let n = inner.conns.len();
+        // The key's own connection first; another one only if that one is down.
+        let conn = (0..n)
+            .map(|i| &inner.conns[(home + i) % n])
+            .find(|c| c.is_up())
+            .ok_or(BackendError::Down)?;
+        conn.queue(bytes, reply)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,89 @@
+//! The subscription to the release channel on one master, which passes the key of each release
+//! announced there on to the proxy's waiters. A notification lost while the subscription is
+//! down only delays waiters: they also retry on a timer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Inner;
+use super::link::{LinkError, READ_CHUNK, Reconnect, connect, make_room, round_trip};
+use crate::protocol::client::{self, Frame};
+
+/// Keeps the subscription, through [`reconnecting`](super::link::reconnecting).
+pub(super) struct Relay {
+    master: Arc<Inner>,
+    released: mpsc::UnboundedSender<Bytes>,
+    shutdown: CancellationToken,
+}
+
+impl Relay {
+    pub(super) fn new(
+        master: Arc<Inner>,
+        released: mpsc::UnboundedSender<Bytes>,
+        shutdown: CancellationToken,
+    ) -> Relay {
+        Relay {
+            master,
+            released,
+            shutdown,
+        }
+    }
+
+    /// Passes each released key on, until the subscription breaks.
+    async fn relay(
+        &self,
+        mut stream: TcpStream,
+        mut buf: BytesMut,
+    ) -> Result<Infallible, LinkError> {
+        loop {
+            while let Some(frame) = client::decode_reply(&mut buf)? {
+                if let Frame::Array(parts) = frame
+                    && let [Frame::BulkString(kind), _, Frame::BulkString(key)] = &parts[..]
+                    && &kind[..] == b"message"
+                {
+                    let _ = self.released.send(key.clone());
+                }
+            }
+            make_room(&mut buf);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(LinkError::Closed);
+            }
+        }
+    }
+}
+
+impl Reconnect for Relay {
+    type Open = (TcpStream, BytesMut);
+
+    async fn open(&mut self) -> Result<Self::Open, LinkError> {
+        let (mut stream, _, _) = connect(&self.master.addr).await?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        round_trip(
+            &mut stream,
+            &mut buf,
+            &[b"SUBSCRIBE", &self.master.names.release_channel],
+        )
+        .await?;
+        Ok((stream, buf))
+    }
+
+    async fn serve(&mut self, (stream, buf): Self::Open) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            ended = self.relay(stream, buf) => {
+                let Err(e) = ended;
+                debug!(master = %self.master.addr, "release subscription ended: {e}");
+            }
+        }
+    }
+
+    /// Not logged: the master's own connections report it.
+    fn failed(&mut self, _: LinkError) {}
+}
