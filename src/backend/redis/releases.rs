@@ -65,12 +65,21 @@ impl Reconnect for Relay {
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
         let (mut stream, _, _) = connect(&self.master.addr).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        round_trip(
-            &mut stream,
-            &mut buf,
-            &[b"SUBSCRIBE", &self.master.names.release_channel],
-        )
-        .await?;
+        let channel = &self.master.names.release_channel;
+        let reply = round_trip(&mut stream, &mut buf, &[b"SUBSCRIBE", channel]).await?;
+        // An error (an ACL that denies the channel) must not pass for a subscription that then
+        // hears nothing: the attempt fails, is retried, and says why in the debug log.
+        match &reply {
+            Frame::Array(parts)
+                if matches!(&parts[..], [Frame::BulkString(kind), Frame::BulkString(c), _]
+                    if &kind[..] == b"subscribe" && c == channel) => {}
+            _ => {
+                return Err(LinkError::Handshake {
+                    step: "SUBSCRIBE",
+                    reply,
+                });
+            }
+        }
         Ok((stream, buf))
     }
 
@@ -84,6 +93,8 @@ impl Reconnect for Relay {
         }
     }
 
-    /// Not logged: the master's own connections report it.
-    fn failed(&mut self, _: LinkError) {}
+    /// At debug level only: a master that cannot be reached is reported by its own connections.
+    fn failed(&mut self, e: LinkError) {
+        debug!(master = %self.master.addr, "release subscription failed: {e}");
+    }
 }
