@@ -32,14 +32,11 @@
 //! error.rs       typed errors and the one place they become RESP error replies
 //! stats.rs       counters for INFO
 //! embedded.rs    local redis-server masters (the default, and the tests' masters)
-//! checker.rs     history checker for the fault-injection tool (src/bin/torture.rs,
-//!                docs/safety.md): overlapping holds of one key are violations
 //! ```
 //!
 //! Start with `redlock/quorum.rs` for the safety rules, `server/session.rs` for the wire.
 
 pub mod backend;
-pub mod checker;
 pub mod cli;
 pub mod cmd;
 pub mod config;
