@@ -43,6 +43,9 @@
 //!                client.rs (commands out, replies in: for masters and the tools)
 //! config.rs      sections with named defaults, validated once at load
 //! stats.rs       the server's counters for INFO
+//!
+//! bin/lockbench/ the load generator; bin/torture/ the fault-injection tool and its history
+//!                checker: binaries of this crate that talk RESP through protocol::client
 //! ```
 //!
 //! A `LOCK` goes: `server::session::run` reads and decodes it → `cmd::dispatch` → `lock::run`
@@ -53,7 +56,6 @@
 //! Start with `redlock/quorum.rs` for the safety rules, `server/session.rs` for the wire.
 
 pub mod backend;
-pub mod checker;
 pub mod cli;
 pub mod cmd;
 pub mod config;

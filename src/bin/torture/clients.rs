@@ -15,12 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use redlock_proxy::checker::Hold;
+use redlock_proxy::protocol::client::Frame;
 
+use crate::checker::Hold;
 use crate::clock::now_us;
-use crate::resp::{Conn, Reply};
+use crate::conn::Conn;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A proxy answers within its per-master deadline; far longer means it is gone or stuck.
@@ -152,11 +154,11 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
                 unlock(&mut conns, &shared, p, key, &token).await;
                 0
             }
-            Ok(Err(Reply::Bulk(None))) => {
+            Ok(Err(Frame::Null)) => {
                 Counters::bump(&shared.counters.refused);
                 rng.random_range(2..=30)
             }
-            Ok(Err(Reply::Error(e))) if e.starts_with("NOQUORUM") => {
+            Ok(Err(Frame::Error(e))) if e.starts_with("NOQUORUM") => {
                 Counters::bump(&shared.counters.noquorum);
                 rng.random_range(20..=100)
             }
@@ -177,15 +179,15 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
 
 /// The token and fence of a grant, or the reply that was not one. With `fenced` only
 /// `[token, fence]` is a grant: a bare token there would be a fence the proxy failed to give.
-fn grant_of(reply: Reply, fenced: bool) -> Result<(Vec<u8>, Option<u64>), Reply> {
+fn grant_of(reply: Frame, fenced: bool) -> Result<(Bytes, Option<u64>), Frame> {
     match reply {
-        Reply::Bulk(Some(token)) if !fenced => Ok((token, None)),
-        Reply::Array(items) if fenced => match <[Reply; 2]>::try_from(items) {
-            Ok([Reply::Bulk(Some(token)), Reply::Int(fence)]) if fence >= 0 => {
+        Frame::BulkString(token) if !fenced => Ok((token, None)),
+        Frame::Array(items) if fenced => match <[Frame; 2]>::try_from(items) {
+            Ok([Frame::BulkString(token), Frame::Integer(fence)]) if fence >= 0 => {
                 Ok((token, Some(fence as u64)))
             }
-            Ok(pair) => Err(Reply::Array(pair.into())),
-            Err(items) => Err(Reply::Array(items)),
+            Ok(pair) => Err(Frame::Array(pair.into())),
+            Err(items) => Err(Frame::Array(items)),
         },
         other => Err(other),
     }
@@ -242,8 +244,8 @@ async fn unlock(conns: &mut [Option<Conn>], shared: &Shared, p: usize, key: &[u8
     let n = shared.proxies.len();
     for q in [p, (p + 1) % n].into_iter().take(n.min(2)) {
         match call(conns, &shared.proxies, q, &[b"UNLOCK", key, token]).await {
-            Ok(Reply::Int(1)) => return Counters::bump(&shared.counters.unlocked),
-            Ok(Reply::Int(0)) => return Counters::bump(&shared.counters.unlock_missed),
+            Ok(Frame::Integer(1)) => return Counters::bump(&shared.counters.unlocked),
+            Ok(Frame::Integer(0)) => return Counters::bump(&shared.counters.unlock_missed),
             Ok(_) => return Counters::bump(&shared.counters.unlock_failed),
             Err(_) => continue,
         }
@@ -257,7 +259,7 @@ async fn call(
     proxies: &[SocketAddr],
     p: usize,
     args: &[&[u8]],
-) -> std::io::Result<Reply> {
+) -> std::io::Result<Frame> {
     let slot = &mut conns[p];
     let conn = match slot {
         Some(c) => c,
@@ -286,7 +288,7 @@ pub async fn wait_until_granting(
             Ok(mut c) => {
                 let lock = [b"LOCK".as_slice(), probe_key.as_bytes(), b"100"];
                 match c.call(&lock, REQUEST_TIMEOUT).await {
-                    Ok(Reply::Bulk(Some(token))) => {
+                    Ok(Frame::BulkString(token)) => {
                         let _ = c
                             .call(&[b"UNLOCK", probe_key.as_bytes(), &token], REQUEST_TIMEOUT)
                             .await;

@@ -15,6 +15,7 @@ use clap::ValueEnum;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use redlock_proxy::embedded::RedisServer;
+use serde::Serialize;
 
 use crate::clients::Shared;
 use crate::clock::{now_us, secs};
@@ -45,8 +46,8 @@ impl FaultKind {
     }
 }
 
-/// How many of each were injected.
-#[derive(Debug, Default, Clone, Copy)]
+/// How many of each were injected. Serialized as they appear in the summary's JSON line.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct FaultCounts {
     /// Masters killed and restarted empty.
     pub master_restarts: u64,
@@ -55,6 +56,7 @@ pub struct FaultCounts {
     pub pauses: u64,
     pub proxy_kills: u64,
     /// Faults that brought a second kind along.
+    #[serde(rename = "compound_faults")]
     pub compound: u64,
     /// Restarts that failed (the process stayed down until the next attempt).
     pub restart_failures: u64,
@@ -85,14 +87,23 @@ enum Action {
 
 const RESTART_ATTEMPTS: u32 = 5;
 
+/// What to inject and when.
+#[derive(Debug)]
+pub struct Schedule {
+    /// The kinds to draw from.
+    pub kinds: Vec<FaultKind>,
+    /// Mean time between faults.
+    pub interval_ms: u64,
+    /// Every draw of the schedule, seeded so a run can be repeated.
+    pub rng: StdRng,
+}
+
 /// The injector and what it has done.
 #[derive(Debug)]
 pub struct Injector<'a> {
     masters: &'a mut [RedisServer],
     proxies: &'a mut [ProxyProc],
-    kinds: Vec<FaultKind>,
-    interval_ms: u64,
-    rng: StdRng,
+    schedule: Schedule,
     shared: Arc<Shared>,
     state: Vec<MasterState>,
     pending: Vec<(Instant, Action)>,
@@ -104,21 +115,15 @@ impl<'a> Injector<'a> {
     pub fn new(
         masters: &'a mut [RedisServer],
         proxies: &'a mut [ProxyProc],
-        kinds: Vec<FaultKind>,
-        interval_ms: u64,
-        rng: StdRng,
+        mut schedule: Schedule,
         shared: Arc<Shared>,
     ) -> Self {
         let state = vec![MasterState::Up; masters.len()];
+        schedule.kinds.retain(|k| *k != FaultKind::None);
         Injector {
             masters,
             proxies,
-            kinds: kinds
-                .into_iter()
-                .filter(|k| *k != FaultKind::None)
-                .collect(),
-            interval_ms,
-            rng,
+            schedule,
             shared,
             state,
             pending: Vec::new(),
@@ -152,18 +157,25 @@ impl<'a> Injector<'a> {
                     armed = None;
                     self.inject(FaultKind::RestartEmpty);
                 }
-            } else if now >= next && !self.kinds.is_empty() {
-                let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
+            } else if now >= next && !self.schedule.kinds.is_empty() {
+                let n = self.schedule.kinds.len();
+                let i = self.rng().random_range(0..n);
+                let kind = self.schedule.kinds[i];
                 if kind == FaultKind::RestartEmpty {
                     armed = Some(now);
                 } else {
                     self.inject(kind);
                 }
-                if self.kinds.len() > 1 && self.rng.random_bool(0.25) {
-                    let others: Vec<FaultKind> =
-                        self.kinds.iter().copied().filter(|k| *k != kind).collect();
-                    let second = others[self.rng.random_range(0..others.len())];
-                    let delay = Duration::from_millis(self.rng.random_range(0..=200));
+                if self.schedule.kinds.len() > 1 && self.rng().random_bool(0.25) {
+                    let others: Vec<FaultKind> = self
+                        .schedule
+                        .kinds
+                        .iter()
+                        .copied()
+                        .filter(|k| *k != kind)
+                        .collect();
+                    let second = others[self.rng().random_range(0..others.len())];
+                    let delay = Duration::from_millis(self.rng().random_range(0..=200));
                     self.counts.compound += 1;
                     self.pending.push((now + delay, Action::Inject(second)));
                 }
@@ -183,9 +195,13 @@ impl<'a> Injector<'a> {
         self.settle();
     }
 
+    fn rng(&mut self) -> &mut StdRng {
+        &mut self.schedule.rng
+    }
+
     fn next_interval(&mut self) -> Duration {
-        let i = self.interval_ms;
-        Duration::from_millis(self.rng.random_range(i / 2..=i + i / 2))
+        let i = self.schedule.interval_ms;
+        Duration::from_millis(self.rng().random_range(i / 2..=i + i / 2))
     }
 
     /// Runs every queued action that is due, earliest first.
@@ -280,8 +296,7 @@ impl<'a> Injector<'a> {
         self.counts.restart_failures += 1;
         self.log(why);
         if attempt + 1 < RESTART_ATTEMPTS {
-            self.pending
-                .push((Instant::now() + Duration::from_millis(200), again));
+            self.after(200, again);
         }
     }
 
@@ -289,11 +304,10 @@ impl<'a> Injector<'a> {
         match kind {
             FaultKind::RestartEmpty => {
                 let up = self.masters_in(&[MasterState::Up]);
-                if up.is_empty() {
-                    return self.log("restart-empty skipped: no master up".into());
-                }
-                let a = up[self.rng.random_range(0..up.len())];
-                let downtime = self.rng.random_range(20..=150);
+                let Some(a) = self.pick(&up, "restart-empty skipped: no master up") else {
+                    return;
+                };
+                let downtime = self.rng().random_range(20..=150);
                 let left = self.shared.longest_promise_left_ms();
                 // Two restarts inside one lock's life can hand its majority to someone else
                 // when restarted masters vote at once.
@@ -302,40 +316,36 @@ impl<'a> Injector<'a> {
                     .into_iter()
                     .filter(|&i| i != a)
                     .collect();
-                let double = !others.is_empty() && self.rng.random_bool(0.5);
+                let double = !others.is_empty() && self.rng().random_bool(0.5);
                 let what = format!(
                     "restart-empty{} (longest lock promise left: {left} ms)",
                     if double { ", double" } else { "" }
                 );
                 self.kill_master(a, downtime, &what);
                 if double {
-                    let b = others[self.rng.random_range(0..others.len())];
-                    let gap = Duration::from_millis(self.rng.random_range(0..=60));
-                    let downtime_ms = self.rng.random_range(20..=150);
+                    let b = others[self.rng().random_range(0..others.len())];
+                    let gap_ms = self.rng().random_range(0..=60);
+                    let downtime_ms = self.rng().random_range(20..=150);
                     self.counts.double_restarts += 1;
-                    self.pending.push((
-                        Instant::now() + gap,
+                    self.after(
+                        gap_ms,
                         Action::KillMaster {
                             index: b,
                             downtime_ms,
                         },
-                    ));
+                    );
                 }
             }
             FaultKind::Pause => {
                 let up = self.masters_in(&[MasterState::Up]);
-                if up.is_empty() {
-                    return self.log("pause skipped: no master up".into());
-                }
-                let i = up[self.rng.random_range(0..up.len())];
-                let ms = self.rng.random_range(100..=2_000);
+                let Some(i) = self.pick(&up, "pause skipped: no master up") else {
+                    return;
+                };
+                let ms = self.rng().random_range(100..=2_000);
                 self.masters[i].pause();
                 self.state[i] = MasterState::Paused;
                 self.counts.pauses += 1;
-                self.pending.push((
-                    Instant::now() + Duration::from_millis(ms),
-                    Action::ResumeMaster(i),
-                ));
+                self.after(ms, Action::ResumeMaster(i));
                 self.log(format!(
                     "pause: master {i} (port {}) SIGSTOP for {ms} ms",
                     self.masters[i].port()
@@ -345,20 +355,19 @@ impl<'a> Injector<'a> {
                 let up: Vec<usize> = (0..self.proxies.len())
                     .filter(|&i| self.proxies[i].is_up())
                     .collect();
-                if up.is_empty() {
-                    return self.log("kill-proxy skipped: no proxy up".into());
-                }
-                let i = up[self.rng.random_range(0..up.len())];
-                let ms = self.rng.random_range(50..=500);
+                let Some(i) = self.pick(&up, "kill-proxy skipped: no proxy up") else {
+                    return;
+                };
+                let ms = self.rng().random_range(50..=500);
                 self.proxies[i].kill();
                 self.counts.proxy_kills += 1;
-                self.pending.push((
-                    Instant::now() + Duration::from_millis(ms),
+                self.after(
+                    ms,
                     Action::RestartProxy {
                         index: i,
                         attempt: 0,
                     },
-                ));
+                );
                 self.log(format!(
                     "kill-proxy: proxy {i} ({}) SIGKILL, restart in {ms} ms",
                     self.proxies[i].addr()
@@ -374,17 +383,32 @@ impl<'a> Injector<'a> {
         self.masters[i].kill();
         self.state[i] = MasterState::Down;
         self.counts.master_restarts += 1;
-        self.pending.push((
-            Instant::now() + Duration::from_millis(downtime_ms),
+        self.after(
+            downtime_ms,
             Action::RestartMaster {
                 index: i,
                 attempt: 0,
             },
-        ));
+        );
         self.log(format!(
             "{why}: master {i} (port {}) SIGKILL, restart empty in {downtime_ms} ms",
             self.masters[i].port()
         ));
+    }
+
+    /// A random one of `candidates`; with none, `skipped` is logged instead.
+    fn pick(&mut self, candidates: &[usize], skipped: &str) -> Option<usize> {
+        if candidates.is_empty() {
+            self.log(skipped.to_owned());
+            return None;
+        }
+        Some(candidates[self.rng().random_range(0..candidates.len())])
+    }
+
+    /// Queues `action` to run `ms` from now.
+    fn after(&mut self, ms: u64, action: Action) {
+        self.pending
+            .push((Instant::now() + Duration::from_millis(ms), action));
     }
 
     fn masters_in(&self, states: &[MasterState]) -> Vec<usize> {

@@ -7,16 +7,13 @@
 //! Exit code: 0 no violation, 1 at least one violation or fence regression, 2 the run could not
 //! be set up, 130 interrupted (Ctrl-C) without either.
 
-#[path = "torture/clients.rs"]
+mod checker;
 mod clients;
-#[path = "torture/faults.rs"]
+mod conn;
 mod faults;
-#[path = "torture/procs.rs"]
 mod procs;
-#[path = "torture/resp.rs"]
-mod resp;
+mod summary;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,12 +23,13 @@ use std::time::Duration;
 use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use redlock_proxy::checker::{self, Hold, Report};
 use redlock_proxy::embedded::RedisServer;
 
+use checker::Hold;
 use clients::{Counters, Shared};
-use faults::{FaultCounts, FaultKind, Injector};
+use faults::{FaultKind, Injector, Schedule};
 use procs::{ProxyProc, ProxySpec, RunDir};
+use summary::Summary;
 
 /// The run's clock: one monotonic origin for holds and faults alike.
 mod clock {
@@ -268,14 +266,12 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         .map(|id| runtime.spawn(clients::run(id, seed, shared.clone())))
         .collect();
 
-    let mut injector = Injector::new(
-        &mut masters,
-        &mut proxies,
+    let schedule = Schedule {
         kinds,
-        args.fault_interval_ms,
-        StdRng::seed_from_u64(seed),
-        shared.clone(),
-    );
+        interval_ms: args.fault_interval_ms,
+        rng: StdRng::seed_from_u64(seed),
+    };
+    let mut injector = Injector::new(&mut masters, &mut proxies, schedule, shared.clone());
     injector.run();
     let fault_counts = injector.counts;
     let events = std::mem::take(&mut injector.events);
@@ -330,287 +326,4 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Violations printed in detail.
-const SHOWN: usize = 5;
-
-struct Summary<'a> {
-    args: &'a Args,
-    seed: u64,
-    kinds: &'a [&'a str],
-    traffic_us: u64,
-    counters: &'a Counters,
-    faults: FaultCounts,
-    report: &'a Report,
-    stuck_clients: usize,
-}
-
-impl Summary<'_> {
-    /// Distinct holds taking part in some violation (one long hold can overlap many).
-    fn violating_holds(&self) -> usize {
-        let mut tokens: Vec<&str> = self
-            .report
-            .violations
-            .iter()
-            .flat_map(|v| [v.first.token.as_str(), v.second.token.as_str()])
-            .collect();
-        tokens.sort_unstable();
-        tokens.dedup();
-        tokens.len()
-    }
-
-    fn grants_per_s(&self) -> f64 {
-        Counters::get(&self.counters.grants) as f64 / (self.traffic_us.max(1) as f64 / 1e6)
-    }
-
-    fn human(&self, events: &[faults::FaultEvent]) -> String {
-        let c = self.counters;
-        let f = &self.faults;
-        let r = self.report;
-        let mut out = String::new();
-        let _ = writeln!(out, "\n=== torture summary (seed {}) ===", self.seed);
-        let _ = writeln!(
-            out,
-            "traffic      {:.1} s, {} lock attempts, {} grants ({:.1}/s)",
-            self.traffic_us as f64 / 1e6,
-            Counters::get(&c.attempts),
-            Counters::get(&c.grants),
-            self.grants_per_s()
-        );
-        let _ = writeln!(
-            out,
-            "holds        {} counted, {} not counted (overran their validity)",
-            r.counted(),
-            r.not_counted()
-        );
-        for (key, k) in &r.keys {
-            let _ = writeln!(
-                out,
-                "  {key:<14} {} counted, {} not counted",
-                k.counted, k.not_counted
-            );
-        }
-        let _ = writeln!(
-            out,
-            "replies      {} refused (held), {} NOQUORUM, {} other errors, {} connection errors",
-            Counters::get(&c.refused),
-            Counters::get(&c.noquorum),
-            Counters::get(&c.errors),
-            Counters::get(&c.conn_errors)
-        );
-        let _ = writeln!(
-            out,
-            "unlocks      {} released, {} already gone, {} failed",
-            Counters::get(&c.unlocked),
-            Counters::get(&c.unlock_missed),
-            Counters::get(&c.unlock_failed)
-        );
-        let _ = writeln!(
-            out,
-            "faults       {} master restarts ({} double), {} pauses, {} proxy kills, {} compound, \
-             {} failed restarts",
-            f.master_restarts,
-            f.double_restarts,
-            f.pauses,
-            f.proxy_kills,
-            f.compound,
-            f.restart_failures
-        );
-        if self.stuck_clients > 0 {
-            let _ = writeln!(
-                out,
-                "WARNING      {} client tasks did not finish",
-                self.stuck_clients
-            );
-        }
-        let _ = writeln!(
-            out,
-            "violations   {} overlapping pairs of counted holds, among {} holds",
-            r.violations.len(),
-            self.violating_holds()
-        );
-        for v in r.violations.iter().take(SHOWN) {
-            let _ = writeln!(
-                out,
-                "  key {}: overlap {:.1} ms\n    {}\n    {}",
-                v.key(),
-                v.overlap_us() as f64 / 1e3,
-                describe(&v.first),
-                describe(&v.second)
-            );
-            let from = v
-                .first
-                .start_us
-                .saturating_sub(self.args.max_ttl_ms * 1_000);
-            let faults = faults::events_between(events, from, v.second.end_us);
-            if !faults.is_empty() {
-                let _ = write!(out, "    faults around it:\n{faults}");
-            }
-        }
-        if r.violations.len() > SHOWN {
-            let _ = writeln!(out, "  ... and {} more", r.violations.len() - SHOWN);
-        }
-        if self.args.fence {
-            let _ = writeln!(
-                out,
-                "fences       {} fenced grants, {} fence regressions",
-                r.fenced,
-                r.fence_regressions.len()
-            );
-            for g in r.fence_regressions.iter().take(SHOWN) {
-                let _ = writeln!(
-                    out,
-                    "  key {}: fence {:?} asked for at {} after fence {:?} ended at {}\n    {}\n    {}",
-                    g.key(),
-                    g.later.fence,
-                    clock::secs(g.later.sent_us).trim(),
-                    g.earlier.fence,
-                    clock::secs(g.earlier.ended_us()).trim(),
-                    describe(&g.earlier),
-                    describe(&g.later)
-                );
-                let from = g
-                    .earlier
-                    .start_us
-                    .saturating_sub(self.args.max_ttl_ms * 1_000);
-                let faults = faults::events_between(events, from, g.later.end_us);
-                if !faults.is_empty() {
-                    let _ = write!(out, "    faults around it:\n{faults}");
-                }
-            }
-            if r.fence_regressions.len() > SHOWN {
-                let _ = writeln!(out, "  ... and {} more", r.fence_regressions.len() - SHOWN);
-            }
-        }
-        out
-    }
-
-    /// One line of JSON, hand-formatted (every string in it is plain ASCII from this tool).
-    fn json(&self) -> String {
-        let c = self.counters;
-        let f = &self.faults;
-        let r = self.report;
-        let a = self.args;
-        let kinds: Vec<String> = self.kinds.iter().map(|k| format!("\"{k}\"")).collect();
-        let fence_examples: Vec<String> = r
-            .fence_regressions
-            .iter()
-            .take(SHOWN)
-            .map(|g| {
-                format!(
-                    "{{\"key\":\"{}\",\"earlier\":{},\"later\":{}}}",
-                    escape(g.key()),
-                    hold_json(&g.earlier),
-                    hold_json(&g.later)
-                )
-            })
-            .collect();
-        let examples: Vec<String> = r
-            .violations
-            .iter()
-            .take(SHOWN)
-            .map(|v| {
-                format!(
-                    "{{\"key\":\"{}\",\"overlap_us\":{},\"first\":{},\"second\":{}}}",
-                    escape(v.key()),
-                    v.overlap_us(),
-                    hold_json(&v.first),
-                    hold_json(&v.second)
-                )
-            })
-            .collect();
-        format!(
-            "{{\"torture\":1,\"seed\":{},\"duration_s\":{:.3},\"masters\":{},\"proxies\":{},\
-             \"clients\":{},\"keys\":{},\"max_ttl_ms\":{},\"persistent_masters\":{},\
-             \"faults\":[{}],\"attempts\":{},\"grants\":{},\"grants_per_s\":{:.2},\
-             \"counted\":{},\"not_counted\":{},\"refused\":{},\"noquorum\":{},\"errors\":{},\
-             \"conn_errors\":{},\"unlocked\":{},\"unlock_missed\":{},\"unlock_failed\":{},\
-             \"master_restarts\":{},\"double_restarts\":{},\"pauses\":{},\"proxy_kills\":{},\
-             \"compound_faults\":{},\"restart_failures\":{},\"stuck_clients\":{},\
-             \"violations\":{},\"violating_holds\":{},\"violation_examples\":[{}],\
-             \"fence\":{},\"fenced\":{},\"fence_regressions\":{},\"fence_regression_examples\":[{}]}}",
-            self.seed,
-            self.traffic_us as f64 / 1e6,
-            a.masters,
-            a.proxies,
-            a.clients,
-            a.keys,
-            a.max_ttl_ms,
-            a.persistent_masters,
-            kinds.join(","),
-            Counters::get(&c.attempts),
-            Counters::get(&c.grants),
-            self.grants_per_s(),
-            r.counted(),
-            r.not_counted(),
-            Counters::get(&c.refused),
-            Counters::get(&c.noquorum),
-            Counters::get(&c.errors),
-            Counters::get(&c.conn_errors),
-            Counters::get(&c.unlocked),
-            Counters::get(&c.unlock_missed),
-            Counters::get(&c.unlock_failed),
-            f.master_restarts,
-            f.double_restarts,
-            f.pauses,
-            f.proxy_kills,
-            f.compound,
-            f.restart_failures,
-            self.stuck_clients,
-            r.violations.len(),
-            self.violating_holds(),
-            examples.join(","),
-            a.fence,
-            r.fenced,
-            r.fence_regressions.len(),
-            fence_examples.join(",")
-        )
-    }
-}
-
-fn describe(h: &Hold) -> String {
-    format!(
-        "client {:>3} via proxy {} token {}{}: asked {}, held {} → {} (promised {} ms, used {:.1} ms)",
-        h.client,
-        h.proxy,
-        h.token,
-        h.fence.map_or(String::new(), |f| format!(" fence {f}")),
-        clock::secs(h.sent_us).trim(),
-        clock::secs(h.start_us).trim(),
-        clock::secs(h.end_us).trim(),
-        h.promised_validity_ms,
-        h.end_us.saturating_sub(h.start_us) as f64 / 1e3
-    )
-}
-
-fn hold_json(h: &Hold) -> String {
-    format!(
-        "{{\"client\":{},\"proxy\":{},\"token\":\"{}\",\"sent_us\":{},\"start_us\":{},\
-         \"end_us\":{},\"promised_validity_ms\":{},\"fence\":{}}}",
-        h.client,
-        h.proxy,
-        escape(&h.token),
-        h.sent_us,
-        h.start_us,
-        h.end_us,
-        h.promised_validity_ms,
-        h.fence.map_or("null".to_owned(), |f| f.to_string())
-    )
-}
-
-/// Minimal JSON string escaping: quotes, backslashes and control characters.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }

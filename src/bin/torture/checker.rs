@@ -118,7 +118,6 @@ pub struct KeyCounts {
 
 /// What the checker found in a history.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Report {
     /// Per key, how many holds counted and how many did not.
     pub keys: BTreeMap<String, KeyCounts>,
@@ -264,12 +263,15 @@ mod tests {
         }
     }
 
-    fn pairs(report: &Report) -> Vec<(String, String)> {
-        report
-            .violations
-            .iter()
-            .map(|v| (v.first.token.clone(), v.second.token.clone()))
+    /// The tokens of each pair.
+    fn tokens<'a>(pairs: impl Iterator<Item = (&'a Hold, &'a Hold)>) -> Vec<(String, String)> {
+        pairs
+            .map(|(a, b)| (a.token.clone(), b.token.clone()))
             .collect()
+    }
+
+    fn pairs(report: &Report) -> Vec<(String, String)> {
+        tokens(report.violations.iter().map(|v| (&v.first, &v.second)))
     }
 
     #[test]
@@ -282,11 +284,7 @@ mod tests {
 
     #[test]
     fn sequential_holds_are_safe() {
-        let r = check(&[
-            hold("k", "a", 0, 100, 500),
-            hold("k", "b", 150, 300, 500),
-            hold("k", "c", 400, 800, 500),
-        ]);
+        let r = check(&holds("a 0..100, b 150..300, c 400..800"));
         assert!(r.is_safe(), "{:?}", r.violations);
         assert_eq!(r.keys["k"].counted, 3);
     }
@@ -308,12 +306,7 @@ mod tests {
 
     #[test]
     fn touching_intervals_do_not_overlap() {
-        let r = check(&[
-            hold("k", "a", 0, 100, 500),
-            hold("k", "b", 100, 200, 500),
-            hold("k", "c", 200, 200, 500),
-            hold("k", "d", 200, 300, 500),
-        ]);
+        let r = check(&holds("a 0..100, b 100..200, c 200..200, d 200..300"));
         assert!(r.is_safe(), "{:?}", r.violations);
         assert_eq!(r.counted(), 4);
     }
@@ -368,13 +361,9 @@ mod tests {
 
     #[test]
     fn keys_are_independent() {
-        let r = check(&[
-            hold("k1", "a", 0, 100, 500),
-            hold("k2", "b", 0, 100, 500),
-            hold("k3", "c", 50, 150, 500),
-            hold("k1", "d", 100, 200, 500),
-            hold("k3", "e", 120, 130, 500),
-        ]);
+        let r = check(&holds(
+            "k1:a 0..100, k2:b 0..100, k3:c 50..150, k1:d 100..200, k3:e 120..130",
+        ));
         assert_eq!(pairs(&r), vec![("c".to_owned(), "e".to_owned())]);
         assert_eq!(r.keys.len(), 3);
         assert_eq!(r.keys["k1"].counted, 2);
@@ -383,12 +372,7 @@ mod tests {
 
     #[test]
     fn every_overlapping_pair_is_reported() {
-        let r = check(&[
-            hold("k", "a", 0, 100, 500),
-            hold("k", "b", 10, 100, 500),
-            hold("k", "c", 20, 30, 500),
-            hold("k", "d", 40, 50, 500),
-        ]);
+        let r = check(&holds("a 0..100, b 10..100, c 20..30, d 40..50"));
         // a-b, a-c, b-c, a-d, b-d; c and d do not touch.
         assert_eq!(r.violations.len(), 5);
     }
@@ -455,6 +439,30 @@ mod tests {
         })
     }
 
+    /// A history written `token start..end` (ms; of key `k` unless written `key:token`,
+    /// promised 500 ms), or for a fenced grant `token sent/start..end #fence`, comma-separated.
+    fn holds(spec: &str) -> Vec<Hold> {
+        spec.split(", ")
+            .map(|entry| {
+                let (name, times) = entry.split_once(' ').expect("a token, then times");
+                let (key, token) = name.split_once(':').unwrap_or(("k", name));
+                let n: Vec<u64> = times
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().expect("times are numbers"))
+                    .collect();
+                match n[..] {
+                    [start, end] => hold(key, token, start, end, 500),
+                    [sent, start, end, fence] => Hold {
+                        key: key.to_owned(),
+                        ..fenced(token, sent, start, end, fence)
+                    },
+                    _ => panic!("not a hold: {entry}"),
+                }
+            })
+            .collect()
+    }
+
     /// A fenced grant: LOCK sent at `sent_ms`, reply at `start_ms`, done at `end_ms`.
     fn fenced(token: &str, sent_ms: u64, start_ms: u64, end_ms: u64, fence: u64) -> Hold {
         Hold {
@@ -465,31 +473,24 @@ mod tests {
     }
 
     fn regressed(report: &Report) -> Vec<(String, String)> {
-        report
-            .fence_regressions
-            .iter()
-            .map(|r| (r.earlier.token.clone(), r.later.token.clone()))
-            .collect()
+        tokens(
+            report
+                .fence_regressions
+                .iter()
+                .map(|r| (&r.earlier, &r.later)),
+        )
     }
 
     #[test]
     fn increasing_fences_pass() {
-        let r = check(&[
-            fenced("a", 0, 1, 10, 1),
-            fenced("b", 10, 12, 20, 2),
-            fenced("c", 25, 26, 30, 7),
-        ]);
+        let r = check(&holds("a 0/1..10 #1, b 10/12..20 #2, c 25/26..30 #7"));
         assert!(r.is_safe(), "{:?}", r.fence_regressions);
         assert_eq!(r.fenced, 3);
     }
 
     #[test]
     fn a_lower_or_equal_fence_after_an_ended_grant_regresses() {
-        let r = check(&[
-            fenced("a", 0, 1, 10, 5),
-            fenced("b", 10, 12, 20, 4),
-            fenced("c", 30, 31, 40, 5),
-        ]);
+        let r = check(&holds("a 0/1..10 #5, b 10/12..20 #4, c 30/31..40 #5"));
         // b asked when a (fence 5) had ended; so did c, and equal is not greater.
         assert_eq!(
             regressed(&r),
@@ -521,12 +522,9 @@ mod tests {
 
     #[test]
     fn the_highest_ended_fence_is_the_one_reported() {
-        let r = check(&[
-            fenced("a", 0, 1, 2, 3),
-            fenced("b", 3, 4, 5, 8),
-            fenced("c", 6, 7, 8, 6),
-            fenced("d", 10, 11, 12, 7),
-        ]);
+        let r = check(&holds(
+            "a 0/1..2 #3, b 3/4..5 #8, c 6/7..8 #6, d 10/11..12 #7",
+        ));
         assert_eq!(
             regressed(&r),
             vec![("b".into(), "c".into()), ("b".into(), "d".into())]
