@@ -21,12 +21,7 @@ pub const SPEC: Spec = Spec {
     complexity: "O(N) where N is the number of parameters",
     args: &[
         ArgDoc::new("subcommand", "string"),
-        ArgDoc {
-            name: "parameter",
-            kind: "string",
-            optional: true,
-            multiple: true,
-        },
+        ArgDoc::many("parameter", "string", true),
     ],
     no_auth: false,
     run,

@@ -19,12 +19,7 @@ pub const SPEC: Spec = Spec {
     group: "generic",
     summary: "Force-releases the given locks, whoever holds them; returns how many were released",
     complexity: "O(N*K) for N masters and K keys",
-    args: &[ArgDoc {
-        name: "key",
-        kind: "key",
-        optional: false,
-        multiple: true,
-    }],
+    args: &[ArgDoc::many("key", "key", false)],
     no_auth: false,
     run,
 };

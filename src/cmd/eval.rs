@@ -13,18 +13,8 @@ use crate::error::Error;
 const ARGS: &[ArgDoc] = &[
     ArgDoc::new("script", "string"),
     ArgDoc::new("numkeys", "integer"),
-    ArgDoc {
-        name: "key",
-        kind: "key",
-        optional: true,
-        multiple: true,
-    },
-    ArgDoc {
-        name: "arg",
-        kind: "string",
-        optional: true,
-        multiple: true,
-    },
+    ArgDoc::many("key", "key", true),
+    ArgDoc::many("arg", "string", true),
 ];
 
 pub const EVAL: Spec = Spec {

@@ -17,12 +17,7 @@ pub const SPEC: Spec = Spec {
     group: "generic",
     summary: "Counts the given locks that a quorum of masters holds",
     complexity: "O(N*K) for N masters and K keys",
-    args: &[ArgDoc {
-        name: "key",
-        kind: "key",
-        optional: false,
-        multiple: true,
-    }],
+    args: &[ArgDoc::many("key", "key", false)],
     no_auth: false,
     run,
 };

@@ -20,12 +20,7 @@ pub const SPEC: Spec = Spec {
     group: "server",
     summary: "Returns information and statistics about the proxy and its masters",
     complexity: "O(1)",
-    args: &[ArgDoc {
-        name: "section",
-        kind: "string",
-        optional: true,
-        multiple: true,
-    }],
+    args: &[ArgDoc::many("section", "string", true)],
     no_auth: false,
     run,
 };

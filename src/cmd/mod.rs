@@ -131,6 +131,16 @@ impl ArgDoc {
             multiple: false,
         }
     }
+
+    /// An argument that may repeat; `optional` when it may also be left out.
+    pub const fn many(name: &'static str, kind: &'static str, optional: bool) -> ArgDoc {
+        ArgDoc {
+            name,
+            kind,
+            optional,
+            multiple: true,
+        }
+    }
 }
 
 /// A command handler.

@@ -20,12 +20,7 @@ pub const SPEC: Spec = Spec {
     complexity: "O(N) where N is the number of scripts named",
     args: &[
         ArgDoc::new("subcommand", "string"),
-        ArgDoc {
-            name: "arg",
-            kind: "string",
-            optional: true,
-            multiple: true,
-        },
+        ArgDoc::many("arg", "string", true),
     ],
     no_auth: false,
     run,
