@@ -182,10 +182,11 @@ impl<M: Master> LockService<M> {
         let lock = self.keys.lock(db, key);
         let fence_key = how.fence.then(|| self.keys.fence(db, key));
         let fence_key = fence_key.as_deref();
+        // Waiting is boxed: it would triple the size of every acquire's future, which is moved
+        // at full size into its reply's box on every LOCK (measured: 1.2 KB against 0.4 KB).
         let attempt = match how.wait {
             Some(wait) => {
-                self.acquire_waiting(&lock, fence_key, &token, how.ttl_ms, wait)
-                    .await
+                Box::pin(self.acquire_waiting(&lock, fence_key, &token, how.ttl_ms, wait)).await
             }
             None => {
                 self.attempt(&lock, fence_key, token.clone(), how.ttl_ms)
@@ -213,9 +214,8 @@ impl<M: Master> LockService<M> {
         ttl_ms: u64,
     ) -> Result<Attempt, Error> {
         let granted = match fence_key {
-            Some(fence_key) => self
-                .redlock
-                .lock_fenced(lock, fence_key, token, ttl_ms)
+            // Boxed, as waiting is: a fenced acquire takes two rounds, one allocation is nothing.
+            Some(fence_key) => Box::pin(self.redlock.lock_fenced(lock, fence_key, token, ttl_ms))
                 .await?
                 .map(|(_, fence)| Some(fence)),
             None => self

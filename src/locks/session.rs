@@ -71,17 +71,12 @@ impl<M: Master> Session<M> {
         key: Bytes,
         how: Acquire,
     ) -> impl Future<Output = Result<Option<Granted>, Error>> + Send + 'static {
-        let session = self.clone();
+        let service = self.service.clone();
+        let keeper = how.session.then(|| self.clone());
         async move {
-            let granted = session
-                .service
-                .acquire(db, &key, token::generate(), how)
-                .await?;
-            if let Some(grant) = &granted
-                && how.session
-            {
-                let lock = session.service.keys.lock(db, &key);
-                session.keep(lock, grant.token.clone(), how.ttl_ms);
+            let granted = service.acquire(db, &key, token::generate(), how).await?;
+            if let (Some(grant), Some(keeper)) = (&granted, keeper) {
+                keeper.keep(service.keys.lock(db, &key), grant.token.clone(), how.ttl_ms);
             }
             Ok(granted)
         }
