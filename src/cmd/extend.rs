@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_ttl_ms};
 use crate::error::Error;
@@ -31,7 +32,7 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
     let extended = client
         .locks
         .extend(client.db, argv[1].clone(), argv[2].clone(), ttl_ms);
-    Ok(Outcome::later(async move {
-        Ok(Reply::Integer(i64::from(extended.await?)))
-    }))
+    Ok(Outcome::later(
+        extended.map(|extended| Ok(Reply::Integer(i64::from(extended?)))),
+    ))
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms};
 use crate::error::Error;
@@ -72,8 +73,8 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
         session,
     };
     let granted = client.locks.lock(client.db, argv[1].clone(), how);
-    Ok(Outcome::later(async move {
-        Ok(match granted.await? {
+    Ok(Outcome::later(granted.map(|granted| {
+        Ok(match granted? {
             Some(grant) => match grant.fence {
                 Some(fence) => Reply::Array(vec![
                     Reply::Bulk(grant.token),
@@ -83,5 +84,5 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
             },
             None => Reply::Null,
         })
-    }))
+    })))
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::{ArgDoc, Client, Outcome, Shared, Spec};
 use crate::error::Error;
@@ -24,10 +25,10 @@ pub const SPEC: Spec = Spec {
 
 fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
     let holder = client.locks.inspect(client.db, argv[1].clone());
-    Ok(Outcome::later(async move {
-        Ok(Reply::Integer(match holder.await? {
+    Ok(Outcome::later(holder.map(|holder| {
+        Ok(Reply::Integer(match holder? {
             Some(holder) => i64::try_from(holder.validity_ms).unwrap_or(i64::MAX),
             None => -2,
         }))
-    }))
+    })))
 }

@@ -171,7 +171,9 @@ impl std::fmt::Debug for Outcome {
 }
 
 impl Outcome {
-    /// A reply that waits on `fut`.
+    /// A reply that waits on `fut`. A command that got a future from the lock service maps it
+    /// (`FutureExt::map`) rather than awaiting it in an `async` block: the block would hold it
+    /// twice, captured and awaited, and the whole is moved into the box at full size.
     pub fn later(fut: impl Future<Output = Result<Reply, Error>> + Send + 'static) -> Outcome {
         Outcome::Later(Box::pin(fut))
     }

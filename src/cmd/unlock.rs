@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::{ArgDoc, Client, Outcome, Shared, Spec};
 use crate::error::Error;
@@ -26,7 +27,7 @@ fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome
     let released = client
         .locks
         .release(client.db, argv[1].clone(), argv[2].clone());
-    Ok(Outcome::later(async move {
-        Ok(Reply::Integer(i64::from(released.await?)))
-    }))
+    Ok(Outcome::later(
+        released.map(|released| Ok(Reply::Integer(i64::from(released?)))),
+    ))
 }
