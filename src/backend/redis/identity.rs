@@ -79,29 +79,38 @@ impl Inner {
     }
 
     /// Records the run a new connection found. Returns when quarantine ends, if this run must
-    /// sit one out: a master up for less than the longest TTL may have restarted without
-    /// locks that are still live elsewhere, and letting it vote could grant one twice.
+    /// sit one out: it may lack locks that are still live elsewhere, and letting it vote could
+    /// grant one twice. That is so of a master up for less than the longest TTL (it may have
+    /// restarted empty), and of any run that replaced the one seen here before, whatever its
+    /// uptime: a restart, or another server behind the same address (a replica promoted by a
+    /// failover misses what its master took after the last write that reached it).
     pub(super) fn observe_run(&self, run_id: &str, uptime: Duration) -> Option<Instant> {
         let mut id = self.identity();
         if id.first_run.is_none() {
             id.first_run = Some(run_id.to_owned());
         }
-        if id.run_id.as_deref() != Some(run_id) {
-            if id.run_id.is_some() {
-                warn!(master = %self.addr, run_id, "master restarted (run_id changed)");
-            }
-            id.run_id = Some(run_id.to_owned());
+        let replaced = id.run_id.as_deref().is_some_and(|seen| seen != run_id);
+        if replaced {
+            warn!(
+                master = %self.addr,
+                run_id,
+                "a new run at this address (run_id changed: a restart, or a failover to another server)"
+            );
         }
+        id.run_id = Some(run_id.to_owned());
         let vouched = self.policy.fresh_at_start && id.first_run.as_deref() == Some(run_id);
         let exempt = self.policy.persistent_masters || vouched;
         // Redis computes uptime from two whole-second clock readings, so it can read up to a
         // second more than the process has really run: count one second less.
         let uptime = uptime.saturating_sub(Duration::from_secs(1));
-        let left = self
-            .policy
-            .max_ttl
-            .checked_sub(uptime)
-            .filter(|d| !d.is_zero());
+        let left = if replaced {
+            Some(self.policy.max_ttl).filter(|d| !d.is_zero())
+        } else {
+            self.policy
+                .max_ttl
+                .checked_sub(uptime)
+                .filter(|d| !d.is_zero())
+        };
         let until = Instant::now() + left.filter(|_| !exempt)?;
         if id.quarantined_until.is_some_and(|u| u >= until) {
             return None;
@@ -109,12 +118,17 @@ impl Inner {
         id.quarantined_until = Some(until);
         self.quarantined.store(true, Ordering::Release);
         id.fences_lost = true;
+        let why = if replaced {
+            "it replaced the run seen at this address"
+        } else {
+            "up for less than max-ttl-ms"
+        };
         warn!(
             master = %self.addr,
             uptime_s = uptime.as_secs(),
             quarantine_ms = (until - Instant::now()).as_millis() as u64,
-            "master quarantined: up for less than max-ttl-ms, it may have lost live locks; \
-             it gets requests but no vote until then"
+            "master quarantined: {why}, it may have lost live locks; it gets requests but no \
+             vote until then"
         );
         Some(until)
     }
@@ -203,6 +217,25 @@ mod tests {
         });
         assert!(m.observe_run("a", Duration::from_secs(61)).is_none());
         assert!(m.quarantine_left().is_none());
+    }
+
+    #[test]
+    fn a_new_run_sits_out_a_whole_max_ttl_whatever_its_uptime() {
+        let m = inner(Quarantine {
+            max_ttl: TTL,
+            persistent_masters: false,
+            fresh_at_start: false,
+        });
+        assert!(m.observe_run("a", Duration::from_secs(3_600)).is_none());
+        assert!(m.votes() && !m.fences_lost());
+        // Another server behind the same address (a promoted replica), up for an hour.
+        assert!(m.observe_run("b", Duration::from_secs(3_600)).is_some());
+        let left = m.quarantine_left().unwrap();
+        assert!(left > Duration::from_secs(59) && left <= TTL, "{left:?}");
+        assert!(!m.votes() && m.fences_lost());
+        // Its later connections find the same run: the quarantine runs its course.
+        assert!(m.observe_run("b", Duration::from_secs(3_601)).is_none());
+        assert!(m.quarantine_left().is_some());
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! Masters as production runs them: a failover behind one address. Each master sits behind a
+//! switchable forwarder (a DNS name or virtual IP); the failover moves an address to a replica
+//! that missed the latest lock. The proxy must not grant that lock again while it is valid.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use redlock_proxy::config::MasterAddr;
+use redlock_proxy::embedded::RedisServer;
+use support::forward::Forwarder;
+use support::{Conn, flatten, is_null, text};
+
+const MAX_TTL_MS: u64 = 3_000;
+
+fn socket(m: &RedisServer) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], m.port()))
+}
+
+/// `field` of a Redis server's `INFO section`.
+async fn info_field(c: &mut Conn, section: &str, field: &str) -> String {
+    let info = flatten(&c.call(&["INFO", section]).await);
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Waits (bounded, about 10 s) until `cond` (which may await) holds.
+macro_rules! until {
+    ($what:expr, $cond:expr) => {{
+        let mut held = false;
+        for _ in 0..1_000 {
+            if $cond {
+                held = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(held, "never: {}", $what);
+    }};
+}
+
+#[tokio::test]
+async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
+    let m = support::masters(4);
+    let (a, b, c, d) = (&m[0], &m[1], &m[2], &m[3]);
+    // D, a replica of A, is promoted before the lock is taken: it will not have it.
+    let mut on_d = Conn::connect(socket(d)).await;
+    let a_port = a.port().to_string();
+    on_d.call(&["REPLICAOF", "127.0.0.1", &a_port]).await;
+    until!(
+        "D replicates A",
+        info_field(&mut on_d, "replication", "master_link_status").await == "up"
+    );
+    on_d.call(&["REPLICAOF", "NO", "ONE"]).await;
+    let d_run = info_field(&mut on_d, "server", "run_id").await;
+    // Every server older than max-ttl-ms (and the second Redis's uptime may overstate), so
+    // the uptime rule alone would let them all vote.
+    until!("the servers are older than max-ttl", {
+        let up = info_field(&mut on_d, "server", "uptime_in_seconds").await;
+        up.parse::<u64>().unwrap_or(0) * 1_000 >= MAX_TTL_MS + 1_000
+    });
+
+    let fa = Forwarder::start(socket(a)).await;
+    let fb = Forwarder::start(socket(b)).await;
+    let fc = Forwarder::start(socket(c)).await;
+    let p = support::proxy_with(&m[..3], |cfg| {
+        cfg.backend.masters = [&fa, &fb, &fc]
+            .iter()
+            .map(|f| MasterAddr::local(f.addr().port()))
+            .collect();
+        cfg.redlock.max_ttl_ms = MAX_TTL_MS;
+        cfg.backend.reconnect_min_ms = 10;
+        cfg.backend.reconnect_max_ms = 100;
+    })
+    .await;
+    let mut client = p.conn().await;
+
+    // C unreachable: the lock lives on A and B only.
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    fc.switch(nowhere);
+    p.wait_for_masters_line("masters_up:2").await;
+    let ttl = MAX_TTL_MS.to_string();
+    let token = text(&client.call(&["LOCK", "k", &ttl]).await);
+    let granted = Instant::now();
+    fc.switch(socket(c));
+    p.wait_for_masters_line("masters_up:3").await;
+
+    // A's address fails over to D.
+    fa.switch(socket(d));
+    let d_line = format!("run_id={d_run},");
+    until!(
+        "the proxy reaches D at A's address",
+        flatten(&client.call(&["INFO", "masters"]).await).contains(&d_line)
+    );
+
+    // D (no lock, long uptime) and C (never got it) must not make a second holder.
+    let again = client.call(&["LOCK", "k", &ttl]).await;
+    assert!(
+        granted.elapsed() < Duration::from_millis(MAX_TTL_MS / 2),
+        "too slow to test: the first lock may have expired"
+    );
+    let again_text = flatten(&again);
+    assert!(
+        is_null(&again),
+        "granted twice: {again_text} (first holder {token})"
+    );
+    let info = flatten(&client.call(&["INFO", "masters"]).await);
+    let master0 = info.lines().find(|l| l.starts_with("master0:")).unwrap();
+    assert!(master0.contains("state=quarantined"), "{master0}");
+    p.stop().await;
+}

@@ -1,0 +1,63 @@
+//! A loopback TCP forwarder whose target can be switched: it stands for the DNS name or virtual
+//! IP that a managed Redis moves to another server on failover. Switching drops every
+//! connection through it, as the failover does; new connections go to the new target (and fail
+//! at once if nothing listens there).
+
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running forwarder; dropping it stops it and every connection through it.
+pub struct Forwarder {
+    addr: SocketAddr,
+    target: watch::Sender<SocketAddr>,
+    accepting: JoinHandle<()>,
+}
+
+impl Forwarder {
+    /// Forwards a free loopback port to `target`.
+    pub async fn start(target: SocketAddr) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(target);
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut switched = rx.clone();
+                let to = *switched.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        // Switched, or the forwarder is gone: both ends close.
+                        _ = switched.changed() => {}
+                    }
+                });
+            }
+        });
+        Forwarder {
+            addr,
+            target: tx,
+            accepting,
+        }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends new connections to `target` and drops the current ones.
+    pub fn switch(&self, target: SocketAddr) {
+        self.target.send_replace(target);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
