@@ -121,6 +121,11 @@ pub struct BackendConfig {
     /// The operator asserts every master persists every write before answering
     /// (`appendfsync always`), so a restarted master lost no lock: no restart quarantine.
     pub persistent_masters: bool,
+    /// How often each master's role and eviction policy (and run) are checked, in ms.
+    pub health_check_ms: u64,
+    /// The operator accepts masters that may evict keys (`maxmemory` with a policy other than
+    /// `noeviction`): they vote, with a warning. Off: such a master does not vote.
+    pub allow_evicting_masters: bool,
     /// Set by the proxy itself (never from the file) when it started the masters: they are known
     /// empty, so their first run needs no quarantine.
     #[serde(skip)]
@@ -183,6 +188,8 @@ impl Default for BackendConfig {
             reconnect_min_ms: 50,
             reconnect_max_ms: 2_000,
             persistent_masters: false,
+            health_check_ms: 500,
+            allow_evicting_masters: false,
             fresh_at_start: false,
         }
     }
@@ -226,6 +233,9 @@ impl Config {
         let s = &self.server;
         let r = &self.redlock;
         let b = &self.backend;
+        if !(10..=60_000).contains(&b.health_check_ms) {
+            return bad("backend.health_check_ms must be between 10 and 60000".into());
+        }
         if s.max_clients == 0 {
             return bad("server.max_clients must be at least 1".into());
         }

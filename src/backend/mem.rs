@@ -194,6 +194,7 @@ impl MemMaster {
             changed_at: 0,
             run_id: None,
             quarantine_left_ms: (!state.votes).then_some(0),
+            held_out: None,
         }
     }
 

@@ -154,8 +154,27 @@ pub struct MasterStatus {
     pub changed_at: u64,
     /// The current run's id, once connected.
     pub run_id: Option<String>,
-    /// Milliseconds before it may vote again; `None` when it votes.
+    /// Milliseconds before a quarantine lets it vote again; `None` when none holds it out.
     pub quarantine_left_ms: Option<u64>,
+    /// What else holds it out (`replica`, `evicting`), until that changes.
+    pub held_out: Option<&'static str>,
+}
+
+impl MasterStatus {
+    /// Up and voting.
+    pub fn votes(&self) -> bool {
+        self.up && self.quarantine_left_ms.is_none() && self.held_out.is_none()
+    }
+
+    /// The state `INFO masters` shows: `down`, what holds it out, or `up`.
+    pub fn state(&self) -> &'static str {
+        match (self.up, self.held_out, self.quarantine_left_ms) {
+            (false, _, _) => "down",
+            (true, Some(why), _) => why,
+            (true, None, Some(_)) => "quarantined",
+            (true, None, None) => "up",
+        }
+    }
 }
 
 /// One Redis master, as the Redlock core sees it.

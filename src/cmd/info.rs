@@ -124,26 +124,25 @@ fn masters(shared: &Shared, out: &mut String) {
     line(
         out,
         "masters_voting",
-        statuses
-            .iter()
-            .filter(|s| s.up && s.quarantine_left_ms.is_none())
-            .count(),
+        statuses.iter().filter(|s| s.votes()).count(),
     );
     line(
         out,
         "master_deadline_ms",
         shared.config.redlock.master_deadline_ms,
     );
+    // The operator let masters that may evict lock keys vote: an evicted key can be granted twice.
+    line(
+        out,
+        "allow_evicting_masters",
+        u8::from(shared.config.backend.allow_evicting_masters),
+    );
     for (i, s) in statuses.iter().enumerate() {
         let _ = write!(
             out,
             "master{i}:addr={},state={},quarantine_left_ms={},run_id={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={}\r\n",
             s.addr,
-            match (s.up, s.quarantine_left_ms) {
-                (false, _) => "down",
-                (true, Some(_)) => "quarantined",
-                (true, None) => "up",
-            },
+            s.state(),
             s.quarantine_left_ms.unwrap_or(0),
             s.run_id.as_deref().unwrap_or("-"),
             s.conns_up,

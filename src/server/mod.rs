@@ -57,7 +57,14 @@ impl Proxy {
             max_ttl: Duration::from_millis(config.redlock.max_ttl_ms),
             persistent_masters: config.backend.persistent_masters,
             fresh_at_start: config.backend.fresh_at_start,
+            allow_evicting: config.backend.allow_evicting_masters,
         };
+        if policy.allow_evicting {
+            warn!(
+                "allow_evicting_masters is set: masters that may evict keys vote, and a lock key \
+                 they evict can be granted twice"
+            );
+        }
         let (released, mut announcements) = tokio::sync::mpsc::unbounded_channel();
         let names = Locks::names(&config.redlock.key_prefix);
         let masters: Vec<Member> = config
@@ -125,7 +132,7 @@ impl Proxy {
         let all_up = || {
             self.shared.locks.masters().iter().all(|m| {
                 let s = m.status();
-                s.up && s.quarantine_left_ms.is_none()
+                s.votes()
             })
         };
         let poll = async {

@@ -1,5 +1,7 @@
-//! A master's run identity and its restart quarantine: which run of the process each new
-//! connection found, whether the master may vote, and whether its fence counters may be lost.
+//! A master's run identity, its restart quarantine and its health: which run of the process
+//! each new connection (and each health check) found, whether the master may vote — not while
+//! quarantined, while a replica, or while it may evict keys — and whether its fence counters
+//! may be lost.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -8,7 +10,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Inner;
+use super::{Inner, RedisMaster};
+use crate::protocol::client::{self, Frame};
+
+/// What a connection's handshake and every health check ask a master.
+pub(super) const INFO: [&[u8]; 4] = [b"INFO", b"server", b"replication", b"memory"];
 
 /// When a master may vote after (re)connecting.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +26,40 @@ pub struct Quarantine {
     /// The masters are known empty when the proxy starts (it started them): the first run
     /// seen of each needs no quarantine.
     pub fresh_at_start: bool,
+    /// The operator lets masters that may evict keys vote.
+    pub allow_evicting: bool,
+}
+
+/// Why a master that answers may not vote, besides a quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum HeldOut {
+    /// `role:slave`: it holds what its own master sends it, and may be promoted without it.
+    Replica,
+    /// `maxmemory` with this policy, which may evict live lock keys.
+    Evicting(String),
+}
+
+impl HeldOut {
+    /// The state `INFO masters` shows.
+    pub(super) fn state(&self) -> &'static str {
+        match self {
+            HeldOut::Replica => "replica",
+            HeldOut::Evicting(_) => "evicting",
+        }
+    }
+}
+
+/// What one `INFO server replication memory` says of a master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Observed {
+    /// `run_id`: changes with every start of the process.
+    pub(super) run_id: String,
+    /// `uptime_in_seconds` (whole seconds; see `observe_run` for why one is taken off).
+    pub(super) uptime: Duration,
+    /// `role:slave`.
+    replica: bool,
+    /// `maxmemory_policy`, when `maxmemory` is set and the policy may evict.
+    evicting: Option<String>,
 }
 
 /// What the proxy knows of a master's current run.
@@ -34,6 +74,10 @@ pub(super) struct Identity {
     /// This run may lack fence counters older than it: set with a quarantine, cleared by a
     /// repair.
     fences_lost: bool,
+    /// What holds it out besides a quarantine.
+    held_out: Option<HeldOut>,
+    /// Its eviction policy was allowed, and the log said so.
+    eviction_allowed_logged: bool,
 }
 
 impl Inner {
@@ -53,15 +97,21 @@ impl Inner {
             .filter(|d| !d.is_zero())
     }
 
-    /// False while the master sits out a quarantine.
+    /// What holds it out besides a quarantine, as `INFO masters` names it.
+    pub(super) fn held_out(&self) -> Option<&'static str> {
+        self.identity().held_out.as_ref().map(HeldOut::state)
+    }
+
+    /// False while the master sits out a quarantine, or something else holds it out.
     pub(super) fn votes(&self) -> bool {
         if !self.quarantined.load(Ordering::Acquire) {
             return true;
         }
         let id = self.identity();
-        let ended = id
-            .quarantined_until
-            .is_none_or(|until| Instant::now() >= until);
+        let ended = id.held_out.is_none()
+            && id
+                .quarantined_until
+                .is_none_or(|until| Instant::now() >= until);
         if ended {
             self.quarantined.store(false, Ordering::Release);
         }
@@ -76,6 +126,59 @@ impl Inner {
     /// Its fence counters were repaired.
     pub(super) fn fences_repaired(&self) {
         self.identity().fences_lost = false;
+    }
+
+    /// Records what a connection or a health check found: the run (see [`Self::observe_run`]),
+    /// and whether the master may vote as it is now. Returns when a quarantine it started ends.
+    pub(super) fn observe(&self, seen: &Observed) -> Option<Instant> {
+        let until = self.observe_run(&seen.run_id, seen.uptime);
+        self.observe_health(seen);
+        until
+    }
+
+    /// Holds a replica out, and a master that may evict keys unless the operator allows it.
+    fn observe_health(&self, seen: &Observed) {
+        let mut id = self.identity();
+        let held_out = match &seen.evicting {
+            _ if seen.replica => Some(HeldOut::Replica),
+            Some(policy) if !self.policy.allow_evicting => Some(HeldOut::Evicting(policy.clone())),
+            Some(policy) => {
+                if !id.eviction_allowed_logged {
+                    id.eviction_allowed_logged = true;
+                    warn!(
+                        master = %self.addr,
+                        policy = %policy,
+                        "master may evict lock keys (maxmemory is set and the policy evicts); it \
+                         votes because allow_evicting_masters is set: an evicted key can be \
+                         granted twice"
+                    );
+                }
+                None
+            }
+            None => None,
+        };
+        if id.held_out == held_out {
+            return;
+        }
+        match &held_out {
+            Some(HeldOut::Replica) => warn!(
+                master = %self.addr,
+                "master is a replica (role:slave): it gets requests but no vote until it is a \
+                 master again"
+            ),
+            Some(HeldOut::Evicting(policy)) => warn!(
+                master = %self.addr,
+                policy = %policy,
+                "master may evict lock keys (maxmemory is set and the policy evicts): it gets \
+                 requests but no vote until maxmemory is 0 or maxmemory-policy is noeviction \
+                 (or allow_evicting_masters is set)"
+            ),
+            None => info!(master = %self.addr, "master votes again: a master that evicts nothing"),
+        }
+        if held_out.is_some() {
+            self.quarantined.store(true, Ordering::Release);
+        }
+        id.held_out = held_out;
     }
 
     /// Records the run a new connection found. Returns when quarantine ends, if this run must
@@ -150,17 +253,54 @@ pub(super) fn announce_release(master: &Arc<Inner>, until: Instant, shutdown: &C
     });
 }
 
-/// `run_id` and `uptime_in_seconds` from `INFO server` text (whole seconds; see
-/// `observe_run` for why one is taken off).
-pub(super) fn parse_run(info: &str) -> Option<(String, Duration)> {
+/// What [`INFO`]'s text says; `None` without a run id or uptime. A field left out (a server
+/// that hides a section) holds nothing out.
+pub(super) fn parse_info(info: &str) -> Option<Observed> {
     let field = |name: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .map(str::trim)
     };
     let run_id = field("run_id")?.to_owned();
-    let uptime = field("uptime_in_seconds")?.parse().ok()?;
-    Some((run_id, Duration::from_secs(uptime)))
+    let uptime = Duration::from_secs(field("uptime_in_seconds")?.parse().ok()?);
+    let maxmemory: u64 = field("maxmemory").and_then(|m| m.parse().ok()).unwrap_or(0);
+    let evicting = field("maxmemory_policy")
+        .filter(|policy| maxmemory > 0 && *policy != "noeviction")
+        .map(str::to_owned);
+    Some(Observed {
+        run_id,
+        uptime,
+        replica: field("role") == Some("slave"),
+        evicting,
+    })
+}
+
+/// Checks the master every `period` for what [`INFO`] tells (its run, role and eviction
+/// policy), so a restart behind a live connection, a demotion or a `CONFIG SET` at run time is
+/// seen within a period. It goes over the master's own connections: no connection of its own,
+/// and nothing to check while none is up.
+pub(super) async fn check_health(
+    master: RedisMaster,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    let info = client::command(&INFO);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if master.0.conns_up.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        let reply = tokio::time::timeout(period, master.send(0, info.clone())).await;
+        if let Ok(Ok(Frame::BulkString(text))) = reply
+            && let Some(seen) = parse_info(&String::from_utf8_lossy(&text))
+            && let Some(until) = master.0.observe(&seen)
+        {
+            announce_release(&master.0, until, &shutdown);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,13 +311,62 @@ mod tests {
     use bytes::Bytes;
 
     #[test]
-    fn run_identity_parses_from_info() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\nuptime_in_seconds:42\r\n";
+    fn what_info_says_is_parsed() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\nuptime_in_seconds:42\r\n\
+                    # Replication\r\nrole:master\r\n# Memory\r\nmaxmemory:0\r\n\
+                    maxmemory_policy:allkeys-lru\r\n";
+        let seen = parse_info(info).unwrap();
         assert_eq!(
-            parse_run(info),
-            Some(("abc123".to_owned(), Duration::from_secs(42)))
+            (seen.run_id.as_str(), seen.uptime),
+            ("abc123", Duration::from_secs(42))
         );
-        assert_eq!(parse_run("run_id:x\r\n"), None);
+        // A policy without maxmemory evicts nothing.
+        assert!(!seen.replica && seen.evicting.is_none());
+        let evicting = info.replace("maxmemory:0", "maxmemory:1048576");
+        let seen = parse_info(&evicting).unwrap();
+        assert_eq!(seen.evicting.as_deref(), Some("allkeys-lru"));
+        let safe = evicting.replace("allkeys-lru", "noeviction");
+        assert!(parse_info(&safe).unwrap().evicting.is_none());
+        let replica = info.replace("role:master", "role:slave");
+        assert!(parse_info(&replica).unwrap().replica);
+        assert_eq!(parse_info("run_id:x\r\n"), None);
+    }
+
+    #[test]
+    fn replicas_and_evicting_masters_do_not_vote() {
+        let policy = Quarantine {
+            max_ttl: TTL,
+            persistent_masters: false,
+            fresh_at_start: true,
+            allow_evicting: false,
+        };
+        let m = inner(policy);
+        let mut seen = Observed {
+            run_id: "a".into(),
+            uptime: Duration::ZERO,
+            replica: false,
+            evicting: None,
+        };
+        assert!(m.observe(&seen).is_none());
+        assert!(m.votes());
+        seen.evicting = Some("volatile-lru".into());
+        m.observe(&seen);
+        assert!(!m.votes() && m.held_out() == Some("evicting"));
+        seen.evicting = None;
+        seen.replica = true;
+        m.observe(&seen);
+        assert!(!m.votes() && m.held_out() == Some("replica"));
+        seen.replica = false;
+        m.observe(&seen);
+        assert!(m.votes() && m.held_out().is_none());
+        // The operator's switch lets an evicting master vote.
+        let allowed = inner(Quarantine {
+            allow_evicting: true,
+            ..policy
+        });
+        seen.evicting = Some("allkeys-lru".into());
+        allowed.observe(&seen);
+        assert!(allowed.votes());
     }
 
     fn inner(policy: Quarantine) -> Inner {
@@ -197,6 +386,7 @@ mod tests {
             max_ttl: TTL,
             persistent_masters: false,
             fresh_at_start: false,
+            allow_evicting: false,
         });
         assert!(m.observe_run("a", Duration::from_secs(10)).is_some());
         let left = m.quarantine_left().unwrap();
@@ -214,6 +404,7 @@ mod tests {
             max_ttl: TTL,
             persistent_masters: false,
             fresh_at_start: false,
+            allow_evicting: false,
         });
         assert!(m.observe_run("a", Duration::from_secs(61)).is_none());
         assert!(m.quarantine_left().is_none());
@@ -225,6 +416,7 @@ mod tests {
             max_ttl: TTL,
             persistent_masters: false,
             fresh_at_start: false,
+            allow_evicting: false,
         });
         assert!(m.observe_run("a", Duration::from_secs(3_600)).is_none());
         assert!(m.votes() && !m.fences_lost());
@@ -244,6 +436,7 @@ mod tests {
             max_ttl: TTL,
             persistent_masters: true,
             fresh_at_start: false,
+            allow_evicting: false,
         });
         assert!(persistent.observe_run("a", Duration::ZERO).is_none());
         assert!(persistent.observe_run("b", Duration::ZERO).is_none());
@@ -252,6 +445,7 @@ mod tests {
             max_ttl: TTL,
             persistent_masters: false,
             fresh_at_start: true,
+            allow_evicting: false,
         });
         assert!(fresh.observe_run("a", Duration::ZERO).is_none());
         assert!(fresh.observe_run("a", Duration::from_secs(1)).is_none());

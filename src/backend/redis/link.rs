@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::identity::{announce_release, parse_run};
+use super::identity::{INFO, Observed, announce_release, parse_info};
 use super::master::Vote;
 use super::scripts;
 use super::{Inner, unix_now};
@@ -342,14 +342,14 @@ impl Link {
 }
 
 impl Reconnect for Link {
-    type Open = (TcpStream, String, Duration);
+    type Open = (TcpStream, Observed);
 
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
         connect(&self.master.addr).await
     }
 
-    async fn serve(&mut self, (stream, run_id, uptime): Self::Open) {
-        if let Some(until) = self.master.observe_run(&run_id, uptime) {
+    async fn serve(&mut self, (stream, seen): Self::Open) {
+        if let Some(until) = self.master.observe(&seen) {
             announce_release(&self.master, until, &self.shutdown);
         }
         self.failures_in_a_row = 0;
@@ -381,9 +381,9 @@ impl Reconnect for Link {
     }
 }
 
-/// Opens a connection and prepares it: credentials, database, scripts; returns it with the
-/// master's run id and uptime.
-pub(super) async fn connect(addr: &MasterAddr) -> Result<(TcpStream, String, Duration), LinkError> {
+/// Opens a connection and prepares it: credentials, database, scripts; returns it with what
+/// the master's `INFO` says of its run, role and eviction policy.
+pub(super) async fn connect(addr: &MasterAddr) -> Result<(TcpStream, Observed), LinkError> {
     let mut stream = TcpStream::connect(addr.host_port()).await?;
     stream.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
@@ -424,17 +424,17 @@ pub(super) async fn connect(addr: &MasterAddr) -> Result<(TcpStream, String, Dur
             }
         }
     }
-    let info = match round_trip(&mut stream, &mut buf, &[b"INFO", b"server"]).await? {
+    let info = match round_trip(&mut stream, &mut buf, &INFO).await? {
         Frame::BulkString(text) => String::from_utf8_lossy(&text).into_owned(),
         reply => {
             return Err(LinkError::Handshake {
-                step: "INFO server",
+                step: "INFO",
                 reply,
             });
         }
     };
-    let (run_id, uptime) = parse_run(&info).ok_or(LinkError::NoRunId)?;
-    Ok((stream, run_id, uptime))
+    let seen = parse_info(&info).ok_or(LinkError::NoRunId)?;
+    Ok((stream, seen))
 }
 
 /// Sends one command and reads its reply, during a handshake.

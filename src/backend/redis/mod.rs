@@ -31,7 +31,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -62,8 +62,8 @@ struct Inner {
     reconnects: AtomicU64,
     policy: Quarantine,
     identity: Mutex<Identity>,
-    /// False while no quarantine is known to last, so voting needs no lock; set and cleared
-    /// under `identity`'s lock.
+    /// False while nothing is known to hold the master out (a quarantine, a replica's role, an
+    /// eviction policy), so voting needs no lock; set and cleared under `identity`'s lock.
     quarantined: AtomicBool,
     /// The proxy's names on the master besides lock keys.
     names: Names,
@@ -109,7 +109,10 @@ impl RedisMaster {
             let link = Link::new(master.clone(), i, rx, shutdown.clone());
             tracker.spawn(link::reconnecting(link, cfg.clone(), shutdown.clone()));
         }
-        RedisMaster(master)
+        let period = Duration::from_millis(cfg.health_check_ms);
+        let master = RedisMaster(master);
+        tracker.spawn(identity::check_health(master.clone(), period, shutdown));
+        master
     }
 
     /// The address it was started with.
@@ -121,8 +124,9 @@ impl RedisMaster {
     pub fn status(&self) -> MasterStatus {
         let inner = &self.0;
         let conns_up = inner.conns_up.load(Ordering::Relaxed);
-        // Two statements: each takes the identity lock once and lets it go.
+        // Separate statements: each takes the identity lock once and lets it go.
         let run_id = inner.run_id();
+        let held_out = inner.held_out();
         let quarantine_left_ms = inner
             .quarantine_left()
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -138,6 +142,7 @@ impl RedisMaster {
             changed_at: inner.changed_at.load(Ordering::Relaxed),
             run_id,
             quarantine_left_ms,
+            held_out,
         }
     }
 

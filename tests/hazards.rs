@@ -1,6 +1,7 @@
-//! Masters as production runs them: a failover behind one address. Each master sits behind a
-//! switchable forwarder (a DNS name or virtual IP); the failover moves an address to a replica
-//! that missed the latest lock. The proxy must not grant that lock again while it is valid.
+//! Masters as production runs them, with real processes: a failover behind one address (each
+//! master behind a switchable forwarder standing for a DNS name or virtual IP, moved to a
+//! replica that missed the latest lock), a master that may evict keys, a master demoted to a
+//! replica. None of them may help grant a lock twice.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use redlock_proxy::config::MasterAddr;
 use redlock_proxy::embedded::RedisServer;
 use support::forward::Forwarder;
-use support::{Conn, flatten, is_null, text};
+use support::{Conn, error, flatten, is_null, text};
 
 const MAX_TTL_MS: u64 = 3_000;
 
@@ -110,5 +111,41 @@ async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
     let info = flatten(&client.call(&["INFO", "masters"]).await);
     let master0 = info.lines().find(|l| l.starts_with("master0:")).unwrap();
     assert!(master0.contains("state=quarantined"), "{master0}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn masters_that_may_evict_or_are_replicas_do_not_vote() {
+    let mut m = support::masters(4);
+    let p = support::proxy_with(&m[..3], |cfg| cfg.backend.health_check_ms = 20).await;
+    let mut client = p.conn().await;
+    // One master dead, one that may evict lock keys: one safe master is not a quorum.
+    m[2].kill();
+    p.wait_for_masters_line("masters_up:2").await;
+    let mut on_a = Conn::connect(socket(&m[0])).await;
+    on_a.call(&["CONFIG", "SET", "maxmemory", "100mb"]).await;
+    on_a.call(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+        .await;
+    p.wait_for_masters_line("masters_voting:1").await;
+    let refused = client.call(&["LOCK", "k", "5000"]).await;
+    assert!(error(&refused).starts_with("NOQUORUM "), "{refused:?}");
+    let info = flatten(&client.call(&["INFO", "masters"]).await);
+    assert!(
+        info.contains("master0:") && info.contains("state=evicting"),
+        "{info}"
+    );
+    // A policy that evicts nothing: it votes again.
+    on_a.call(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await;
+    p.wait_for_masters_line("masters_voting:2").await;
+    assert!(!is_null(&client.call(&["LOCK", "k", "5000"]).await));
+    // A master demoted to a replica of another server does not vote.
+    let mut on_b = Conn::connect(socket(&m[1])).await;
+    let other = m[3].port().to_string();
+    on_b.call(&["REPLICAOF", "127.0.0.1", &other]).await;
+    p.wait_for_masters_line("masters_voting:1").await;
+    let info = flatten(&client.call(&["INFO", "masters"]).await);
+    let master1 = info.lines().find(|l| l.starts_with("master1:")).unwrap();
+    assert!(master1.contains("state=replica"), "{master1}");
     p.stop().await;
 }
