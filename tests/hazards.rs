@@ -149,3 +149,102 @@ async fn masters_that_may_evict_or_are_replicas_do_not_vote() {
     assert!(master1.contains("state=replica"), "{master1}");
     p.stop().await;
 }
+
+/// Waits (bounded) until the proxy has written its run marker on `on`.
+async fn marker_written(on: &mut Conn) {
+    until!(
+        "the run marker is written",
+        !is_null(&on.call(&["GET", "redlock:run"]).await)
+    );
+}
+
+#[tokio::test]
+async fn a_flush_on_two_masters_does_not_grant_a_held_lock_again() {
+    let m = support::masters(3);
+    let p = support::proxy_with(&m, |cfg| cfg.backend.health_check_ms = 20).await;
+    let mut client = p.conn().await;
+    let mut on_a = Conn::connect(socket(&m[0])).await;
+    let mut on_b = Conn::connect(socket(&m[1])).await;
+    marker_written(&mut on_a).await;
+    marker_written(&mut on_b).await;
+    let token = text(&client.call(&["LOCK", "k", "30000"]).await);
+    on_a.call(&["FLUSHALL"]).await;
+    on_b.call(&["FLUSHALL"]).await;
+    // Both flushed masters sit out; the one that kept the lock cannot grant it alone.
+    p.wait_for_masters_line("masters_voting:1").await;
+    let again = client.call(&["LOCK", "k", "30000"]).await;
+    let again_text = flatten(&again);
+    assert!(
+        !again_text.is_empty() && (is_null(&again) || again_text.starts_with("NOQUORUM")),
+        "granted twice: {again_text} (first holder {token})"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_started_after_a_failover_does_not_grant_a_held_lock_again() {
+    let mut m = support::masters(4);
+    let mut on_d = Conn::connect(socket(&m[3])).await;
+    until!("the servers are older than max-ttl", {
+        let up = info_field(&mut on_d, "server", "uptime_in_seconds").await;
+        up.parse::<u64>().unwrap_or(0) * 1_000 >= MAX_TTL_MS + 1_000
+    });
+    let fa = Forwarder::start(socket(&m[0])).await;
+    let fb = Forwarder::start(socket(&m[1])).await;
+    let fc = Forwarder::start(socket(&m[2])).await;
+    let through_forwarders = |cfg: &mut redlock_proxy::config::Config| {
+        cfg.backend.masters = [&fa, &fb, &fc]
+            .iter()
+            .map(|f| MasterAddr::local(f.addr().port()))
+            .collect();
+        cfg.redlock.max_ttl_ms = MAX_TTL_MS;
+        cfg.backend.reconnect_min_ms = 10;
+        cfg.backend.reconnect_max_ms = 100;
+        cfg.backend.health_check_ms = 20;
+    };
+    let first = support::proxy_with(&m[..3], through_forwarders).await;
+    let mut on_a = Conn::connect(socket(&m[0])).await;
+    marker_written(&mut on_a).await;
+    marker_written(&mut Conn::connect(socket(&m[2])).await).await;
+    // D copies A, marker included, and is promoted before the lock is taken.
+    let a_port = m[0].port().to_string();
+    on_d.call(&["REPLICAOF", "127.0.0.1", &a_port]).await;
+    until!(
+        "D replicates A",
+        info_field(&mut on_d, "replication", "master_link_status").await == "up"
+    );
+    on_d.call(&["REPLICAOF", "NO", "ONE"]).await;
+    // C unreachable: the lock lives on A and B.
+    let mut client = first.conn().await;
+    fc.switch(SocketAddr::from(([127, 0, 0, 1], support::free_port())));
+    first.wait_for_masters_line("masters_up:2").await;
+    let ttl = MAX_TTL_MS.to_string();
+    let token = text(&client.call(&["LOCK", "k", &ttl]).await);
+    let granted = Instant::now();
+    fc.switch(socket(&m[2]));
+    first.wait_for_masters_line("masters_up:3").await;
+    drop(client);
+    first.stop().await;
+
+    // A fails over to D; a new proxy, which never saw A, starts behind the same addresses.
+    fa.switch(socket(&m[3]));
+    m[0].kill();
+    let second = support::proxy_with(&m[..3], |cfg| {
+        through_forwarders(cfg);
+        cfg.backend.fresh_at_start = false;
+    })
+    .await;
+    second.wait_for_masters_line("masters_up:3").await;
+    let mut client = second.conn().await;
+    let again = client.call(&["LOCK", "k", &ttl]).await;
+    assert!(
+        granted.elapsed() < Duration::from_millis(MAX_TTL_MS / 2),
+        "too slow to test: the first lock may have expired"
+    );
+    let again_text = flatten(&again);
+    assert!(
+        is_null(&again),
+        "granted twice: {again_text} (first holder {token})"
+    );
+    second.stop().await;
+}

@@ -116,6 +116,10 @@ pub struct Names {
     /// The floor under every fence counter, raised when counters had to be rebuilt with no
     /// majority that kept them.
     pub fence_floor: Bytes,
+    /// The run marker: the `run_id` of the run the master's data was written in, set by the
+    /// proxy once the master votes. A marker that vanishes (a flush) or names another run (a
+    /// promoted replica, a restored snapshot) says the data may lack live locks.
+    pub run_marker: Bytes,
 }
 
 /// An answer to a vote that is still to come.

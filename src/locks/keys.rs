@@ -5,7 +5,8 @@
 //! - `Pwaiting:{db}:{key}` — exists while some proxy waits for that lock: its releases are then
 //!   published on `Preleased`, which every proxy subscribes to;
 //! - `Pfence:{db}:{key}` — the lock's fence counter (`LOCK ... FENCE`);
-//! - `Pfence-floor` — the floor under every fence counter.
+//! - `Pfence-floor` — the floor under every fence counter;
+//! - `Prun` — the run marker: the `run_id` the master's data was written in.
 //!
 //! Lock keys continue the prefix with a database number, so no lock key can take any of the
 //! other names, and the database number ends at the first `:`, so no two (database, key) pairs
@@ -72,6 +73,7 @@ impl Schema {
             release_channel: name("released"),
             fence_pattern: name("fence:*"),
             fence_floor: name("fence-floor"),
+            run_marker: name("run"),
         }
     }
 
@@ -100,6 +102,7 @@ mod tests {
         assert_eq!(&names.release_channel[..], b"redlock:released");
         assert_eq!(&names.fence_pattern[..], b"redlock:fence:*");
         assert_eq!(&names.fence_floor[..], b"redlock:fence-floor");
+        assert_eq!(&names.run_marker[..], b"redlock:run");
     }
 
     #[test]

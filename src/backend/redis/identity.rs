@@ -60,6 +60,8 @@ pub(super) struct Observed {
     replica: bool,
     /// `maxmemory_policy`, when `maxmemory` is set and the policy may evict.
     evicting: Option<String>,
+    /// The run marker's value (`None`: absent).
+    pub(super) marker: Option<String>,
 }
 
 /// What the proxy knows of a master's current run.
@@ -78,6 +80,11 @@ pub(super) struct Identity {
     held_out: Option<HeldOut>,
     /// Its eviction policy was allowed, and the log said so.
     eviction_allowed_logged: bool,
+    /// The run marker is known to name the current run (read so, or written).
+    marker_current: bool,
+    /// A marker naming another run that already started a quarantine: seen again, it is the
+    /// same news.
+    stale_marker: Option<String>,
 }
 
 impl Inner {
@@ -133,7 +140,55 @@ impl Inner {
     pub(super) fn observe(&self, seen: &Observed) -> Option<Instant> {
         let until = self.observe_run(&seen.run_id, seen.uptime);
         self.observe_health(seen);
-        until
+        self.observe_marker(seen.marker.as_deref()).or(until)
+    }
+
+    /// Quarantines a master whose run marker vanished while the proxy watched (a flush) or
+    /// names another run (data written elsewhere: a promoted replica, a restored snapshot): its
+    /// data may lack live locks, whatever its uptime. A master seen for the first time without
+    /// a marker may be new or flushed; nothing here tells which, and it is not held out.
+    fn observe_marker(&self, marker: Option<&str>) -> Option<Instant> {
+        let mut id = self.identity();
+        let run = id.run_id.clone()?;
+        let why = match marker {
+            Some(m) if m == run => {
+                id.marker_current = true;
+                return None;
+            }
+            Some(other) if id.stale_marker.as_deref() == Some(other) => return None,
+            Some(other) => {
+                id.stale_marker = Some(other.to_owned());
+                "its data was written in another run (a promoted replica or a restored snapshot)"
+            }
+            None if id.marker_current => "its data was flushed (the run marker vanished)",
+            None => return None,
+        };
+        id.marker_current = false;
+        if self.policy.persistent_masters {
+            return None;
+        }
+        self.quarantine(&mut id, self.policy.max_ttl, why)
+    }
+
+    /// The run the marker should name, when it must be written: the master votes (a quarantine
+    /// it sits out ends first, so every proxy that meets the old marker meanwhile holds the
+    /// master out too) and its marker does not name its run yet.
+    pub(super) fn marker_to_write(&self) -> Option<String> {
+        let id = self.identity();
+        let voting = id.held_out.is_none()
+            && id
+                .quarantined_until
+                .is_none_or(|until| Instant::now() >= until);
+        (voting && !id.marker_current).then(|| id.run_id.clone())?
+    }
+
+    /// The marker now names `run`.
+    pub(super) fn marker_written(&self, run: &str) {
+        let mut id = self.identity();
+        if id.run_id.as_deref() == Some(run) {
+            id.marker_current = true;
+            id.stale_marker = None;
+        }
     }
 
     /// Holds a replica out, and a master that may evict keys unless the operator allows it.
@@ -214,22 +269,28 @@ impl Inner {
                 .checked_sub(uptime)
                 .filter(|d| !d.is_zero())
         };
-        let until = Instant::now() + left.filter(|_| !exempt)?;
+        let left = left.filter(|_| !exempt)?;
+        let why = if replaced {
+            "it replaced the run seen at this address"
+        } else {
+            "up for less than max-ttl-ms"
+        };
+        self.quarantine(&mut id, left, why)
+    }
+
+    /// Holds the master out for `left` from now (unless a quarantine already lasts longer), and
+    /// counts its fence counters as lost. Returns when it ends.
+    fn quarantine(&self, id: &mut Identity, left: Duration, why: &str) -> Option<Instant> {
+        let until = Instant::now() + left;
         if id.quarantined_until.is_some_and(|u| u >= until) {
             return None;
         }
         id.quarantined_until = Some(until);
         self.quarantined.store(true, Ordering::Release);
         id.fences_lost = true;
-        let why = if replaced {
-            "it replaced the run seen at this address"
-        } else {
-            "up for less than max-ttl-ms"
-        };
         warn!(
             master = %self.addr,
-            uptime_s = uptime.as_secs(),
-            quarantine_ms = (until - Instant::now()).as_millis() as u64,
+            quarantine_ms = left.as_millis() as u64,
             "master quarantined: {why}, it may have lost live locks; it gets requests but no \
              vote until then"
         );
@@ -272,19 +333,32 @@ pub(super) fn parse_info(info: &str) -> Option<Observed> {
         uptime,
         replica: field("role") == Some("slave"),
         evicting,
+        marker: None,
     })
 }
 
+/// The run marker's value from a `GET` reply; `None` when the reply is not one.
+pub(super) fn parse_marker(reply: Frame) -> Option<Option<String>> {
+    match reply {
+        Frame::BulkString(v) => Some(Some(String::from_utf8_lossy(&v).into_owned())),
+        Frame::Null => Some(None),
+        _ => None,
+    }
+}
+
 /// Checks the master every `period` for what [`INFO`] tells (its run, role and eviction
-/// policy), so a restart behind a live connection, a demotion or a `CONFIG SET` at run time is
-/// seen within a period. It goes over the master's own connections: no connection of its own,
-/// and nothing to check while none is up.
+/// policy) and for its run marker, so a restart behind a live connection, a demotion, a
+/// `CONFIG SET` or a flush at run time is seen within a period; and writes the marker once the
+/// master votes. It goes over the master's own connections: no connection of its own, and
+/// nothing to check while none is up.
 pub(super) async fn check_health(
     master: RedisMaster,
     period: Duration,
     shutdown: CancellationToken,
 ) {
+    let marker = master.0.names.run_marker.clone();
     let info = client::command(&INFO);
+    let get = client::command(&[b"GET", &marker]);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -293,12 +367,22 @@ pub(super) async fn check_health(
         if master.0.conns_up.load(Ordering::Acquire) == 0 {
             continue;
         }
-        let reply = tokio::time::timeout(period, master.send(0, info.clone())).await;
-        if let Ok(Ok(Frame::BulkString(text))) = reply
-            && let Some(seen) = parse_info(&String::from_utf8_lossy(&text))
-            && let Some(until) = master.0.observe(&seen)
+        let (info, get) = (master.send(0, info.clone()), master.send(0, get.clone()));
+        let replies = tokio::time::timeout(period, async { (info.await, get.await) }).await;
+        if let Ok((Ok(Frame::BulkString(text)), Ok(reply))) = replies
+            && let Some(mut seen) = parse_info(&String::from_utf8_lossy(&text))
+            && let Some(value) = parse_marker(reply)
         {
-            announce_release(&master.0, until, &shutdown);
+            seen.marker = value;
+            if let Some(until) = master.0.observe(&seen) {
+                announce_release(&master.0, until, &shutdown);
+            }
+        }
+        if let Some(run) = master.0.marker_to_write() {
+            let set = master.send(0, client::command(&[b"SET", &marker, run.as_bytes()]));
+            if let Ok(Ok(_)) = tokio::time::timeout(period, set).await {
+                master.0.marker_written(&run);
+            }
         }
     }
 }
@@ -346,6 +430,7 @@ mod tests {
             uptime: Duration::ZERO,
             replica: false,
             evicting: None,
+            marker: None,
         };
         assert!(m.observe(&seen).is_none());
         assert!(m.votes());
@@ -374,6 +459,7 @@ mod tests {
             release_channel: Bytes::new(),
             fence_pattern: Bytes::new(),
             fence_floor: Bytes::new(),
+            run_marker: Bytes::new(),
         };
         Inner::new(MasterAddr::local(1), Box::new([]), policy, &names)
     }
@@ -428,6 +514,48 @@ mod tests {
         // Its later connections find the same run: the quarantine runs its course.
         assert!(m.observe_run("b", Duration::from_secs(3_601)).is_none());
         assert!(m.quarantine_left().is_some());
+    }
+
+    #[test]
+    fn a_vanished_or_foreign_run_marker_starts_a_quarantine_once() {
+        let m = inner(Quarantine {
+            max_ttl: TTL,
+            persistent_masters: false,
+            fresh_at_start: true,
+            allow_evicting: false,
+        });
+        let mut seen = Observed {
+            run_id: "a".into(),
+            uptime: Duration::ZERO,
+            replica: false,
+            evicting: None,
+            marker: None,
+        };
+        // First contact without a marker: nothing known; it votes, and the marker is due.
+        assert!(m.observe(&seen).is_none());
+        assert_eq!(m.marker_to_write().as_deref(), Some("a"));
+        m.marker_written("a");
+        assert_eq!(m.marker_to_write(), None);
+        seen.marker = Some("a".into());
+        assert!(m.observe(&seen).is_none() && m.votes());
+        // Flushed: the marker vanished while watched.
+        seen.marker = None;
+        assert!(m.observe(&seen).is_some());
+        assert!(!m.votes() && m.fences_lost());
+        // Not rewritten while the quarantine lasts, and seen again it is no new quarantine.
+        assert_eq!(m.marker_to_write(), None);
+        assert!(m.observe(&seen).is_none());
+        // A marker naming another run (a promoted replica's copy) quarantines a fresh master.
+        let fresh = inner(Quarantine {
+            max_ttl: TTL,
+            persistent_masters: false,
+            fresh_at_start: true,
+            allow_evicting: false,
+        });
+        seen.marker = Some("old".into());
+        assert!(fresh.observe(&seen).is_some());
+        assert!(fresh.observe(&seen).is_none());
+        assert!(!fresh.votes());
     }
 
     #[test]

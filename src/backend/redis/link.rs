@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::identity::{INFO, Observed, announce_release, parse_info};
+use super::identity::{INFO, Observed, announce_release, parse_info, parse_marker};
 use super::master::Vote;
 use super::scripts;
 use super::{Inner, unix_now};
@@ -345,7 +345,7 @@ impl Reconnect for Link {
     type Open = (TcpStream, Observed);
 
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
-        connect(&self.master.addr).await
+        connect(&self.master.addr, &self.master.names.run_marker).await
     }
 
     async fn serve(&mut self, (stream, seen): Self::Open) {
@@ -382,8 +382,12 @@ impl Reconnect for Link {
 }
 
 /// Opens a connection and prepares it: credentials, database, scripts; returns it with what
-/// the master's `INFO` says of its run, role and eviction policy.
-pub(super) async fn connect(addr: &MasterAddr) -> Result<(TcpStream, Observed), LinkError> {
+/// the master's `INFO` says of its run, role and eviction policy, and its run `marker` (read
+/// before the connection carries any vote).
+pub(super) async fn connect(
+    addr: &MasterAddr,
+    marker: &[u8],
+) -> Result<(TcpStream, Observed), LinkError> {
     let mut stream = TcpStream::connect(addr.host_port()).await?;
     stream.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
@@ -433,7 +437,17 @@ pub(super) async fn connect(addr: &MasterAddr) -> Result<(TcpStream, Observed), 
             });
         }
     };
-    let seen = parse_info(&info).ok_or(LinkError::NoRunId)?;
+    let mut seen = parse_info(&info).ok_or(LinkError::NoRunId)?;
+    let reply = round_trip(&mut stream, &mut buf, &[b"GET", marker]).await?;
+    seen.marker = match parse_marker(reply.clone()) {
+        Some(value) => value,
+        None => {
+            return Err(LinkError::Handshake {
+                step: "GET run marker",
+                reply,
+            });
+        }
+    };
     Ok((stream, seen))
 }
 

@@ -63,7 +63,7 @@ impl Reconnect for Relay {
     type Open = (TcpStream, BytesMut);
 
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
-        let (mut stream, _) = connect(&self.master.addr).await?;
+        let (mut stream, _) = connect(&self.master.addr, &self.master.names.run_marker).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let channel = &self.master.names.release_channel;
         let reply = round_trip(&mut stream, &mut buf, &[b"SUBSCRIBE", channel]).await?;
