@@ -8,7 +8,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use redlock_proxy::config::MasterAddr;
+use redis_protocol::resp3::types::OwnedFrame;
+use redlock_proxy::config::{Config, MasterAddr};
 use redlock_proxy::embedded::RedisServer;
 use support::forward::Forwarder;
 use support::{Conn, error, flatten, is_null, text};
@@ -26,6 +27,33 @@ async fn info_field(c: &mut Conn, section: &str, field: &str) -> String {
         .find_map(|l| l.trim().strip_prefix(&format!("{field}:")))
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A test proxy's masters behind `forwarders`, with a short max-ttl, quick reconnects and
+/// health checks.
+fn through(cfg: &mut Config, forwarders: [&Forwarder; 3]) {
+    cfg.backend.masters = forwarders
+        .iter()
+        .map(|f| MasterAddr::local(f.addr().port()))
+        .collect();
+    cfg.redlock.max_ttl_ms = MAX_TTL_MS;
+    cfg.backend.reconnect_min_ms = 10;
+    cfg.backend.reconnect_max_ms = 100;
+    cfg.backend.health_check_ms = 20;
+}
+
+/// Asserts that `again`, a second `LOCK` of a key granted at `granted` with `token`, was not
+/// granted while the first lock was surely still valid.
+fn assert_not_granted_again(again: &OwnedFrame, granted: Instant, token: &str) {
+    assert!(
+        granted.elapsed() < Duration::from_millis(MAX_TTL_MS / 2),
+        "too slow to test: the first lock may have expired"
+    );
+    let again_text = flatten(again);
+    assert!(
+        is_null(again),
+        "granted twice: {again_text} (first holder {token})"
+    );
 }
 
 /// Waits (bounded, about 10 s) until `cond` (which may await) holds.
@@ -67,16 +95,7 @@ async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
     let fa = Forwarder::start(socket(a)).await;
     let fb = Forwarder::start(socket(b)).await;
     let fc = Forwarder::start(socket(c)).await;
-    let p = support::proxy_with(&m[..3], |cfg| {
-        cfg.backend.masters = [&fa, &fb, &fc]
-            .iter()
-            .map(|f| MasterAddr::local(f.addr().port()))
-            .collect();
-        cfg.redlock.max_ttl_ms = MAX_TTL_MS;
-        cfg.backend.reconnect_min_ms = 10;
-        cfg.backend.reconnect_max_ms = 100;
-    })
-    .await;
+    let p = support::proxy_with(&m[..3], |cfg| through(cfg, [&fa, &fb, &fc])).await;
     let mut client = p.conn().await;
 
     // C unreachable: the lock lives on A and B only.
@@ -99,15 +118,7 @@ async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
 
     // D (no lock, long uptime) and C (never got it) must not make a second holder.
     let again = client.call(&["LOCK", "k", &ttl]).await;
-    assert!(
-        granted.elapsed() < Duration::from_millis(MAX_TTL_MS / 2),
-        "too slow to test: the first lock may have expired"
-    );
-    let again_text = flatten(&again);
-    assert!(
-        is_null(&again),
-        "granted twice: {again_text} (first holder {token})"
-    );
+    assert_not_granted_again(&again, granted, &token);
     let info = flatten(&client.call(&["INFO", "masters"]).await);
     let master0 = info.lines().find(|l| l.starts_with("master0:")).unwrap();
     assert!(master0.contains("state=quarantined"), "{master0}");
@@ -192,17 +203,7 @@ async fn a_proxy_started_after_a_failover_does_not_grant_a_held_lock_again() {
     let fa = Forwarder::start(socket(&m[0])).await;
     let fb = Forwarder::start(socket(&m[1])).await;
     let fc = Forwarder::start(socket(&m[2])).await;
-    let through_forwarders = |cfg: &mut redlock_proxy::config::Config| {
-        cfg.backend.masters = [&fa, &fb, &fc]
-            .iter()
-            .map(|f| MasterAddr::local(f.addr().port()))
-            .collect();
-        cfg.redlock.max_ttl_ms = MAX_TTL_MS;
-        cfg.backend.reconnect_min_ms = 10;
-        cfg.backend.reconnect_max_ms = 100;
-        cfg.backend.health_check_ms = 20;
-    };
-    let first = support::proxy_with(&m[..3], through_forwarders).await;
+    let first = support::proxy_with(&m[..3], |cfg| through(cfg, [&fa, &fb, &fc])).await;
     let mut on_a = Conn::connect(socket(&m[0])).await;
     marker_written(&mut on_a).await;
     marker_written(&mut Conn::connect(socket(&m[2])).await).await;
@@ -230,21 +231,13 @@ async fn a_proxy_started_after_a_failover_does_not_grant_a_held_lock_again() {
     fa.switch(socket(&m[3]));
     m[0].kill();
     let second = support::proxy_with(&m[..3], |cfg| {
-        through_forwarders(cfg);
+        through(cfg, [&fa, &fb, &fc]);
         cfg.backend.fresh_at_start = false;
     })
     .await;
     second.wait_for_masters_line("masters_up:3").await;
     let mut client = second.conn().await;
     let again = client.call(&["LOCK", "k", &ttl]).await;
-    assert!(
-        granted.elapsed() < Duration::from_millis(MAX_TTL_MS / 2),
-        "too slow to test: the first lock may have expired"
-    );
-    let again_text = flatten(&again);
-    assert!(
-        is_null(&again),
-        "granted twice: {again_text} (first holder {token})"
-    );
+    assert_not_granted_again(&again, granted, &token);
     second.stop().await;
 }

@@ -419,19 +419,11 @@ mod tests {
     #[test]
     fn replicas_and_evicting_masters_do_not_vote() {
         let policy = Quarantine {
-            max_ttl: TTL,
-            persistent_masters: false,
             fresh_at_start: true,
-            allow_evicting: false,
+            ..STRICT
         };
         let m = inner(policy);
-        let mut seen = Observed {
-            run_id: "a".into(),
-            uptime: Duration::ZERO,
-            replica: false,
-            evicting: None,
-            marker: None,
-        };
+        let mut seen = seen("a");
         assert!(m.observe(&seen).is_none());
         assert!(m.votes());
         seen.evicting = Some("volatile-lru".into());
@@ -466,14 +458,28 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    /// What a master with run `run` says: a master, evicting nothing, without a marker.
+    fn seen(run: &str) -> Observed {
+        Observed {
+            run_id: run.into(),
+            uptime: Duration::ZERO,
+            replica: false,
+            evicting: None,
+            marker: None,
+        }
+    }
+
+    /// Quarantine on, no exemption.
+    const STRICT: Quarantine = Quarantine {
+        max_ttl: TTL,
+        persistent_masters: false,
+        fresh_at_start: false,
+        allow_evicting: false,
+    };
+
     #[test]
     fn young_masters_sit_out_until_max_ttl() {
-        let m = inner(Quarantine {
-            max_ttl: TTL,
-            persistent_masters: false,
-            fresh_at_start: false,
-            allow_evicting: false,
-        });
+        let m = inner(STRICT);
         assert!(m.observe_run("a", Duration::from_secs(10)).is_some());
         let left = m.quarantine_left().unwrap();
         // 60 s − 10 s of reported uptime, plus the second by which Redis's whole-second
@@ -486,24 +492,14 @@ mod tests {
         assert!(m.observe_run("a", Duration::from_secs(11)).is_none());
         assert!(m.quarantine_left().unwrap() > Duration::from_secs(50));
         // An old master votes at once.
-        let m = inner(Quarantine {
-            max_ttl: TTL,
-            persistent_masters: false,
-            fresh_at_start: false,
-            allow_evicting: false,
-        });
+        let m = inner(STRICT);
         assert!(m.observe_run("a", Duration::from_secs(61)).is_none());
         assert!(m.quarantine_left().is_none());
     }
 
     #[test]
     fn a_new_run_sits_out_a_whole_max_ttl_whatever_its_uptime() {
-        let m = inner(Quarantine {
-            max_ttl: TTL,
-            persistent_masters: false,
-            fresh_at_start: false,
-            allow_evicting: false,
-        });
+        let m = inner(STRICT);
         assert!(m.observe_run("a", Duration::from_secs(3_600)).is_none());
         assert!(m.votes() && !m.fences_lost());
         // Another server behind the same address (a promoted replica), up for an hour.
@@ -519,18 +515,10 @@ mod tests {
     #[test]
     fn a_vanished_or_foreign_run_marker_starts_a_quarantine_once() {
         let m = inner(Quarantine {
-            max_ttl: TTL,
-            persistent_masters: false,
             fresh_at_start: true,
-            allow_evicting: false,
+            ..STRICT
         });
-        let mut seen = Observed {
-            run_id: "a".into(),
-            uptime: Duration::ZERO,
-            replica: false,
-            evicting: None,
-            marker: None,
-        };
+        let mut seen = seen("a");
         // First contact without a marker: nothing known; it votes, and the marker is due.
         assert!(m.observe(&seen).is_none());
         assert_eq!(m.marker_to_write().as_deref(), Some("a"));
@@ -547,10 +535,8 @@ mod tests {
         assert!(m.observe(&seen).is_none());
         // A marker naming another run (a promoted replica's copy) quarantines a fresh master.
         let fresh = inner(Quarantine {
-            max_ttl: TTL,
-            persistent_masters: false,
             fresh_at_start: true,
-            allow_evicting: false,
+            ..STRICT
         });
         seen.marker = Some("old".into());
         assert!(fresh.observe(&seen).is_some());
@@ -561,19 +547,15 @@ mod tests {
     #[test]
     fn exemptions_are_explicit() {
         let persistent = inner(Quarantine {
-            max_ttl: TTL,
             persistent_masters: true,
-            fresh_at_start: false,
-            allow_evicting: false,
+            ..STRICT
         });
         assert!(persistent.observe_run("a", Duration::ZERO).is_none());
         assert!(persistent.observe_run("b", Duration::ZERO).is_none());
         // Known-empty masters are trusted for their first run only: a restart is quarantined.
         let fresh = inner(Quarantine {
-            max_ttl: TTL,
-            persistent_masters: false,
             fresh_at_start: true,
-            allow_evicting: false,
+            ..STRICT
         });
         assert!(fresh.observe_run("a", Duration::ZERO).is_none());
         assert!(fresh.observe_run("a", Duration::from_secs(1)).is_none());
