@@ -13,8 +13,10 @@ use tracing::{info, warn};
 use super::{Inner, RedisMaster};
 use crate::protocol::client::{self, Frame};
 
-/// What a connection's handshake and every health check ask a master.
-pub(super) const INFO: [&[u8]; 4] = [b"INFO", b"server", b"replication", b"memory"];
+/// What a connection's handshake and every health check ask a master: `INFO`'s default
+/// sections, which include server, replication and memory. Naming the three would be shorter,
+/// but Redis before 7.0 takes one section per call.
+pub(super) const INFO: [&[u8]; 1] = [b"INFO"];
 
 /// When a master may vote after (re)connecting.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +51,7 @@ impl HeldOut {
     }
 }
 
-/// What one `INFO server replication memory` says of a master.
+/// What one `INFO` says of a master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Observed {
     /// `run_id`: changes with every start of the process.
