@@ -35,7 +35,8 @@
 //!                member.rs: Member, a real or in-memory master behind one type;
 //!                redis/: a Redis master over multiplexed, batched connections (mod.rs: the
 //!                handle; link.rs: one connection, with reconnect; master.rs: the operations
-//!                and votes; identity.rs: restart quarantine; releases.rs: the subscription
+//!                and votes; identity.rs: run, quarantine, health checks and the run marker;
+//!                releases.rs: the subscription
 //!                that announces releases; scripts.rs: the Lua scripts sent to masters);
 //!                mem.rs: a master's data in memory (Keyspace) and MemMaster over it
 //!

@@ -1,6 +1,6 @@
 //! The server's counters shown by `INFO` (connections, commands, error replies), bumped where
-//! the events happen; the lock service counts its own (`locks::LockStats`). Relaxed atomics: they are reports,
-//! not synchronisation.
+//! the events happen; the lock service counts its own (`locks::LockStats`). Relaxed atomics:
+//! they are reports, not synchronisation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

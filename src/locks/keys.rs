@@ -50,19 +50,21 @@ impl Schema {
 
     /// The key that holds the token of `key`'s lock in database `db` (without its marker).
     pub fn key(&self, db: u32, key: &[u8]) -> Bytes {
-        let mut num = itoa::Buffer::new();
-        let db = num.format(db).as_bytes();
-        let mut out = BytesMut::with_capacity(self.prefix.len() + db.len() + 1 + key.len());
-        self.put(&mut out, b"", db, key);
-        out.freeze()
+        self.one(b"", db, key)
     }
 
     /// Where the masters keep the fence counter of `key`'s lock in database `db`.
     pub fn fence(&self, db: u32, key: &[u8]) -> Bytes {
+        self.one(b"fence:", db, key)
+    }
+
+    /// One name of `kind`, in a buffer sized once.
+    fn one(&self, kind: &[u8], db: u32, key: &[u8]) -> Bytes {
         let mut num = itoa::Buffer::new();
         let db = num.format(db).as_bytes();
-        let mut out = BytesMut::with_capacity(self.prefix.len() + 7 + db.len() + key.len());
-        self.put(&mut out, b"fence:", db, key);
+        let len = self.prefix.len() + kind.len() + db.len() + 1 + key.len();
+        let mut out = BytesMut::with_capacity(len);
+        self.put(&mut out, kind, db, key);
         out.freeze()
     }
 

@@ -10,7 +10,7 @@ pub mod keys;
 pub mod session;
 pub mod waiters;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use futures_util::future::join_all;
 
 use crate::backend::{Master, Member, Names};
 use crate::redlock::{LockError, LockKey, Redlock};
+use crate::stats::Stats;
 use keys::Schema;
 use waiters::Waiters;
 
@@ -112,10 +113,6 @@ pub struct LockStats {
     pub session_locks_lost: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 /// The lock service over masters of type `M`.
 #[derive(Debug)]
 pub struct LockService<M> {
@@ -195,11 +192,11 @@ impl<M: Master> LockService<M> {
         }?;
         Ok(match attempt {
             Attempt::Granted(fence) => {
-                bump(&self.stats.granted);
+                Stats::bump(&self.stats.granted);
                 Some(Granted { token, fence })
             }
             Attempt::Held => {
-                bump(&self.stats.refused);
+                Stats::bump(&self.stats.refused);
                 None
             }
         })
@@ -235,7 +232,7 @@ impl<M: Master> LockService<M> {
     async fn release_lock(&self, lock: &LockKey, token: &[u8]) -> Result<bool, Error> {
         let released = self.redlock.unlock(lock, token).await?;
         if released {
-            bump(&self.stats.released);
+            Stats::bump(&self.stats.released);
             // Local waiters need not wait for the announcement to come back.
             self.waiters.wake(&lock.key);
         }
@@ -254,7 +251,7 @@ impl<M: Master> LockService<M> {
         let key = self.keys.key(db, key);
         let extended = self.redlock.extend(&key, token, ttl_ms).await?.is_some();
         if extended {
-            bump(&self.stats.extended);
+            Stats::bump(&self.stats.extended);
         }
         Ok(extended)
     }

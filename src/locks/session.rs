@@ -24,8 +24,9 @@ use crate::redlock::{LockKey, token};
 #[derive(Debug)]
 pub struct Session<M> {
     service: Arc<LockService<M>>,
-    /// Session locks by their key on the masters.
-    held: Arc<Mutex<HashMap<Bytes, Held>>>,
+    /// Session locks by database and the client's key: the checks on `UNLOCK`, `EXTEND` and
+    /// `LOCKTTL` look them up without building a name.
+    held: Arc<Mutex<HashMap<(u32, Bytes), Held>>>,
     /// Cancelled when the connection's state goes away: every keeper stops.
     ended: CancellationToken,
 }
@@ -76,7 +77,8 @@ impl<M: Master> Session<M> {
         async move {
             let granted = service.acquire(db, &key, token::generate(), how).await?;
             if let (Some(grant), Some(keeper)) = (&granted, keeper) {
-                keeper.keep(service.keys.lock(db, &key), grant.token.clone(), how.ttl_ms);
+                let lock = service.keys.lock(db, &key);
+                keeper.keep((db, key), lock, grant.token.clone(), how.ttl_ms);
             }
             Ok(granted)
         }
@@ -90,7 +92,7 @@ impl<M: Master> Session<M> {
         key: Bytes,
         token: Bytes,
     ) -> impl Future<Output = Result<bool, Error>> + Send + 'static {
-        let lost = self.forget(&self.service.keys.key(db, &key), &token);
+        let lost = self.forget(db, &key, &token);
         let service = self.service.clone();
         async move {
             if lost {
@@ -136,7 +138,7 @@ impl<M: Master> Session<M> {
 
     /// Stops every keeper and releases every session lock still held, on all masters.
     pub async fn close(&self) {
-        let held: Vec<(Bytes, Held)> = self.held().drain().collect();
+        let held: Vec<((u32, Bytes), Held)> = self.held().drain().collect();
         self.ended.cancel();
         let releases = held
             .iter()
@@ -150,12 +152,13 @@ impl<M: Master> Session<M> {
         self.ended.cancel();
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Held>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, Bytes), Held>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps the granted lock alive until released, lost, or the connection ends.
-    fn keep(&self, lock: LockKey, token: Bytes, ttl_ms: u64) {
+    /// Keeps the granted lock `named` (database, client key) alive until released, lost, or the
+    /// connection ends.
+    fn keep(&self, named: (u32, Bytes), lock: LockKey, token: Bytes, ttl_ms: u64) {
         let stop = self.ended.child_token();
         let lost = Arc::new(AtomicBool::new(false));
         let held = Held {
@@ -164,7 +167,7 @@ impl<M: Master> Session<M> {
             lost: lost.clone(),
             stop: stop.clone(),
         };
-        if let Some(previous) = self.held().insert(lock.key.clone(), held) {
+        if let Some(previous) = self.held().insert(named, held) {
             previous.stop.cancel();
         }
         let stats = &self.service.stats;
@@ -198,19 +201,19 @@ impl<M: Master> Session<M> {
     }
 
     /// True when `key` in `db` is a session lock of this connection whose extension failed.
-    fn is_lost(&self, db: u32, key: &[u8]) -> bool {
-        let key = self.service.keys.key(db, key);
+    fn is_lost(&self, db: u32, key: &Bytes) -> bool {
         self.held()
-            .get(&key)
+            .get(&(db, key.clone()))
             .is_some_and(|h| h.lost.load(Ordering::Acquire))
     }
 
-    /// Stops keeping `key` alive if it is held here with `token`; true when it was lost.
-    fn forget(&self, key: &[u8], token: &[u8]) -> bool {
+    /// Stops keeping `key` in `db` alive if it is held here with `token`; true when it was lost.
+    fn forget(&self, db: u32, key: &Bytes, token: &[u8]) -> bool {
         let mut held = self.held();
-        match held.get(key) {
+        let named = (db, key.clone());
+        match held.get(&named) {
             Some(h) if h.token == token => {
-                let h = held.remove(key).expect("present");
+                let h = held.remove(&named).expect("present");
                 h.stop.cancel();
                 h.lost.load(Ordering::Acquire)
             }
