@@ -38,6 +38,12 @@ pub struct Cli {
     /// Validate the configuration, print the effective one, and exit (0 valid, 1 invalid)
     #[arg(long)]
     pub check_config: bool,
+
+    /// The masters are new and hold no locks: ones that carry no run marker yet vote at once
+    /// instead of sitting out max-ttl-ms. For the first start of a deployment only: on a master
+    /// that was flushed it lets a live lock be granted twice
+    #[arg(long)]
+    pub new_deployment: bool,
 }
 
 impl Cli {
@@ -59,6 +65,9 @@ impl Cli {
         }
         if let Some(pass) = &self.requirepass {
             config.server.requirepass = pass.clone();
+        }
+        if self.new_deployment {
+            config.backend.fresh_at_start = true;
         }
         config.validate()?;
         Ok(config)

@@ -121,13 +121,17 @@ pub struct BackendConfig {
     /// The operator asserts every master persists every write before answering
     /// (`appendfsync always`), so a restarted master lost no lock: no restart quarantine.
     pub persistent_masters: bool,
-    /// How often each master's role and eviction policy (and run) are checked, in ms.
+    /// How often each master's run, role, eviction policy and lineage are checked, in ms.
     pub health_check_ms: u64,
+    /// A master that leaves a health check unanswered this long, in ms, has its connections
+    /// dropped and dialled again (resolving its host name again).
+    pub health_timeout_ms: u64,
     /// The operator accepts masters that may evict keys (`maxmemory` with a policy other than
     /// `noeviction`): they vote, with a warning. Off: such a master does not vote.
     pub allow_evicting_masters: bool,
-    /// Set by the proxy itself (never from the file) when it started the masters: they are known
-    /// empty, so their first run needs no quarantine.
+    /// Set by the proxy itself (never from the file) when it started the masters, or by
+    /// `--new-deployment`: they are known empty, so their first run needs no quarantine, and a
+    /// master with no run marker is marked rather than quarantined.
     #[serde(skip)]
     pub fresh_at_start: bool,
 }
@@ -189,6 +193,7 @@ impl Default for BackendConfig {
             reconnect_max_ms: 2_000,
             persistent_masters: false,
             health_check_ms: 500,
+            health_timeout_ms: 2000,
             allow_evicting_masters: false,
             fresh_at_start: false,
         }
@@ -235,6 +240,9 @@ impl Config {
         let b = &self.backend;
         if !(10..=60_000).contains(&b.health_check_ms) {
             return bad("backend.health_check_ms must be between 10 and 60000".into());
+        }
+        if !(10..=600_000).contains(&b.health_timeout_ms) {
+            return bad("backend.health_timeout_ms must be between 10 and 600000".into());
         }
         if s.max_clients == 0 {
             return bad("server.max_clients must be at least 1".into());

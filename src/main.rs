@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use redlock_proxy::cli::Cli;
@@ -47,6 +47,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    if cli.new_deployment {
+        warn!(
+            "--new-deployment: masters without a run marker are taken as new and vote at once; \
+             drop the flag after this start, or a flushed master can grant a live lock twice"
+        );
+    }
     // Started on the main thread, which lives as long as the process: they die with it.
     let mut local: Vec<RedisServer> = Vec::new();
     if config.backend.masters.is_empty() {

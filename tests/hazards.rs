@@ -85,12 +85,7 @@ async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
     );
     on_d.call(&["REPLICAOF", "NO", "ONE"]).await;
     let d_run = info_field(&mut on_d, "server", "run_id").await;
-    // Every server older than max-ttl-ms (and the second Redis's uptime may overstate), so
-    // the uptime rule alone would let them all vote.
-    until!("the servers are older than max-ttl", {
-        let up = info_field(&mut on_d, "server", "uptime_in_seconds").await;
-        up.parse::<u64>().unwrap_or(0) * 1_000 >= MAX_TTL_MS + 1_000
-    });
+    aged(&mut on_d).await;
 
     let fa = Forwarder::start(socket(a)).await;
     let fb = Forwarder::start(socket(b)).await;
@@ -161,6 +156,16 @@ async fn masters_that_may_evict_or_are_replicas_do_not_vote() {
     p.stop().await;
 }
 
+/// Waits (bounded) until the server behind `on`, and every one started before it, is older than
+/// max-ttl-ms (and the second by which Redis's uptime may overstate), so the uptime rule alone
+/// would let them all vote.
+async fn aged(on: &mut Conn) {
+    until!("the servers are older than max-ttl", {
+        let up = info_field(on, "server", "uptime_in_seconds").await;
+        up.parse::<u64>().unwrap_or(0) * 1_000 >= MAX_TTL_MS + 1_000
+    });
+}
+
 /// Waits (bounded) until the proxy has written its run marker on `on`.
 async fn marker_written(on: &mut Conn) {
     until!(
@@ -169,37 +174,111 @@ async fn marker_written(on: &mut Conn) {
     );
 }
 
+/// `field` of master `i`'s line in a proxy's `INFO masters`.
+async fn master_field(p: &support::TestProxy, i: usize, field: &str) -> String {
+    let info = flatten(&p.conn().await.call(&["INFO", "masters"]).await);
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("master{i}:")))
+        .unwrap_or_default();
+    line.split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_flush_on_two_masters_does_not_grant_a_held_lock_again() {
     let m = support::masters(3);
-    let p = support::proxy_with(&m, |cfg| cfg.backend.health_check_ms = 20).await;
-    let mut client = p.conn().await;
     let mut on_a = Conn::connect(socket(&m[0])).await;
     let mut on_b = Conn::connect(socket(&m[1])).await;
+    aged(&mut Conn::connect(socket(&m[2])).await).await;
+    // Health checks a minute apart: only the check each acquire makes can see the flush in time.
+    let long = |cfg: &mut Config| {
+        cfg.backend.health_check_ms = 60_000;
+        cfg.redlock.max_ttl_ms = MAX_TTL_MS;
+    };
+    let p = support::proxy_with(&m, long).await;
+    let mut client = p.conn().await;
     marker_written(&mut on_a).await;
     marker_written(&mut on_b).await;
-    let token = text(&client.call(&["LOCK", "k", "30000"]).await);
+    let ttl = MAX_TTL_MS.to_string();
+    let token = text(&client.call(&["LOCK", "k", &ttl]).await);
+    let granted = Instant::now();
     on_a.call(&["FLUSHALL"]).await;
     on_b.call(&["FLUSHALL"]).await;
-    // Both flushed masters sit out; the one that kept the lock cannot grant it alone.
-    p.wait_for_masters_line("masters_voting:1").await;
-    let again = client.call(&["LOCK", "k", "30000"]).await;
-    let again_text = flatten(&again);
+    // At once, before any health check: the flushed masters' votes fail.
+    let again = client.call(&["LOCK", "k", &ttl]).await;
     assert!(
-        !again_text.is_empty() && (is_null(&again) || again_text.starts_with("NOQUORUM")),
-        "granted twice: {again_text} (first holder {token})"
+        granted.elapsed() < Duration::from_millis(MAX_TTL_MS / 2),
+        "too slow to test: the first lock may have expired"
     );
+    assert!(
+        !is_granted(&again),
+        "granted twice: {again:?} (first holder {token})"
+    );
+    // The failed votes woke the health check: both sit out a quarantine recorded on themselves.
+    p.wait_for_masters_line("masters_voting:1").await;
+    assert_eq!(master_field(&p, 0, "reason").await, "flushed");
+    // A proxy that never saw the flush holds them out until the same end.
+    let second = strict_proxy(&m, long).await;
+    second.wait_for_masters_line("masters_voting:1").await;
+    assert_eq!(master_field(&second, 0, "reason").await, "recorded");
+    let left = |s: String| s.parse::<i64>().unwrap();
+    let (first_left, second_left) = (
+        left(master_field(&p, 1, "quarantine_left_ms").await),
+        left(master_field(&second, 1, "quarantine_left_ms").await),
+    );
+    assert!(
+        second_left > 0 && (first_left - second_left).abs() < 500,
+        "the proxies disagree on the quarantine's end: {first_left} ms and {second_left} ms left"
+    );
+    second.stop().await;
     p.stop().await;
+}
+
+/// A proxy over `m` that trusts no master as new (as in production), once all three are up.
+async fn strict_proxy(m: &[RedisServer], tweak: impl FnOnce(&mut Config)) -> support::TestProxy {
+    let p = support::proxy_with(m, |cfg| {
+        tweak(cfg);
+        cfg.backend.fresh_at_start = false;
+    })
+    .await;
+    p.wait_for_masters_line("masters_up:3").await;
+    p
+}
+
+/// True when a `LOCK` reply is a token.
+fn is_granted(reply: &OwnedFrame) -> bool {
+    !is_null(reply) && !flatten(reply).starts_with("NOQUORUM")
+}
+
+#[tokio::test]
+async fn masters_without_a_run_marker_sit_out_unless_the_deployment_is_new() {
+    let m = support::masters(3);
+    aged(&mut Conn::connect(socket(&m[2])).await).await;
+    let short = |cfg: &mut Config| cfg.redlock.max_ttl_ms = MAX_TTL_MS;
+    // Old enough to vote, but nothing vouches for their data: new or flushed, nobody can tell.
+    let strict = strict_proxy(&m, short).await;
+    strict.wait_for_masters_line("masters_voting:0").await;
+    assert_eq!(master_field(&strict, 0, "reason").await, "unmarked");
+    let refused = strict.conn().await.call(&["LOCK", "k", "1000"]).await;
+    assert!(flatten(&refused).starts_with("NOQUORUM"), "{refused:?}");
+    strict.stop().await;
+    // The operator says they are new (or the proxy started them): they vote at once.
+    let m = support::masters(3);
+    let trusting = support::proxy_with(&m, short).await;
+    trusting.wait_for_masters_line("masters_voting:3").await;
+    let granted = trusting.conn().await.call(&["LOCK", "k", "1000"]).await;
+    assert!(is_granted(&granted), "{granted:?}");
+    trusting.stop().await;
 }
 
 #[tokio::test]
 async fn a_proxy_started_after_a_failover_does_not_grant_a_held_lock_again() {
     let mut m = support::masters(4);
     let mut on_d = Conn::connect(socket(&m[3])).await;
-    until!("the servers are older than max-ttl", {
-        let up = info_field(&mut on_d, "server", "uptime_in_seconds").await;
-        up.parse::<u64>().unwrap_or(0) * 1_000 >= MAX_TTL_MS + 1_000
-    });
+    aged(&mut on_d).await;
     let fa = Forwarder::start(socket(&m[0])).await;
     let fb = Forwarder::start(socket(&m[1])).await;
     let fc = Forwarder::start(socket(&m[2])).await;

@@ -195,6 +195,7 @@ impl MemMaster {
             run_id: None,
             quarantine_left_ms: (!state.votes).then_some(0),
             held_out: None,
+            reason: (!state.votes).then_some("quarantined"),
         }
     }
 

@@ -116,10 +116,14 @@ pub struct Names {
     /// The floor under every fence counter, raised when counters had to be rebuilt with no
     /// majority that kept them.
     pub fence_floor: Bytes,
-    /// The run marker: the `run_id` of the run the master's data was written in, set by the
-    /// proxy once the master votes. A marker that vanishes (a flush) or names another run (a
-    /// promoted replica, a restored snapshot) says the data may lack live locks.
+    /// The run marker: the `run_id` of the run the master's data was written in, present only
+    /// while the master may vote. Every acquire checks it atomically (a flush takes it away,
+    /// and the vote fails); the lineage check finds it naming another run (a promoted replica,
+    /// a restored snapshot) or missing, and quarantines the master.
     pub run_marker: Bytes,
+    /// The quarantine recorded on the master, `"<run_id> <end in the master's ms>"`, so every
+    /// proxy holds it out until the same end.
+    pub lineage: Bytes,
 }
 
 /// An answer to a vote that is still to come.
@@ -162,6 +166,9 @@ pub struct MasterStatus {
     pub quarantine_left_ms: Option<u64>,
     /// What else holds it out (`replica`, `evicting`), until that changes.
     pub held_out: Option<&'static str>,
+    /// The rule holding it out now: a quarantine's (`restarted`, `new-run`, `flushed`,
+    /// `foreign-data`, `unmarked`, `recorded`) or `held_out`'s.
+    pub reason: Option<&'static str>,
 }
 
 impl MasterStatus {

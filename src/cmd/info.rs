@@ -140,9 +140,10 @@ fn masters(shared: &Shared, out: &mut String) {
     for (i, s) in statuses.iter().enumerate() {
         let _ = write!(
             out,
-            "master{i}:addr={},state={},quarantine_left_ms={},run_id={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={}\r\n",
+            "master{i}:addr={},state={},reason={},quarantine_left_ms={},run_id={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={}\r\n",
             s.addr,
             s.state(),
+            s.reason.unwrap_or("-"),
             s.quarantine_left_ms.unwrap_or(0),
             s.run_id.as_deref().unwrap_or("-"),
             s.conns_up,

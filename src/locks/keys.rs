@@ -76,6 +76,7 @@ impl Schema {
             fence_pattern: name("fence:*"),
             fence_floor: name("fence-floor"),
             run_marker: name("run"),
+            lineage: name("lineage"),
         }
     }
 
@@ -105,6 +106,7 @@ mod tests {
         assert_eq!(&names.fence_pattern[..], b"redlock:fence:*");
         assert_eq!(&names.fence_floor[..], b"redlock:fence-floor");
         assert_eq!(&names.run_marker[..], b"redlock:run");
+        assert_eq!(&names.lineage[..], b"redlock:lineage");
     }
 
     #[test]

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::scripts::LINEAGE;
 use super::{Inner, RedisMaster};
 use crate::protocol::client::{self, Frame};
 
@@ -51,7 +53,7 @@ impl HeldOut {
     }
 }
 
-/// What one `INFO` says of a master.
+/// What one `INFO` says of a master, and what its lineage check answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Observed {
     /// `run_id`: changes with every start of the process.
@@ -59,11 +61,35 @@ pub(super) struct Observed {
     /// `uptime_in_seconds` (whole seconds; see `observe_run` for why one is taken off).
     pub(super) uptime: Duration,
     /// `role:slave`.
-    replica: bool,
+    pub(super) replica: bool,
     /// `maxmemory_policy`, when `maxmemory` is set and the policy may evict.
     evicting: Option<String>,
-    /// The run marker's value (`None`: absent).
-    pub(super) marker: Option<String>,
+    /// The [`LINEAGE`](super::scripts::LINEAGE) check's answer; `None` when it was not asked (a
+    /// replica cannot record anything) or did not answer.
+    pub(super) lineage: Option<Lineage>,
+}
+
+/// The lineage check's verdict on a master's data (see [`LINEAGE`](super::scripts::LINEAGE)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Written in its current run: it may vote.
+    Current,
+    /// Known new: marked now, it may vote.
+    New,
+    /// A quarantine recorded earlier on the master still runs.
+    Recorded,
+    /// Written in another run: a promoted replica, a restored snapshot.
+    Foreign,
+    /// Neither a marker nor a record: flushed, or never marked.
+    Unmarked,
+}
+
+/// What the lineage check answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lineage {
+    pub(super) verdict: Verdict,
+    /// How long a quarantine still runs, by the master's clock.
+    pub(super) left: Duration,
 }
 
 /// What the proxy knows of a master's current run.
@@ -75,18 +101,20 @@ pub(super) struct Identity {
     first_run: Option<String>,
     /// The master does not vote before this instant.
     quarantined_until: Option<Instant>,
-    /// This run may lack fence counters older than it: set with a quarantine, cleared by a
-    /// repair.
+    /// The rule behind the latest quarantine, as `INFO masters` names it.
+    reason: Option<&'static str>,
+    /// This run may lack fence counters older than it: set with a quarantine or a new run,
+    /// cleared by a repair.
     fences_lost: bool,
     /// What holds it out besides a quarantine.
     held_out: Option<HeldOut>,
     /// Its eviction policy was allowed, and the log said so.
     eviction_allowed_logged: bool,
-    /// The run marker is known to name the current run (read so, or written).
-    marker_current: bool,
-    /// A marker naming another run that already started a quarantine: seen again, it is the
-    /// same news.
-    stale_marker: Option<String>,
+    /// The lineage check found or wrote a marker here: from then on a master without one was
+    /// flushed, whatever `fresh_at_start` says.
+    marked: bool,
+    /// The run whose recorded quarantine this proxy already applied.
+    recorded_run: Option<String>,
 }
 
 impl Inner {
@@ -109,6 +137,16 @@ impl Inner {
     /// What holds it out besides a quarantine, as `INFO masters` names it.
     pub(super) fn held_out(&self) -> Option<&'static str> {
         self.identity().held_out.as_ref().map(HeldOut::state)
+    }
+
+    /// The rule that holds it out now (a quarantine's or another), as `INFO masters` names it.
+    pub(super) fn reason(&self) -> Option<&'static str> {
+        let id = self.identity();
+        if let Some(held_out) = &id.held_out {
+            return Some(held_out.state());
+        }
+        let running = id.quarantined_until.is_some_and(|u| Instant::now() < u);
+        id.reason.filter(|_| running)
     }
 
     /// False while the master sits out a quarantine, or something else holds it out.
@@ -137,60 +175,70 @@ impl Inner {
         self.identity().fences_lost = false;
     }
 
-    /// Records what a connection or a health check found: the run (see [`Self::observe_run`]),
-    /// and whether the master may vote as it is now. Returns when a quarantine it started ends.
-    pub(super) fn observe(&self, seen: &Observed) -> Option<Instant> {
-        let until = self.observe_run(&seen.run_id, seen.uptime);
-        self.observe_health(seen);
-        self.observe_marker(seen.marker.as_deref()).or(until)
+    /// The lineage check's `ARGV[3]` for `run`: `2` when the operator says no master loses a
+    /// write, `1` when a master without marker or record is known new (the proxy started it,
+    /// or the operator said the deployment is new) — only for the first run seen there, and
+    /// only until a marker was seen — else `0`.
+    pub(super) fn trust(&self, run: &str) -> &'static [u8] {
+        let id = self.identity();
+        if self.policy.persistent_masters {
+            b"2"
+        } else if self.policy.fresh_at_start
+            && !id.marked
+            && id.first_run.as_deref().is_none_or(|first| first == run)
+        {
+            b"1"
+        } else {
+            b"0"
+        }
     }
 
-    /// Quarantines a master whose run marker vanished while the proxy watched (a flush) or
-    /// names another run (data written elsewhere: a promoted replica, a restored snapshot): its
-    /// data may lack live locks, whatever its uptime. A master seen for the first time without
-    /// a marker may be new or flushed; nothing here tells which, and it is not held out.
-    fn observe_marker(&self, marker: Option<&str>) -> Option<Instant> {
+    /// Records what a connection or a health check found: the run (see [`Self::observe_run`]),
+    /// whether the master may vote as it is now, and its lineage. Returns when a quarantine it
+    /// started ends.
+    pub(super) fn observe(&self, seen: &Observed) -> Option<Instant> {
+        let until = self.observe_run(&seen.run_id, seen.uptime, seen.lineage.is_some());
+        self.observe_health(seen);
+        let lineage = seen
+            .lineage
+            .and_then(|l| self.observe_lineage(&seen.run_id, l));
+        lineage.or(until)
+    }
+
+    /// Quarantines a master whose data the lineage check did not find written in its current
+    /// run: data from another run (a promoted replica, a restored snapshot) or no marker at all
+    /// (a flush, or a master nobody marked) — whatever its uptime, for max-ttl from the moment
+    /// recorded on the master, so every proxy holds it out until the same end.
+    fn observe_lineage(&self, run: &str, lineage: Lineage) -> Option<Instant> {
         let mut id = self.identity();
-        let run = id.run_id.clone()?;
-        let why = match marker {
-            Some(m) if m == run => {
-                id.marker_current = true;
+        let why = match lineage.verdict {
+            Verdict::Current | Verdict::New => {
+                id.marked = true;
                 return None;
             }
-            Some(other) if id.stale_marker.as_deref() == Some(other) => return None,
-            Some(other) => {
-                id.stale_marker = Some(other.to_owned());
-                "its data was written in another run (a promoted replica or a restored snapshot)"
-            }
-            None if id.marker_current => "its data was flushed (the run marker vanished)",
-            None => return None,
+            Verdict::Recorded if id.recorded_run.as_deref() == Some(run) => return None,
+            Verdict::Recorded => (
+                "recorded",
+                "a quarantine recorded on it by a proxy (its data came from another run, or \
+                 was flushed) still runs",
+            ),
+            Verdict::Foreign => (
+                "foreign-data",
+                "its data was written in another run (a promoted replica or a restored snapshot)",
+            ),
+            Verdict::Unmarked if id.marked => ("flushed", "its run marker vanished (a flush)"),
+            Verdict::Unmarked => (
+                "unmarked",
+                "it has no run marker: it may be new, or flushed (start the proxy with \
+                 --new-deployment if the masters are new)",
+            ),
         };
-        id.marker_current = false;
-        if self.policy.persistent_masters {
+        id.marked = true;
+        id.recorded_run = Some(run.to_owned());
+        if lineage.left.is_zero() {
             return None;
         }
-        self.quarantine(&mut id, self.policy.max_ttl, why)
-    }
-
-    /// The run the marker should name, when it must be written: the master votes (a quarantine
-    /// it sits out ends first, so every proxy that meets the old marker meanwhile holds the
-    /// master out too) and its marker does not name its run yet.
-    pub(super) fn marker_to_write(&self) -> Option<String> {
-        let id = self.identity();
-        let voting = id.held_out.is_none()
-            && id
-                .quarantined_until
-                .is_none_or(|until| Instant::now() >= until);
-        (voting && !id.marker_current).then(|| id.run_id.clone())?
-    }
-
-    /// The marker now names `run`.
-    pub(super) fn marker_written(&self, run: &str) {
-        let mut id = self.identity();
-        if id.run_id.as_deref() == Some(run) {
-            id.marker_current = true;
-            id.stale_marker = None;
-        }
+        self.quarantine(&mut id, lineage.left, why)
     }
 
     /// Holds a replica out, and a master that may evict keys unless the operator allows it.
@@ -238,13 +286,21 @@ impl Inner {
         id.held_out = held_out;
     }
 
-    /// Records the run a new connection found. Returns when quarantine ends, if this run must
-    /// sit one out: it may lack locks that are still live elsewhere, and letting it vote could
-    /// grant one twice. That is so of a master up for less than the longest TTL (it may have
-    /// restarted empty), and of any run that replaced the one seen here before, whatever its
-    /// uptime: a restart, or another server behind the same address (a replica promoted by a
-    /// failover misses what its master took after the last write that reached it).
-    pub(super) fn observe_run(&self, run_id: &str, uptime: Duration) -> Option<Instant> {
+    /// Records the run a connection or health check found. Returns when quarantine ends, if
+    /// this run must sit one out: it may lack locks that are still live elsewhere, and letting
+    /// it vote could grant one twice. That is so of a master up for less than the longest TTL
+    /// (it may have restarted empty), and of any run that replaced the one seen here before,
+    /// whatever its uptime: a restart, or another server behind the same address (a replica
+    /// promoted by a failover misses what its master took after the last write that reached
+    /// it). A new run's fences may be lost. When its lineage was checked (`lineage_known`),
+    /// that check decides the new run's quarantine, by the moment recorded on the master;
+    /// without it, the quarantine runs max-ttl from now.
+    pub(super) fn observe_run(
+        &self,
+        run_id: &str,
+        uptime: Duration,
+        lineage_known: bool,
+    ) -> Option<Instant> {
         let mut id = self.identity();
         if id.first_run.is_none() {
             id.first_run = Some(run_id.to_owned());
@@ -256,6 +312,7 @@ impl Inner {
                 run_id,
                 "a new run at this address (run_id changed: a restart, or a failover to another server)"
             );
+            id.fences_lost = true;
         }
         id.run_id = Some(run_id.to_owned());
         let vouched = self.policy.fresh_at_start && id.first_run.as_deref() == Some(run_id);
@@ -263,38 +320,44 @@ impl Inner {
         // Redis computes uptime from two whole-second clock readings, so it can read up to a
         // second more than the process has really run: count one second less.
         let uptime = uptime.saturating_sub(Duration::from_secs(1));
-        let left = if replaced {
-            Some(self.policy.max_ttl).filter(|d| !d.is_zero())
+        let (left, why) = if replaced && !lineage_known {
+            (
+                self.policy.max_ttl,
+                ("new-run", "it replaced the run seen at this address"),
+            )
         } else {
-            self.policy
-                .max_ttl
-                .checked_sub(uptime)
-                .filter(|d| !d.is_zero())
+            let young = self.policy.max_ttl.saturating_sub(uptime);
+            (young, ("restarted", "up for less than max-ttl-ms"))
         };
-        let left = left.filter(|_| !exempt)?;
-        let why = if replaced {
-            "it replaced the run seen at this address"
-        } else {
-            "up for less than max-ttl-ms"
-        };
+        if exempt || left.is_zero() {
+            return None;
+        }
         self.quarantine(&mut id, left, why)
     }
 
     /// Holds the master out for `left` from now (unless a quarantine already lasts longer), and
-    /// counts its fence counters as lost. Returns when it ends.
-    fn quarantine(&self, id: &mut Identity, left: Duration, why: &str) -> Option<Instant> {
+    /// counts its fence counters as lost. `why` is the rule's short name for `INFO` and the
+    /// words for the log. Returns when it ends.
+    fn quarantine(
+        &self,
+        id: &mut Identity,
+        left: Duration,
+        (rule, why): (&'static str, &str),
+    ) -> Option<Instant> {
         let until = Instant::now() + left;
         if id.quarantined_until.is_some_and(|u| u >= until) {
             return None;
         }
         id.quarantined_until = Some(until);
+        id.reason = Some(rule);
         self.quarantined.store(true, Ordering::Release);
         id.fences_lost = true;
         warn!(
             master = %self.addr,
+            rule,
             quarantine_ms = left.as_millis() as u64,
-            "master quarantined: {why}, it may have lost live locks; it gets requests but no \
-             vote until then"
+            "master quarantined: {why}; it may lack live locks, so it gets requests but no vote \
+             until then"
         );
         Some(until)
     }
@@ -335,55 +398,102 @@ pub(super) fn parse_info(info: &str) -> Option<Observed> {
         uptime,
         replica: field("role") == Some("slave"),
         evicting,
-        marker: None,
+        lineage: None,
     })
 }
 
-/// The run marker's value from a `GET` reply; `None` when the reply is not one.
-pub(super) fn parse_marker(reply: Frame) -> Option<Option<String>> {
-    match reply {
-        Frame::BulkString(v) => Some(Some(String::from_utf8_lossy(&v).into_owned())),
-        Frame::Null => Some(None),
-        _ => None,
-    }
+/// The lineage check's answer; `None` when the reply is not one.
+pub(super) fn parse_lineage(reply: &Frame) -> Option<Lineage> {
+    let Frame::Array(parts) = reply else {
+        return None;
+    };
+    let [Frame::BulkString(verdict), Frame::Integer(left)] = &parts[..] else {
+        return None;
+    };
+    let verdict = match &verdict[..] {
+        b"current" => Verdict::Current,
+        b"new" => Verdict::New,
+        b"recorded" => Verdict::Recorded,
+        b"foreign" => Verdict::Foreign,
+        b"unmarked" => Verdict::Unmarked,
+        _ => return None,
+    };
+    let left = Duration::from_millis(u64::try_from(*left).unwrap_or(0));
+    Some(Lineage { verdict, left })
 }
 
-/// Checks the master every `period` for what [`INFO`] tells (its run, role and eviction
-/// policy) and for its run marker, so a restart behind a live connection, a demotion, a
-/// `CONFIG SET` or a flush at run time is seen within a period; and writes the marker once the
-/// master votes. It goes over the master's own connections: no connection of its own, and
-/// nothing to check while none is up.
+/// The lineage check of `run` on `master`, as a command.
+pub(super) fn lineage_command(master: &Inner, run: &str) -> Bytes {
+    let mut ttl = itoa::Buffer::new();
+    let ttl = ttl.format(master.policy.max_ttl.as_millis()).as_bytes();
+    let names = &master.names;
+    client::command(&[
+        b"EVAL",
+        LINEAGE.body.as_bytes(),
+        b"2",
+        &names.run_marker,
+        &names.lineage,
+        run.as_bytes(),
+        ttl,
+        master.trust(run),
+    ])
+}
+
+/// Checks the master every `period`, and at once when a vote found its run marker missing,
+/// for what [`INFO`] tells (its run, role and eviction policy) and its lineage, so a restart
+/// behind a live connection, a demotion, a `CONFIG SET` or a flush at run time is seen within a
+/// period. It goes over the master's own connections: no connection of its own, and nothing to
+/// check while none is up. A master that leaves a check unanswered for `deadline` has every
+/// connection dropped and dialled again, which resolves its host name again: a failover that
+/// moved the name to another server is followed even while the old one hangs.
 pub(super) async fn check_health(
     master: RedisMaster,
     period: Duration,
+    deadline: Duration,
     shutdown: CancellationToken,
 ) {
-    let marker = master.0.names.run_marker.clone();
     let info = client::command(&INFO);
-    let get = client::command(&[b"GET", &marker]);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+            _ = master.0.check_now.notified() => {}
         }
         if master.0.conns_up.load(Ordering::Acquire) == 0 {
             continue;
         }
-        let (info, get) = (master.send(0, info.clone()), master.send(0, get.clone()));
-        let replies = tokio::time::timeout(period, async { (info.await, get.await) }).await;
-        if let Ok((Ok(Frame::BulkString(text)), Ok(reply))) = replies
-            && let Some(mut seen) = parse_info(&String::from_utf8_lossy(&text))
-            && let Some(value) = parse_marker(reply)
-        {
-            seen.marker = value;
-            if let Some(until) = master.0.observe(&seen) {
-                announce_release(&master.0, until, &shutdown);
+        let checked = tokio::time::timeout(deadline, async {
+            let Ok(Frame::BulkString(text)) = master.send(0, info.clone()).await else {
+                return None;
+            };
+            let mut seen = parse_info(&String::from_utf8_lossy(&text))?;
+            if !seen.replica {
+                let check = lineage_command(&master.0, &seen.run_id);
+                seen.lineage = master
+                    .send(0, check)
+                    .await
+                    .ok()
+                    .as_ref()
+                    .and_then(parse_lineage);
             }
-        }
-        if let Some(run) = master.0.marker_to_write() {
-            let set = master.send(0, client::command(&[b"SET", &marker, run.as_bytes()]));
-            if let Ok(Ok(_)) = tokio::time::timeout(period, set).await {
-                master.0.marker_written(&run);
+            Some(seen)
+        })
+        .await;
+        match checked {
+            Ok(Some(seen)) => {
+                if let Some(until) = master.0.observe(&seen) {
+                    announce_release(&master.0, until, &shutdown);
+                }
+            }
+            Ok(None) => {}
+            Err(_) => {
+                warn!(
+                    master = %master.0.addr,
+                    deadline_ms = deadline.as_millis() as u64,
+                    "master left a health check unanswered: dropping its connections and dialling \
+                     it again"
+                );
+                master.0.redial.notify_waiters();
             }
         }
     }
@@ -394,7 +504,6 @@ mod tests {
     use super::*;
     use crate::backend::Names;
     use crate::config::MasterAddr;
-    use bytes::Bytes;
 
     #[test]
     fn what_info_says_is_parsed() {
@@ -419,25 +528,41 @@ mod tests {
     }
 
     #[test]
+    fn the_lineage_checks_answer_is_parsed() {
+        let reply = |verdict: &'static str, left| {
+            Frame::Array(vec![
+                Frame::BulkString(Bytes::from_static(verdict.as_bytes())),
+                Frame::Integer(left),
+            ])
+        };
+        let seen = parse_lineage(&reply("recorded", 1234)).unwrap();
+        assert_eq!(seen.verdict, Verdict::Recorded);
+        assert_eq!(seen.left, Duration::from_millis(1234));
+        assert_eq!(parse_lineage(&reply("other", 0)), None);
+        assert_eq!(parse_lineage(&Frame::Null), None);
+    }
+
+    #[test]
     fn replicas_and_evicting_masters_do_not_vote() {
         let policy = Quarantine {
             fresh_at_start: true,
             ..STRICT
         };
         let m = inner(policy);
-        let mut seen = seen("a");
+        let mut seen = seen("a", Verdict::New);
         assert!(m.observe(&seen).is_none());
         assert!(m.votes());
         seen.evicting = Some("volatile-lru".into());
         m.observe(&seen);
         assert!(!m.votes() && m.held_out() == Some("evicting"));
+        assert_eq!(m.reason(), Some("evicting"));
         seen.evicting = None;
         seen.replica = true;
         m.observe(&seen);
         assert!(!m.votes() && m.held_out() == Some("replica"));
         seen.replica = false;
         m.observe(&seen);
-        assert!(m.votes() && m.held_out().is_none());
+        assert!(m.votes() && m.held_out().is_none() && m.reason().is_none());
         // The operator's switch lets an evicting master vote.
         let allowed = inner(Quarantine {
             allow_evicting: true,
@@ -454,20 +579,26 @@ mod tests {
             fence_pattern: Bytes::new(),
             fence_floor: Bytes::new(),
             run_marker: Bytes::new(),
+            lineage: Bytes::new(),
         };
         Inner::new(MasterAddr::local(1), Box::new([]), policy, &names)
     }
 
     const TTL: Duration = Duration::from_secs(60);
 
-    /// What a master with run `run` says: a master, evicting nothing, without a marker.
-    fn seen(run: &str) -> Observed {
+    /// What a master with run `run`, up an hour, says: a master, evicting nothing, whose
+    /// lineage check gave `verdict` (with a whole max-ttl left when it starts a quarantine).
+    fn seen(run: &str, verdict: Verdict) -> Observed {
+        let left = match verdict {
+            Verdict::Current | Verdict::New => Duration::ZERO,
+            _ => TTL,
+        };
         Observed {
             run_id: run.into(),
-            uptime: Duration::ZERO,
+            uptime: Duration::from_secs(3_600),
             replica: false,
             evicting: None,
-            marker: None,
+            lineage: Some(Lineage { verdict, left }),
         }
     }
 
@@ -482,7 +613,7 @@ mod tests {
     #[test]
     fn young_masters_sit_out_until_max_ttl() {
         let m = inner(STRICT);
-        assert!(m.observe_run("a", Duration::from_secs(10)).is_some());
+        assert!(m.observe_run("a", Duration::from_secs(10), true).is_some());
         let left = m.quarantine_left().unwrap();
         // 60 s − 10 s of reported uptime, plus the second by which Redis's whole-second
         // uptime can overstate.
@@ -490,60 +621,98 @@ mod tests {
             left > Duration::from_secs(50) && left <= Duration::from_secs(51),
             "{left:?}"
         );
+        assert_eq!(m.reason(), Some("restarted"));
         // A second connection to the same run does not shorten it.
-        assert!(m.observe_run("a", Duration::from_secs(11)).is_none());
+        assert!(m.observe_run("a", Duration::from_secs(11), true).is_none());
         assert!(m.quarantine_left().unwrap() > Duration::from_secs(50));
         // An old master votes at once.
         let m = inner(STRICT);
-        assert!(m.observe_run("a", Duration::from_secs(61)).is_none());
+        assert!(m.observe_run("a", Duration::from_secs(61), true).is_none());
         assert!(m.quarantine_left().is_none());
     }
 
     #[test]
-    fn a_new_run_sits_out_a_whole_max_ttl_whatever_its_uptime() {
+    fn a_new_run_whose_lineage_is_unknown_sits_out_a_whole_max_ttl() {
         let m = inner(STRICT);
-        assert!(m.observe_run("a", Duration::from_secs(3_600)).is_none());
+        let hour = Duration::from_secs(3_600);
+        assert!(m.observe_run("a", hour, false).is_none());
         assert!(m.votes() && !m.fences_lost());
         // Another server behind the same address (a promoted replica), up for an hour.
-        assert!(m.observe_run("b", Duration::from_secs(3_600)).is_some());
+        assert!(m.observe_run("b", hour, false).is_some());
         let left = m.quarantine_left().unwrap();
         assert!(left > Duration::from_secs(59) && left <= TTL, "{left:?}");
         assert!(!m.votes() && m.fences_lost());
+        assert_eq!(m.reason(), Some("new-run"));
         // Its later connections find the same run: the quarantine runs its course.
-        assert!(m.observe_run("b", Duration::from_secs(3_601)).is_none());
+        assert!(m.observe_run("b", hour, false).is_none());
         assert!(m.quarantine_left().is_some());
     }
 
     #[test]
-    fn a_vanished_or_foreign_run_marker_starts_a_quarantine_once() {
-        let m = inner(Quarantine {
-            fresh_at_start: true,
+    fn a_new_run_whose_lineage_is_known_goes_by_the_recorded_end() {
+        let m = inner(STRICT);
+        assert!(m.observe(&seen("a", Verdict::Current)).is_none());
+        // Another proxy recorded the new run's quarantine long enough ago that it is over: it
+        // votes, and only its fences are in doubt.
+        assert!(m.observe(&seen("b", Verdict::Current)).is_none());
+        assert!(m.votes() && m.fences_lost());
+        // Or it recorded one that still runs: held out until the end it recorded.
+        let mut recorded = seen("c", Verdict::Recorded);
+        recorded.lineage = Some(Lineage {
+            verdict: Verdict::Recorded,
+            left: Duration::from_secs(5),
+        });
+        assert!(m.observe(&recorded).is_some());
+        let left = m.quarantine_left().unwrap();
+        assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
+        assert_eq!(m.reason(), Some("recorded"));
+        // Heard again, the same record is no news.
+        assert!(m.observe(&recorded).is_none());
+    }
+
+    #[test]
+    fn flushed_foreign_and_unmarked_masters_sit_out_max_ttl() {
+        let m = inner(STRICT);
+        assert!(m.observe(&seen("a", Verdict::Current)).is_none() && m.votes());
+        // Flushed: the marker vanished while watched.
+        assert!(m.observe(&seen("a", Verdict::Unmarked)).is_some());
+        assert!(!m.votes() && m.fences_lost());
+        assert_eq!(m.reason(), Some("flushed"));
+        // Data from another run (a promoted replica's copy).
+        let m = inner(STRICT);
+        assert!(m.observe(&seen("a", Verdict::Foreign)).is_some());
+        assert_eq!(m.reason(), Some("foreign-data"));
+        // First contact with no marker at all: new or flushed, nobody can tell.
+        let m = inner(STRICT);
+        assert!(m.observe(&seen("a", Verdict::Unmarked)).is_some());
+        assert_eq!(m.reason(), Some("unmarked"));
+        assert!(!m.votes());
+    }
+
+    #[test]
+    fn trust_in_unmarked_masters_is_explicit_and_ends_with_the_first_marker() {
+        let m = inner(STRICT);
+        assert_eq!(m.trust("a"), b"0");
+        let persistent = inner(Quarantine {
+            persistent_masters: true,
             ..STRICT
         });
-        let mut seen = seen("a");
-        // First contact without a marker: nothing known; it votes, and the marker is due.
-        assert!(m.observe(&seen).is_none());
-        assert_eq!(m.marker_to_write().as_deref(), Some("a"));
-        m.marker_written("a");
-        assert_eq!(m.marker_to_write(), None);
-        seen.marker = Some("a".into());
-        assert!(m.observe(&seen).is_none() && m.votes());
-        // Flushed: the marker vanished while watched.
-        seen.marker = None;
-        assert!(m.observe(&seen).is_some());
-        assert!(!m.votes() && m.fences_lost());
-        // Not rewritten while the quarantine lasts, and seen again it is no new quarantine.
-        assert_eq!(m.marker_to_write(), None);
-        assert!(m.observe(&seen).is_none());
-        // A marker naming another run (a promoted replica's copy) quarantines a fresh master.
+        assert_eq!(persistent.trust("a"), b"2");
         let fresh = inner(Quarantine {
             fresh_at_start: true,
             ..STRICT
         });
-        seen.marker = Some("old".into());
-        assert!(fresh.observe(&seen).is_some());
-        assert!(fresh.observe(&seen).is_none());
-        assert!(!fresh.votes());
+        assert_eq!(fresh.trust("a"), b"1");
+        fresh.observe(&seen("a", Verdict::New));
+        // Marked once: a master without a marker now was flushed.
+        assert_eq!(fresh.trust("a"), b"0");
+        // And a later run is never vouched for.
+        let fresh = inner(Quarantine {
+            fresh_at_start: true,
+            ..STRICT
+        });
+        fresh.observe_run("a", Duration::ZERO, false);
+        assert_eq!(fresh.trust("b"), b"0");
     }
 
     #[test]
@@ -552,17 +721,20 @@ mod tests {
             persistent_masters: true,
             ..STRICT
         });
-        assert!(persistent.observe_run("a", Duration::ZERO).is_none());
-        assert!(persistent.observe_run("b", Duration::ZERO).is_none());
+        assert!(persistent.observe_run("a", Duration::ZERO, false).is_none());
+        assert!(persistent.observe_run("b", Duration::ZERO, false).is_none());
         // Known-empty masters are trusted for their first run only: a restart is quarantined.
         let fresh = inner(Quarantine {
             fresh_at_start: true,
             ..STRICT
         });
-        assert!(fresh.observe_run("a", Duration::ZERO).is_none());
-        assert!(fresh.observe_run("a", Duration::from_secs(1)).is_none());
-        assert!(fresh.observe_run("b", Duration::ZERO).is_some());
-        assert!(fresh.quarantine_left().is_some());
+        assert!(fresh.observe_run("a", Duration::ZERO, true).is_none());
+        assert!(
+            fresh
+                .observe_run("a", Duration::from_secs(1), true)
+                .is_none()
+        );
+        assert!(fresh.observe_run("b", Duration::ZERO, true).is_some());
         assert!(fresh.quarantine_left().is_some());
     }
 }

@@ -23,7 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::identity::{INFO, Observed, announce_release, parse_info, parse_marker};
+use super::identity::{
+    INFO, Observed, announce_release, lineage_command, parse_info, parse_lineage,
+};
 use super::master::Vote;
 use super::scripts;
 use super::{Inner, unix_now};
@@ -59,6 +61,8 @@ pub(super) enum LinkError {
     Handshake { step: &'static str, reply: Frame },
     #[error("INFO server lacks run_id or uptime")]
     NoRunId,
+    #[error("dropped to be dialled again")]
+    Redial,
     #[error(transparent)]
     InvalidReply(#[from] InvalidReply),
     #[error("reply without a request")]
@@ -106,8 +110,15 @@ impl Conn {
         self.permits.load(Ordering::Acquire).min(self.capacity)
     }
 
-    /// Queues `bytes` unless the bound is reached. On failure `reply` is dropped unsent.
-    pub(super) fn queue(&self, bytes: Bytes, reply: ReplyTo) -> Result<(), BackendError> {
+    /// Queues `bytes` unless the bound is reached. On failure `reply` is dropped unsent. With
+    /// `checked`, `bytes` is a command followed by `EXISTS` of the run marker, and the waiter
+    /// gets the first reply, or an error if the marker was missing.
+    pub(super) fn queue(
+        &self,
+        bytes: Bytes,
+        reply: ReplyTo,
+        checked: bool,
+    ) -> Result<(), BackendError> {
         if self.permits.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.permits.fetch_sub(1, Ordering::AcqRel);
             return Err(BackendError::Overloaded);
@@ -115,6 +126,7 @@ impl Conn {
         let permit = Permit(self.permits.clone());
         let waiter = Waiter {
             reply,
+            check: checked.then_some(None),
             _permit: permit,
         };
         self.tx
@@ -143,6 +155,9 @@ pub(super) struct Request {
 #[derive(Debug)]
 struct Waiter {
     reply: ReplyTo,
+    /// For a request checked against the run marker: its own reply once come, while the
+    /// `EXISTS` reply after it is awaited.
+    check: Option<Option<Frame>>,
     _permit: Permit,
 }
 
@@ -164,7 +179,29 @@ impl ReplyTo {
     }
 }
 
+/// The error a checked request gets when the run marker was missing.
+const NO_MARKER: &str = "ERR the run marker is missing: flushed or quarantined, no vote";
+
 impl Waiter {
+    /// Takes `frame`: the reply to hand over, or `None` while the marker check's reply is
+    /// still to come. A missing marker wakes the health check while the master votes.
+    fn take(&mut self, frame: Frame, master: &Inner) -> Option<Frame> {
+        let Some(check) = &mut self.check else {
+            return Some(frame);
+        };
+        let Some(reply) = check.take() else {
+            *check = Some(frame);
+            return None;
+        };
+        if frame == Frame::Integer(1) {
+            return Some(reply);
+        }
+        if !master.quarantined.load(Ordering::Acquire) {
+            master.check_now.notify_one();
+        }
+        Some(Frame::Error(NO_MARKER.into()))
+    }
+
     fn answer(self, frame: Frame) {
         match self.reply {
             // The caller may have given up (deadline); its reply is dropped here.
@@ -289,6 +326,7 @@ impl Link {
     async fn carry(&mut self, stream: TcpStream) -> Result<(), LinkError> {
         let (mut rd, mut wr) = stream.into_split();
         let rx = &mut self.rx;
+        let master = &*self.master;
         let pending: Mutex<VecDeque<Waiter>> = Mutex::new(VecDeque::new());
         let writer = async {
             let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES);
@@ -324,18 +362,21 @@ impl Link {
                     return Err(LinkError::Closed);
                 }
                 while let Some(frame) = client::decode_reply(&mut buf)? {
-                    let waiter = pending
-                        .lock()
-                        .expect("pending queue poisoned")
-                        .pop_front()
-                        .ok_or(LinkError::Unrequested)?;
-                    waiter.answer(frame);
+                    let mut queue = pending.lock().expect("pending queue poisoned");
+                    let first = queue.front_mut().ok_or(LinkError::Unrequested)?;
+                    let Some(reply) = first.take(frame, master) else {
+                        continue;
+                    };
+                    let waiter = queue.pop_front().ok_or(LinkError::Unrequested)?;
+                    drop(queue);
+                    waiter.answer(reply);
                 }
             }
         };
         tokio::select! {
             r = writer => r,
             r = reader => r,
+            _ = self.master.redial.notified() => Err(LinkError::Redial),
             _ = self.shutdown.cancelled() => Ok(()),
         }
     }
@@ -345,7 +386,9 @@ impl Reconnect for Link {
     type Open = (TcpStream, Observed);
 
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
-        connect(&self.master.addr, &self.master.names.run_marker).await
+        let mut stream = dial(&self.master.addr).await?;
+        let seen = prepare(&mut stream, &self.master).await?;
+        Ok((stream, seen))
     }
 
     async fn serve(&mut self, (stream, seen): Self::Open) {
@@ -381,13 +424,9 @@ impl Reconnect for Link {
     }
 }
 
-/// Opens a connection and prepares it: credentials, database, scripts; returns it with what
-/// the master's `INFO` says of its run, role and eviction policy, and its run `marker` (read
-/// before the connection carries any vote).
-pub(super) async fn connect(
-    addr: &MasterAddr,
-    marker: &[u8],
-) -> Result<(TcpStream, Observed), LinkError> {
+/// Opens a connection: TCP (the host name resolved anew each time, so a name a failover moved
+/// is followed), keepalive, credentials and database.
+pub(super) async fn dial(addr: &MasterAddr) -> Result<TcpStream, LinkError> {
     let mut stream = TcpStream::connect(addr.host_port()).await?;
     stream.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
@@ -411,9 +450,17 @@ pub(super) async fn connect(
             "SELECT",
         )?;
     }
+    Ok(stream)
+}
+
+/// Prepares a dialled connection to carry votes: loads the scripts, and returns what the
+/// master's `INFO` says of its run, role and eviction policy, and (unless it is a replica,
+/// which can record nothing) what its lineage check answered — before any vote.
+async fn prepare(stream: &mut TcpStream, master: &Inner) -> Result<Observed, LinkError> {
+    let mut buf = BytesMut::new();
     for script in scripts::all_scripts() {
         match round_trip(
-            &mut stream,
+            stream,
             &mut buf,
             &[b"SCRIPT", b"LOAD", script.body.as_bytes()],
         )
@@ -428,7 +475,7 @@ pub(super) async fn connect(
             }
         }
     }
-    let info = match round_trip(&mut stream, &mut buf, &INFO).await? {
+    let info = match round_trip(stream, &mut buf, &INFO).await? {
         Frame::BulkString(text) => String::from_utf8_lossy(&text).into_owned(),
         reply => {
             return Err(LinkError::Handshake {
@@ -438,17 +485,18 @@ pub(super) async fn connect(
         }
     };
     let mut seen = parse_info(&info).ok_or(LinkError::NoRunId)?;
-    let reply = round_trip(&mut stream, &mut buf, &[b"GET", marker]).await?;
-    seen.marker = match parse_marker(reply.clone()) {
-        Some(value) => value,
-        None => {
+    if !seen.replica {
+        let check = lineage_command(master, &seen.run_id);
+        let reply = send_round_trip(stream, &mut buf, &check).await?;
+        seen.lineage = parse_lineage(&reply);
+        if seen.lineage.is_none() {
             return Err(LinkError::Handshake {
-                step: "GET run marker",
+                step: "lineage check",
                 reply,
             });
         }
-    };
-    Ok((stream, seen))
+    }
+    Ok(seen)
 }
 
 /// Sends one command and reads its reply, during a handshake.
@@ -459,7 +507,16 @@ pub(super) async fn round_trip(
 ) -> Result<Frame, LinkError> {
     let mut out = BytesMut::new();
     client::encode_command(&mut out, args);
-    stream.write_all(&out).await?;
+    send_round_trip(stream, buf, &out).await
+}
+
+/// Sends one encoded command and reads its reply, during a handshake.
+async fn send_round_trip(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    command: &[u8],
+) -> Result<Frame, LinkError> {
+    stream.write_all(command).await?;
     loop {
         if let Some(frame) = client::decode_reply(buf)? {
             return Ok(frame);

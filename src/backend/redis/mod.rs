@@ -13,7 +13,8 @@
 //!   reader, up and down, and the reconnect loop with backoff every connection runs;
 //! - `master.rs`: the [`Master`] operations: each one's command and what its reply means, votes
 //!   counted into a ballot, and the resend after a master lost its scripts;
-//! - `identity.rs`: the master's run, and the quarantine after a restart;
+//! - `identity.rs`: the master's run and lineage, the quarantines that keep a master whose data
+//!   may lack live locks from voting, and the health check;
 //! - `releases.rs`: the subscription that relays announced releases;
 //! - `scripts.rs`: the Lua scripts sent to the masters.
 //!
@@ -34,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -67,6 +68,10 @@ struct Inner {
     quarantined: AtomicBool,
     /// The proxy's names on the master besides lock keys.
     names: Names,
+    /// Wakes the health check at once: a vote found the run marker missing.
+    check_now: Notify,
+    /// Drops every connection, to be dialled again: the master left a health check unanswered.
+    redial: Notify,
 }
 
 impl Inner {
@@ -83,6 +88,8 @@ impl Inner {
             identity: Mutex::new(Identity::default()),
             quarantined: AtomicBool::new(false),
             names: names.clone(),
+            check_now: Notify::new(),
+            redial: Notify::new(),
         }
     }
 }
@@ -110,8 +117,14 @@ impl RedisMaster {
             tracker.spawn(link::reconnecting(link, cfg.clone(), shutdown.clone()));
         }
         let period = Duration::from_millis(cfg.health_check_ms);
+        let deadline = Duration::from_millis(cfg.health_timeout_ms);
         let master = RedisMaster(master);
-        tracker.spawn(identity::check_health(master.clone(), period, shutdown));
+        tracker.spawn(identity::check_health(
+            master.clone(),
+            period,
+            deadline,
+            shutdown,
+        ));
         master
     }
 
@@ -127,6 +140,7 @@ impl RedisMaster {
         // Separate statements: each takes the identity lock once and lets it go.
         let run_id = inner.run_id();
         let held_out = inner.held_out();
+        let reason = inner.reason();
         let quarantine_left_ms = inner
             .quarantine_left()
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -143,6 +157,7 @@ impl RedisMaster {
             run_id,
             quarantine_left_ms,
             held_out,
+            reason,
         }
     }
 
@@ -161,8 +176,19 @@ impl RedisMaster {
         home: usize,
         bytes: Bytes,
     ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
+        self.send_checked(home, bytes, false)
+    }
+
+    /// [`Self::send`]; with `checked`, `bytes` ends with `EXISTS` of the run marker, and the
+    /// first reply counts only if the marker exists.
+    fn send_checked(
+        &self,
+        home: usize,
+        bytes: Bytes,
+        checked: bool,
+    ) -> impl Future<Output = Result<Frame, BackendError>> + Send + use<> {
         let (tx, rx) = oneshot::channel();
-        let queued = self.queue(home, bytes, ReplyTo::Frame(tx));
+        let queued = self.queue(home, bytes, ReplyTo::Frame(tx), checked);
         let inner = self.0.clone();
         async move {
             let result = match queued {
@@ -180,7 +206,13 @@ impl RedisMaster {
     }
 
     /// Queues `bytes` with whoever waits for the reply. On failure `reply` is dropped unsent.
-    fn queue(&self, home: usize, bytes: Bytes, reply: ReplyTo) -> Result<(), BackendError> {
+    fn queue(
+        &self,
+        home: usize,
+        bytes: Bytes,
+        reply: ReplyTo,
+        checked: bool,
+    ) -> Result<(), BackendError> {
         let inner = &self.0;
         inner.requests.fetch_add(1, Ordering::Relaxed);
         let n = inner.conns.len();
@@ -189,7 +221,7 @@ impl RedisMaster {
             .map(|i| &inner.conns[(home + i) % n])
             .find(|c| c.is_up())
             .ok_or(BackendError::Down)?;
-        conn.queue(bytes, reply)
+        conn.queue(bytes, reply, checked)
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Inner;
-use super::link::{LinkError, READ_CHUNK, Reconnect, connect, make_room, round_trip};
+use super::link::{LinkError, READ_CHUNK, Reconnect, dial, make_room, round_trip};
 use crate::protocol::client::{self, Frame};
 
 /// Keeps the subscription, through [`reconnecting`](super::link::reconnecting).
@@ -63,7 +63,7 @@ impl Reconnect for Relay {
     type Open = (TcpStream, BytesMut);
 
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
-        let (mut stream, _) = connect(&self.master.addr, &self.master.names.run_marker).await?;
+        let mut stream = dial(&self.master.addr).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let channel = &self.master.names.release_channel;
         let reply = round_trip(&mut stream, &mut buf, &[b"SUBSCRIBE", channel]).await?;
@@ -86,6 +86,8 @@ impl Reconnect for Relay {
     async fn serve(&mut self, (stream, buf): Self::Open) {
         tokio::select! {
             _ = self.shutdown.cancelled() => {}
+            // Dialled again with the master's other connections, so it follows a failover.
+            _ = self.master.redial.notified() => {}
             ended = self.relay(stream, buf) => {
                 let Err(e) = ended;
                 debug!(master = %self.master.addr, "release subscription ended: {e}");

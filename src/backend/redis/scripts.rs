@@ -65,10 +65,13 @@ pub static READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
 
 /// Takes lock `KEYS[1]` with token `ARGV[1]` for `ARGV[2]` ms together with fence `ARGV[3]`, only if the
 /// lock is free and the fence is greater than every fence `KEYS[2]` has seen and than the floor
-/// `KEYS[3]`: 1 when taken, 0 when held, -1 when the fence is stale.
+/// `KEYS[3]`: 1 when taken, 0 when held, -1 when the fence is stale. Without the run marker
+/// `KEYS[4]` (the master was flushed, or sits out a quarantine) it takes nothing and answers
+/// [`NO_MARKER`].
 pub static ACQUIRE_FENCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+        "if redis.call('EXISTS', KEYS[4]) == 0 then return -2 end \
+         if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
          if math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), \
          tonumber(redis.call('GET', KEYS[3]) or '0')) >= tonumber(ARGV[3]) then return -1 end \
          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[3]) \
@@ -81,6 +84,50 @@ pub static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then \
          redis.call('SET', KEYS[1], ARGV[1]) end return 1",
+    )
+});
+
+/// [`ACQUIRE_FENCED`]'s answer when the run marker is missing.
+pub const NO_MARKER: i64 = -2;
+
+/// A master's lineage, checked and recorded atomically on the master's own clock (`TIME`), so
+/// every proxy reaches the same verdict and the same end of a quarantine. `KEYS[1]` is the run
+/// marker, which names the run (`ARGV[1]`, the master's `run_id`) its lock data was written in
+/// and exists only while the master may vote; `KEYS[2]` records a quarantine as
+/// `"<run_id> <end in master ms>"`. `ARGV[2]` is max-ttl in ms; `ARGV[3]` is `0` (strict), `1`
+/// (a master with no marker and no record is trusted: known new) or `2` (every master is
+/// trusted: the operator says none ever loses a write). Answers `{verdict, ms left}`:
+///
+/// - `current`: the marker names this run (written now if a recorded quarantine just ended);
+/// - `new`: no marker and no record, trusted: the marker is written;
+/// - `recorded`: a quarantine of this run recorded earlier (by any proxy) still runs;
+/// - `foreign`: marker or record name another run (a promoted replica, a restored snapshot);
+/// - `unmarked`: neither exists (a flush, or a master nobody marked yet).
+///
+/// The last two start a quarantine of max-ttl from now, recorded, and delete the marker so
+/// every proxy's next vote there fails at once. `redis.replicate_commands()` lets a script write
+/// after `TIME` on Redis before 5; later versions ignore it.
+pub static LINEAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.replicate_commands() \
+         local t = redis.call('TIME') \
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+         local run = redis.call('GET', KEYS[1]) \
+         if ARGV[3] == '2' or run == ARGV[1] then \
+         if run ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end return {'current', 0} end \
+         local rec = redis.call('GET', KEYS[2]) \
+         if rec then \
+         local r, e = string.match(rec, '^(%S+) (%d+)$') \
+         if r == ARGV[1] then \
+         local left = tonumber(e) - now \
+         if left > 0 then return {'recorded', left} end \
+         redis.call('SET', KEYS[1], ARGV[1]) return {'current', 0} end end \
+         if not run and not rec and ARGV[3] == '1' then \
+         redis.call('SET', KEYS[1], ARGV[1]) return {'new', 0} end \
+         local verdict = 'unmarked' if run or rec then verdict = 'foreign' end \
+         redis.call('DEL', KEYS[1]) \
+         redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. string.format('%d', now + tonumber(ARGV[2]))) \
+         return {verdict, tonumber(ARGV[2])}",
     )
 });
 
