@@ -305,7 +305,8 @@ impl Inner {
         if id.first_run.is_none() {
             id.first_run = Some(run_id.to_owned());
         }
-        let replaced = id.run_id.as_deref().is_some_and(|seen| seen != run_id);
+        let first_sight = id.run_id.as_deref() != Some(run_id);
+        let replaced = first_sight && id.run_id.is_some();
         if replaced {
             warn!(
                 master = %self.addr,
@@ -320,6 +321,8 @@ impl Inner {
         // Redis computes uptime from two whole-second clock readings, so it can read up to a
         // second more than the process has really run: count one second less.
         let uptime = uptime.saturating_sub(Duration::from_secs(1));
+        // Decided once per run: later checks read a larger uptime and would only restate the
+        // same end, rounded to Redis's whole seconds.
         let (left, why) = if replaced && !lineage_known {
             (
                 self.policy.max_ttl,
@@ -329,7 +332,7 @@ impl Inner {
             let young = self.policy.max_ttl.saturating_sub(uptime);
             (young, ("restarted", "up for less than max-ttl-ms"))
         };
-        if exempt || left.is_zero() {
+        if exempt || !first_sight || left.is_zero() {
             return None;
         }
         self.quarantine(&mut id, left, why)

@@ -110,9 +110,9 @@ impl Conn {
         self.permits.load(Ordering::Acquire).min(self.capacity)
     }
 
-    /// Queues `bytes` unless the bound is reached. On failure `reply` is dropped unsent. With
-    /// `checked`, `bytes` is a command followed by `EXISTS` of the run marker, and the waiter
-    /// gets the first reply, or an error if the marker was missing.
+    /// Queues `bytes` unless the bound is reached. On failure `reply` is dropped unsent. A
+    /// `checked` request's reply counts only if the run marker exists after it (see
+    /// [`Link::carry`]); else the waiter gets an error.
     pub(super) fn queue(
         &self,
         bytes: Bytes,
@@ -126,7 +126,7 @@ impl Conn {
         let permit = Permit(self.permits.clone());
         let waiter = Waiter {
             reply,
-            check: checked.then_some(None),
+            checked,
             _permit: permit,
         };
         self.tx
@@ -155,10 +155,18 @@ pub(super) struct Request {
 #[derive(Debug)]
 struct Waiter {
     reply: ReplyTo,
-    /// For a request checked against the run marker: its own reply once come, while the
-    /// `EXISTS` reply after it is awaited.
-    check: Option<Option<Frame>>,
+    /// Its reply counts only if the run marker exists after it.
+    checked: bool,
     _permit: Permit,
+}
+
+/// What a reply read from the master answers, in the order the requests were written.
+#[derive(Debug)]
+enum Awaiting {
+    /// A request.
+    Reply(Waiter),
+    /// The `EXISTS` of the run marker written after a batch with checked requests.
+    MarkerCheck,
 }
 
 /// Where a request's reply goes.
@@ -182,26 +190,29 @@ impl ReplyTo {
 /// The error a checked request gets when the run marker was missing.
 const NO_MARKER: &str = "ERR the run marker is missing: flushed or quarantined, no vote";
 
-impl Waiter {
-    /// Takes `frame`: the reply to hand over, or `None` while the marker check's reply is
-    /// still to come. A missing marker wakes the health check while the master votes.
-    fn take(&mut self, frame: Frame, master: &Inner) -> Option<Frame> {
-        let Some(check) = &mut self.check else {
-            return Some(frame);
-        };
-        let Some(reply) = check.take() else {
-            *check = Some(frame);
-            return None;
-        };
-        if frame == Frame::Integer(1) {
-            return Some(reply);
-        }
-        if !master.quarantined.load(Ordering::Acquire) {
+/// Replies to checked requests, held until the marker check of their batch answers.
+#[derive(Debug, Default)]
+struct Held(Vec<(Waiter, Frame)>);
+
+impl Held {
+    /// Hands every held reply over if the marker check said the marker exists, else fails them
+    /// all, and wakes the health check if the master still votes.
+    fn release(&mut self, exists: &Frame, master: &Inner) {
+        let present = *exists == Frame::Integer(1);
+        if !present && !master.quarantined.load(Ordering::Acquire) {
             master.check_now.notify_one();
         }
-        Some(Frame::Error(NO_MARKER.into()))
+        for (waiter, reply) in self.0.drain(..) {
+            waiter.answer(if present {
+                reply
+            } else {
+                Frame::Error(NO_MARKER.into())
+            });
+        }
     }
+}
 
+impl Waiter {
     fn answer(self, frame: Frame) {
         match self.reply {
             // The caller may have given up (deadline); its reply is dropped here.
@@ -323,11 +334,19 @@ impl Link {
 
     /// Writes queued requests in batches and hands replies back in order, until the connection
     /// breaks or shutdown. Requests still pending at the end fail when their senders drop.
+    ///
+    /// A batch with checked requests (acquires) ends with one `EXISTS` of the run marker, and
+    /// their replies are held until it answers: they count only if the marker exists. A flush
+    /// before or among them removes it, and nothing writes it again before a quarantine of
+    /// max-ttl has run, so the check sees every flush that could have emptied a key under an
+    /// acquire. One check per batch, not per acquire: under load it costs the master nothing
+    /// measurable, alone it costs what an `EXISTS` does.
     async fn carry(&mut self, stream: TcpStream) -> Result<(), LinkError> {
         let (mut rd, mut wr) = stream.into_split();
         let rx = &mut self.rx;
         let master = &*self.master;
-        let pending: Mutex<VecDeque<Waiter>> = Mutex::new(VecDeque::new());
+        let marker_check = client::command(&[b"EXISTS", &master.names.run_marker]);
+        let pending: Mutex<VecDeque<Awaiting>> = Mutex::new(VecDeque::new());
         let writer = async {
             let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES);
             loop {
@@ -341,14 +360,20 @@ impl Link {
                 {
                     let mut queue = pending.lock().expect("pending queue poisoned");
                     let mut next = Some(first);
+                    let mut checked = false;
                     while let Some(Request { bytes, mut waiter }) = next {
                         buf.extend_from_slice(&bytes);
                         waiter.reply.written(bytes);
-                        queue.push_back(waiter);
+                        checked |= waiter.checked;
+                        queue.push_back(Awaiting::Reply(waiter));
                         if buf.len() >= MAX_BATCH_BYTES {
                             break;
                         }
                         next = rx.try_recv().ok();
+                    }
+                    if checked {
+                        buf.extend_from_slice(&marker_check);
+                        queue.push_back(Awaiting::MarkerCheck);
                     }
                 }
                 wr.write_all(&buf).await?;
@@ -356,20 +381,19 @@ impl Link {
         };
         let reader = async {
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let mut held = Held::default();
             loop {
                 make_room(&mut buf);
                 if rd.read_buf(&mut buf).await? == 0 {
                     return Err(LinkError::Closed);
                 }
                 while let Some(frame) = client::decode_reply(&mut buf)? {
-                    let mut queue = pending.lock().expect("pending queue poisoned");
-                    let first = queue.front_mut().ok_or(LinkError::Unrequested)?;
-                    let Some(reply) = first.take(frame, master) else {
-                        continue;
-                    };
-                    let waiter = queue.pop_front().ok_or(LinkError::Unrequested)?;
-                    drop(queue);
-                    waiter.answer(reply);
+                    let next = pending.lock().expect("pending queue poisoned").pop_front();
+                    match next.ok_or(LinkError::Unrequested)? {
+                        Awaiting::Reply(waiter) if waiter.checked => held.0.push((waiter, frame)),
+                        Awaiting::Reply(waiter) => waiter.answer(frame),
+                        Awaiting::MarkerCheck => held.release(&frame, master),
+                    }
                 }
             }
         };

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::Either;
 
 use super::link::ReplyTo;
@@ -30,9 +30,9 @@ struct ScriptRequest {
 /// How a request's reply comes.
 #[derive(Debug, Clone, Copy)]
 enum Sent {
-    /// A command and `EXISTS` of the run marker after it: the command's reply counts only if
-    /// the marker exists. Measured on Redis 7.0.15 (`redis-benchmark -P 16`, commandstats):
-    /// `SET NX PX` 2.6 µs, `EXISTS` 0.3 µs, a script doing both 8.8 µs a call.
+    /// Its reply counts only if the run marker exists after it: the connection checks once
+    /// per batch (`Link::carry`). A script doing both would cost the master 8.8 µs a call
+    /// against `SET NX PX`'s 2.6 µs (Redis 7.0.15, `redis-benchmark -P 16`, commandstats).
     Checked,
     /// A script, sent again if the master lost it.
     Script(&'static Script),
@@ -222,14 +222,9 @@ impl RedisMaster {
         let (mut ttl, mut f) = (itoa::Buffer::new(), itoa::Buffer::new());
         match ask {
             Ask::Acquire { key, token, ttl_ms } => {
-                // `EXISTS` of the run marker right behind, on the same connection: a flush
-                // before or between the two fails the vote. Cheaper on the master than a
-                // script doing both (see `Sent::Checked`).
                 let ttl = ttl.format(ttl_ms).as_bytes();
-                let mut both = BytesMut::new();
-                client::encode_command(&mut both, &[b"SET", key, token, b"NX", b"PX", ttl]);
-                client::encode_command(&mut both, &[b"EXISTS", &self.0.names.run_marker]);
-                (both.freeze(), Sent::Checked)
+                let set = encode(&[b"SET", key, token, b"NX", b"PX", ttl]);
+                (set, Sent::Checked)
             }
             Ask::Release { key, marker, token } => {
                 let script = &*scripts::RELEASE;

@@ -179,8 +179,8 @@ impl RedisMaster {
         self.send_checked(home, bytes, false)
     }
 
-    /// [`Self::send`]; with `checked`, `bytes` ends with `EXISTS` of the run marker, and the
-    /// first reply counts only if the marker exists.
+    /// [`Self::send`]; with `checked`, the reply counts only if the run marker exists after it
+    /// (else it is an error).
     fn send_checked(
         &self,
         home: usize,
