@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::{BackendError, KeyState, Master};
 
 /// One master's lock keys (token and expiry) and fence counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Keyspace {
     keys: HashMap<Bytes, (Bytes, Instant)>,
     fences: HashMap<Bytes, u64>,
