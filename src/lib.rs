@@ -9,7 +9,9 @@
 //! ```text
 //! main.rs        flags → validated Config → logging → local masters if none → serve until signal
 //! cli.rs         the command line, over the configuration file
-//! embedded.rs    local redis-server masters (the default, and the tests' masters)
+//! embedded/      mod.rs: local redis-server masters (the default, and the tests' masters);
+//!                forward.rs: a switchable loopback TCP forwarder, the stand-in for a DNS name
+//!                that a failover moves (the tests' and the torture tool's)
 //!        │
 //! server/        mod.rs: accept loop, connection limit, shutdown and drain;
 //!                session.rs: one connection: pipelined reads, concurrent dispatch, in-order replies

@@ -11,14 +11,10 @@ use std::time::{Duration, Instant};
 use redis_protocol::resp3::types::OwnedFrame;
 use redlock_proxy::config::{Config, MasterAddr};
 use redlock_proxy::embedded::RedisServer;
-use support::forward::Forwarder;
+use redlock_proxy::embedded::forward::Forwarder;
 use support::{Conn, error, flatten, is_null, text};
 
 const MAX_TTL_MS: u64 = 3_000;
-
-fn socket(m: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], m.port()))
-}
 
 /// `field` of a Redis server's `INFO section`.
 async fn info_field(c: &mut Conn, section: &str, field: &str) -> String {
@@ -76,7 +72,7 @@ async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
     let m = support::masters(4);
     let (a, b, c, d) = (&m[0], &m[1], &m[2], &m[3]);
     // D, a replica of A, is promoted before the lock is taken: it will not have it.
-    let mut on_d = Conn::connect(socket(d)).await;
+    let mut on_d = Conn::connect(d.socket_addr()).await;
     let a_port = a.port().to_string();
     on_d.call(&["REPLICAOF", "127.0.0.1", &a_port]).await;
     until!(
@@ -87,9 +83,9 @@ async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
     let d_run = info_field(&mut on_d, "server", "run_id").await;
     aged(&mut on_d).await;
 
-    let fa = Forwarder::start(socket(a)).await;
-    let fb = Forwarder::start(socket(b)).await;
-    let fc = Forwarder::start(socket(c)).await;
+    let fa = Forwarder::start(a.socket_addr()).await;
+    let fb = Forwarder::start(b.socket_addr()).await;
+    let fc = Forwarder::start(c.socket_addr()).await;
     let p = support::proxy_with(&m[..3], |cfg| through(cfg, [&fa, &fb, &fc])).await;
     let mut client = p.conn().await;
 
@@ -100,11 +96,11 @@ async fn a_failover_to_a_lagging_replica_does_not_grant_a_held_lock_again() {
     let ttl = MAX_TTL_MS.to_string();
     let token = text(&client.call(&["LOCK", "k", &ttl]).await);
     let granted = Instant::now();
-    fc.switch(socket(c));
+    fc.switch(c.socket_addr());
     p.wait_for_masters_line("masters_up:3").await;
 
     // A's address fails over to D.
-    fa.switch(socket(d));
+    fa.switch(d.socket_addr());
     let d_line = format!("run_id={d_run},");
     until!(
         "the proxy reaches D at A's address",
@@ -128,7 +124,7 @@ async fn masters_that_may_evict_or_are_replicas_do_not_vote() {
     // One master dead, one that may evict lock keys: one safe master is not a quorum.
     m[2].kill();
     p.wait_for_masters_line("masters_up:2").await;
-    let mut on_a = Conn::connect(socket(&m[0])).await;
+    let mut on_a = Conn::connect(m[0].socket_addr()).await;
     on_a.call(&["CONFIG", "SET", "maxmemory", "100mb"]).await;
     on_a.call(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
         .await;
@@ -146,7 +142,7 @@ async fn masters_that_may_evict_or_are_replicas_do_not_vote() {
     p.wait_for_masters_line("masters_voting:2").await;
     assert!(!is_null(&client.call(&["LOCK", "k", "5000"]).await));
     // A master demoted to a replica of another server does not vote.
-    let mut on_b = Conn::connect(socket(&m[1])).await;
+    let mut on_b = Conn::connect(m[1].socket_addr()).await;
     let other = m[3].port().to_string();
     on_b.call(&["REPLICAOF", "127.0.0.1", &other]).await;
     p.wait_for_masters_line("masters_voting:1").await;
@@ -190,9 +186,9 @@ async fn master_field(p: &support::TestProxy, i: usize, field: &str) -> String {
 #[tokio::test]
 async fn a_flush_on_two_masters_does_not_grant_a_held_lock_again() {
     let m = support::masters(3);
-    let mut on_a = Conn::connect(socket(&m[0])).await;
-    let mut on_b = Conn::connect(socket(&m[1])).await;
-    aged(&mut Conn::connect(socket(&m[2])).await).await;
+    let mut on_a = Conn::connect(m[0].socket_addr()).await;
+    let mut on_b = Conn::connect(m[1].socket_addr()).await;
+    aged(&mut Conn::connect(m[2].socket_addr()).await).await;
     // Health checks a minute apart: only the check each acquire makes can see the flush in time.
     let long = |cfg: &mut Config| {
         cfg.backend.health_check_ms = 60_000;
@@ -256,7 +252,7 @@ fn is_granted(reply: &OwnedFrame) -> bool {
 #[tokio::test]
 async fn masters_without_a_run_marker_sit_out_unless_the_deployment_is_new() {
     let m = support::masters(3);
-    aged(&mut Conn::connect(socket(&m[2])).await).await;
+    aged(&mut Conn::connect(m[2].socket_addr()).await).await;
     let short = |cfg: &mut Config| cfg.redlock.max_ttl_ms = MAX_TTL_MS;
     // Old enough to vote, but nothing vouches for their data: new or flushed, nobody can tell.
     let strict = strict_proxy(&m, short).await;
@@ -277,15 +273,15 @@ async fn masters_without_a_run_marker_sit_out_unless_the_deployment_is_new() {
 #[tokio::test]
 async fn a_proxy_started_after_a_failover_does_not_grant_a_held_lock_again() {
     let mut m = support::masters(4);
-    let mut on_d = Conn::connect(socket(&m[3])).await;
+    let mut on_d = Conn::connect(m[3].socket_addr()).await;
     aged(&mut on_d).await;
-    let fa = Forwarder::start(socket(&m[0])).await;
-    let fb = Forwarder::start(socket(&m[1])).await;
-    let fc = Forwarder::start(socket(&m[2])).await;
+    let fa = Forwarder::start(m[0].socket_addr()).await;
+    let fb = Forwarder::start(m[1].socket_addr()).await;
+    let fc = Forwarder::start(m[2].socket_addr()).await;
     let first = support::proxy_with(&m[..3], |cfg| through(cfg, [&fa, &fb, &fc])).await;
-    let mut on_a = Conn::connect(socket(&m[0])).await;
+    let mut on_a = Conn::connect(m[0].socket_addr()).await;
     marker_written(&mut on_a).await;
-    marker_written(&mut Conn::connect(socket(&m[2])).await).await;
+    marker_written(&mut Conn::connect(m[2].socket_addr()).await).await;
     // D copies A, marker included, and is promoted before the lock is taken.
     let a_port = m[0].port().to_string();
     on_d.call(&["REPLICAOF", "127.0.0.1", &a_port]).await;
@@ -301,13 +297,13 @@ async fn a_proxy_started_after_a_failover_does_not_grant_a_held_lock_again() {
     let ttl = MAX_TTL_MS.to_string();
     let token = text(&client.call(&["LOCK", "k", &ttl]).await);
     let granted = Instant::now();
-    fc.switch(socket(&m[2]));
+    fc.switch(m[2].socket_addr());
     first.wait_for_masters_line("masters_up:3").await;
     drop(client);
     first.stop().await;
 
     // A fails over to D; a new proxy, which never saw A, starts behind the same addresses.
-    fa.switch(socket(&m[3]));
+    fa.switch(m[3].socket_addr());
     m[0].kill();
     let second = support::proxy_with(&m[..3], |cfg| {
         through(cfg, [&fa, &fb, &fc]);

@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod forward;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use redlock_proxy::embedded::free_port;
-use redlock_proxy::embedded::{answers_ping, die_with_parent};
+use redlock_proxy::embedded::{answers_ping, die_with_parent, kill_child};
 
 /// How long a starting proxy gets to answer `PING`.
 const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -132,10 +132,7 @@ impl ProxyProc {
 
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port and waits until it answers.

@@ -2,7 +2,8 @@
 //! tests run against. Each is a real process on a free loopback port with persistence off,
 //! started and checked ready by answering `PING`, and killed when its handle drops (or, on
 //! Linux, when the thread that started it exits: start and restart masters from a thread that
-//! outlives them, see [`die_with_parent`]).
+//! outlives them, see [`die_with_parent`]). [`forward`] puts a server behind an address that
+//! can be moved to another one, as a failover does.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -12,6 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::MasterAddr;
+
+pub mod forward;
 
 /// How long a starting `redis-server` gets to answer `PING`.
 const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -47,6 +50,8 @@ pub enum EmbeddedError {
 #[derive(Debug)]
 pub struct RedisServer {
     program: PathBuf,
+    /// Extra arguments, given again at every restart.
+    args: Vec<String>,
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -55,6 +60,12 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `program` on a free loopback port and waits until it answers.
     pub fn start(program: &str) -> Result<RedisServer, EmbeddedError> {
+        RedisServer::start_with(program, &[])
+    }
+
+    /// [`RedisServer::start`] with extra `redis-server` arguments (`--name value` pairs), which
+    /// every restart passes again.
+    pub fn start_with(program: &str, args: &[&str]) -> Result<RedisServer, EmbeddedError> {
         let program = find_program(program).ok_or_else(|| EmbeddedError::NotInstalled {
             program: program.to_owned(),
         })?;
@@ -63,6 +74,7 @@ impl RedisServer {
             let port = free_port()?;
             let mut server = RedisServer {
                 program: program.clone(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
                 port,
                 dir: scratch_dir(port)?,
                 child: None,
@@ -85,6 +97,11 @@ impl RedisServer {
         MasterAddr::local(self.port)
     }
 
+    /// Its socket address on loopback.
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
     /// Its process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -92,10 +109,7 @@ impl RedisServer {
 
     /// Kills it at once (SIGKILL) and reaps it. Nothing is persisted, so its locks are gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port, empty, after [`RedisServer::kill`].
@@ -135,12 +149,13 @@ impl RedisServer {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(&log)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn()?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let addr = self.socket_addr();
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
@@ -212,6 +227,14 @@ fn scratch_dir(port: u16) -> std::io::Result<PathBuf> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// SIGKILLs the process in `child`, if any, and reaps it, so no zombie is left.
+pub fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// True when a server at `addr` answers an inline `PING` with `+PONG` (bounded by short

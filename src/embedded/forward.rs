@@ -1,7 +1,7 @@
 //! A loopback TCP forwarder whose target can be switched: it stands for the DNS name or virtual
 //! IP that a managed Redis moves to another server on failover. Switching drops every
 //! connection through it, as the failover does; new connections go to the new target (and fail
-//! at once if nothing listens there).
+//! at once if nothing listens there). The tests and the torture tool put masters behind it.
 
 use std::net::SocketAddr;
 
@@ -9,7 +9,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A running forwarder; dropping it stops it and every connection through it.
+/// A running forwarder; dropping it stops it and every connection through it. Its tasks run on
+/// the tokio runtime it was started in, which must outlive it.
+#[derive(Debug)]
 pub struct Forwarder {
     addr: SocketAddr,
     target: watch::Sender<SocketAddr>,
@@ -18,9 +20,18 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Forwards a free loopback port to `target`.
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound: the machine has none free, and nothing that needs a
+    /// forwarder could run anyway.
     pub async fn start(target: SocketAddr) -> Forwarder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free loopback port");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let (tx, rx) = watch::channel(target);
         let accepting = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
@@ -30,6 +41,9 @@ impl Forwarder {
                     let Ok(mut server) = TcpStream::connect(to).await else {
                         return;
                     };
+                    // Both legs carry small request/reply traffic: no batching delay.
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         // Switched, or the forwarder is gone: both ends close.
