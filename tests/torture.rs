@@ -1,6 +1,7 @@
 //! Runs the `torture` binary: real masters and proxies, concurrent clients, masters killed and
-//! restarted empty (also two in quick succession), masters frozen, proxies killed; then the
-//! history checker. With restart quarantine in the proxy no two clients may ever have held a
+//! restarted empty (also two in quick succession), masters frozen, proxies killed, masters
+//! failed over to lagging replicas behind a moved address (also two at once); then the history
+//! checker. With restart quarantine in the proxy no two clients may ever have held a
 //! key at once within their promised validity, and with `--fence` fences never go backwards.
 //! The two runs go side by side (the test harness runs tests in parallel), so the file takes
 //! one run's wall time.
@@ -34,7 +35,7 @@ fn field(json: &str, name: &str) -> u64 {
 fn torture(extra: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_torture"))
         .args(["--duration-secs", &TRAFFIC_SECS.to_string()])
-        .args(["--faults", "restart-empty,pause,kill-proxy"])
+        .args(["--faults", "restart-empty,pause,kill-proxy,failover"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -79,8 +80,11 @@ fn no_two_holders_under_faults() {
     let (status, json, context) = torture(&["--seed", "424242"]);
     assert_eq!(field(&json, "violations"), 0, "{context}");
     assert_eq!(status.code(), Some(0), "{context}");
-    assert!(field(&json, "grants") > 200, "too few grants\n{context}");
+    // Every failover holds a master out for max-ttl-ms, a double one two of three: about 260
+    // grants with this seed beside the FENCE run and other builds (450 without failovers).
+    assert!(field(&json, "grants") > 150, "too few grants\n{context}");
     assert!(field(&json, "master_restarts") > 0, "{context}");
+    assert!(field(&json, "failovers") > 0, "{context}");
     assert_eq!(field(&json, "stuck_clients"), 0, "{context}");
 }
 
@@ -96,5 +100,6 @@ fn fences_increase_under_faults() {
     // Every grant came with a fence: the check had something to check.
     assert_eq!(field(&json, "fenced"), field(&json, "grants"), "{context}");
     assert!(field(&json, "master_restarts") > 0, "{context}");
+    assert!(field(&json, "failovers") > 0, "{context}");
     assert_eq!(field(&json, "stuck_clients"), 0, "{context}");
 }

@@ -75,9 +75,10 @@ pub struct Shared {
     pub max_ttl_ms: u64,
     /// Lock with `FENCE` and record each grant's fence.
     pub fence: bool,
-    /// Per key, when the latest grant's promise ends (µs): the fault injector aims restarts at
-    /// moments when a lock has a long life left.
-    pub promised_until_us: Vec<AtomicU64>,
+    /// Per key, the lock a client holds now, if any: the fault injector aims restarts and
+    /// failovers at moments when a held lock has a long life left. A released lock is no
+    /// target: its key is gone from the masters.
+    pub held: Vec<Mutex<Option<Held>>>,
     /// Every hold so far, kept here rather than in the tasks so a stuck client loses nothing.
     pub holds: Mutex<Vec<Hold>>,
     /// No new lock attempts after this instant (µs).
@@ -91,15 +92,39 @@ impl Shared {
         self.stop.load(Ordering::Relaxed) || now_us() >= self.deadline_us
     }
 
-    /// The longest promise still running on any key, in ms.
-    pub fn longest_promise_left_ms(&self) -> u64 {
+    /// The longest promise left of a lock held now and granted at or after `since_us`, in ms.
+    pub fn longest_promise_left_ms(&self, since_us: u64) -> u64 {
         let now = now_us();
-        self.promised_until_us
-            .iter()
-            .map(|t| t.load(Ordering::Relaxed).saturating_sub(now) / 1_000)
+        (0..self.held.len())
+            .filter_map(|k| *self.held_of(k))
+            .filter(|h| h.granted_us >= since_us)
+            .map(|h| h.until_us.saturating_sub(now) / 1_000)
             .max()
             .unwrap_or(0)
     }
+
+    /// Key `k`'s entry in `held`.
+    fn held_of(&self, k: usize) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held[k].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Key `k`'s lock granted at `granted_us` is no longer held, unless a later grant (only
+    /// possible in a violation) has replaced it.
+    fn release_held(&self, k: usize, granted_us: u64) {
+        let mut held = self.held_of(k);
+        if held.is_some_and(|h| h.granted_us == granted_us) {
+            *held = None;
+        }
+    }
+}
+
+/// A lock held now.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    /// When the grant arrived (µs).
+    pub granted_us: u64,
+    /// When its promise ends (µs).
+    pub until_us: u64,
 }
 
 /// One client's loop. Bounded by the run's deadline, and by an iteration cap as a backstop
@@ -130,11 +155,14 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
                 Counters::bump(&shared.counters.grants);
                 let rtt_ms = (received - sent).div_ceil(1_000);
                 let promised = ttl.saturating_sub(drift_ms(ttl)).saturating_sub(rtt_ms);
-                shared.promised_until_us[k]
-                    .fetch_max(received + promised * 1_000, Ordering::Relaxed);
+                *shared.held_of(k) = Some(Held {
+                    granted_us: received,
+                    until_us: received + promised * 1_000,
+                });
                 tokio::time::sleep(Duration::from_millis(section_ms(&mut rng, plan, promised)))
                     .await;
                 let end = now_us();
+                shared.release_held(k, received);
                 let hold = Hold {
                     key: shared.keys[k].clone(),
                     client: id,

@@ -4,8 +4,8 @@
 //!
 //! A fault fires every `interval` (randomised ±50%). Its kind is drawn from the enabled ones;
 //! with more than one enabled, a quarter of faults bring a second kind along within 200 ms.
-//! Follow-up actions (restart after a downtime, resume after a pause) are queued and run when
-//! due, so faults overlap freely.
+//! Follow-up actions (restart after a downtime, resume after a pause, a failover's second
+//! promotion and its rejoins) are queued and run when due, so faults overlap freely.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use rand::RngExt;
 use rand::rngs::StdRng;
-use redlock_proxy::embedded::RedisServer;
 use serde::Serialize;
 
 use crate::clients::Shared;
 use crate::clock::{now_us, secs};
+use crate::masters::Master;
 use crate::procs::ProxyProc;
 
 /// What a fault does.
@@ -31,6 +31,9 @@ pub enum FaultKind {
     Pause,
     /// SIGKILL a proxy mid-traffic and start it again on the same port.
     KillProxy,
+    /// Move a master's address to its replica after cutting the replica off for a while: the
+    /// promoted replica lacks the latest locks. Half the time two masters fail over together.
+    Failover,
     /// No faults (only meaningful alone).
     None,
 }
@@ -41,6 +44,7 @@ impl FaultKind {
             FaultKind::RestartEmpty => "restart-empty",
             FaultKind::Pause => "pause",
             FaultKind::KillProxy => "kill-proxy",
+            FaultKind::Failover => "failover",
             FaultKind::None => "none",
         }
     }
@@ -55,10 +59,15 @@ pub struct FaultCounts {
     pub double_restarts: u64,
     pub pauses: u64,
     pub proxy_kills: u64,
+    /// Masters whose address moved to a promoted, lagging replica.
+    pub failovers: u64,
+    /// Failover faults that moved two masters.
+    pub double_failovers: u64,
     /// Faults that brought a second kind along.
     #[serde(rename = "compound_faults")]
     pub compound: u64,
-    /// Restarts that failed (the process stayed down until the next attempt).
+    /// Restarts and rejoins that failed (the process stayed down until the next attempt), and
+    /// failovers whose lag or promotion did not go through.
     pub restart_failures: u64,
 }
 
@@ -74,15 +83,43 @@ enum MasterState {
     Up,
     Paused,
     Down,
+    /// Its replica is cut off and frozen; it fails over soon.
+    Lagging,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     Inject(FaultKind),
-    KillMaster { index: usize, downtime_ms: u64 },
-    RestartMaster { index: usize, attempt: u32 },
+    KillMaster {
+        index: usize,
+        downtime_ms: u64,
+    },
+    RestartMaster {
+        index: usize,
+        attempt: u32,
+    },
     ResumeMaster(usize),
-    RestartProxy { index: usize, attempt: u32 },
+    RestartProxy {
+        index: usize,
+        attempt: u32,
+    },
+    /// The second master of a double failover.
+    Promote(usize),
+    /// The old primary comes back as the new one's replica.
+    Rejoin {
+        index: usize,
+        attempt: u32,
+    },
+}
+
+/// A failover under way: replicas cut off, promotion pending.
+#[derive(Debug)]
+struct Lag {
+    /// The masters, promoted in this order.
+    masters: Vec<usize>,
+    /// When the replicas were cut off.
+    since: Instant,
+    since_us: u64,
 }
 
 const RESTART_ATTEMPTS: u32 = 5;
@@ -101,19 +138,20 @@ pub struct Schedule {
 /// The injector and what it has done.
 #[derive(Debug)]
 pub struct Injector<'a> {
-    masters: &'a mut [RedisServer],
+    masters: &'a mut [Master],
     proxies: &'a mut [ProxyProc],
     schedule: Schedule,
     shared: Arc<Shared>,
     state: Vec<MasterState>,
     pending: Vec<(Instant, Action)>,
+    lag: Option<Lag>,
     pub counts: FaultCounts,
     pub events: Vec<FaultEvent>,
 }
 
 impl<'a> Injector<'a> {
     pub fn new(
-        masters: &'a mut [RedisServer],
+        masters: &'a mut [Master],
         proxies: &'a mut [ProxyProc],
         mut schedule: Schedule,
         shared: Arc<Shared>,
@@ -127,6 +165,7 @@ impl<'a> Injector<'a> {
             shared,
             state,
             pending: Vec::new(),
+            lag: None,
             counts: FaultCounts::default(),
             events: Vec::new(),
         }
@@ -137,7 +176,8 @@ impl<'a> Injector<'a> {
     /// iteration count is capped as well.
     pub fn run(&mut self) {
         let max_wait = Duration::from_millis(self.shared.max_ttl_ms / 2);
-        // A restart is aimed at a moment when some lock still has this much promise left.
+        // A restart is aimed at a moment when some held lock still has this much promise left;
+        // a failover at a moment when one granted since its replicas were cut off has.
         let aim_ms = self.shared.max_ttl_ms * 2 / 5;
         let mut next = Instant::now() + self.next_interval();
         let mut armed: Option<Instant> = None;
@@ -151,8 +191,14 @@ impl<'a> Injector<'a> {
             }
             let now = Instant::now();
             self.run_due(now);
+            if let Some(lag) = &self.lag {
+                let ready = self.shared.longest_promise_left_ms(lag.since_us) >= aim_ms;
+                if ready || now.duration_since(lag.since) >= max_wait {
+                    self.fail_over();
+                }
+            }
             if let Some(since) = armed {
-                let ready = self.shared.longest_promise_left_ms() >= aim_ms;
+                let ready = self.shared.longest_promise_left_ms(0) >= aim_ms;
                 if ready || now.duration_since(since) >= max_wait {
                     armed = None;
                     self.inject(FaultKind::RestartEmpty);
@@ -181,7 +227,8 @@ impl<'a> Injector<'a> {
                 }
                 next = now + self.next_interval();
             }
-            // While a restart is armed `next` may be past: the 10 ms tick paces the loop then.
+            // While a restart is armed `next` may be past: the 10 ms tick paces the loop then,
+            // and also while a failover waits for its moment.
             let tick = now + Duration::from_millis(10);
             let wake = self
                 .pending
@@ -226,19 +273,32 @@ impl<'a> Injector<'a> {
     /// After the run: restart what is down and resume what is paused, so the last unlocks go
     /// through and the processes end cleanly. No new faults.
     fn settle(&mut self) {
+        for i in self.lag.take().map(|l| l.masters).unwrap_or_default() {
+            self.call_off_failover(i);
+        }
         let mut pending = std::mem::take(&mut self.pending);
         pending.sort_by_key(|(t, _)| *t);
         for (_, action) in pending {
             match action {
                 Action::RestartMaster { index, .. } => {
-                    let outcome = self.masters[index].restart().map_err(|e| e.to_string());
+                    let outcome = self.masters[index]
+                        .primary
+                        .restart()
+                        .map_err(|e| e.to_string());
                     self.state[index] = MasterState::Up;
                     self.log(format!("end of run: master {index} restarted: {outcome:?}"));
                 }
                 Action::ResumeMaster(i) => {
-                    self.masters[i].resume();
+                    self.masters[i].primary.resume();
                     self.state[i] = MasterState::Up;
                     self.log(format!("end of run: master {i} resumed"));
+                }
+                Action::Promote(i) => self.call_off_failover(i),
+                Action::Rejoin { index, .. } => {
+                    let outcome = self.masters[index].rejoin();
+                    self.log(format!(
+                        "end of run: master {index}'s replica rejoined: {outcome:?}"
+                    ));
                 }
                 Action::RestartProxy { index, .. } => {
                     let outcome = self.proxies[index].restart();
@@ -249,15 +309,25 @@ impl<'a> Injector<'a> {
         }
     }
 
+    /// A failover that will not come now: master `i`'s replica thaws and catches up instead.
+    fn call_off_failover(&mut self, i: usize) {
+        self.masters[i].unlag();
+        self.state[i] = MasterState::Up;
+        self.log(format!(
+            "end of run: the replica of master {i} thawed, no failover"
+        ));
+    }
+
     fn act(&mut self, action: Action) {
         match action {
             Action::Inject(kind) => self.inject(kind),
             Action::KillMaster { index, downtime_ms } => {
-                if self.state[index] != MasterState::Down {
+                if matches!(self.state[index], MasterState::Up | MasterState::Paused) {
                     self.kill_master(index, downtime_ms, "second of a double restart");
                 }
             }
-            Action::RestartMaster { index, attempt } => match self.masters[index].restart() {
+            Action::RestartMaster { index, attempt } => match self.masters[index].primary.restart()
+            {
                 Ok(()) => {
                     self.state[index] = MasterState::Up;
                     self.log(format!("master {index} restarted empty"));
@@ -273,7 +343,7 @@ impl<'a> Injector<'a> {
             },
             Action::ResumeMaster(i) => {
                 if self.state[i] == MasterState::Paused {
-                    self.masters[i].resume();
+                    self.masters[i].primary.resume();
                     self.state[i] = MasterState::Up;
                     self.log(format!("master {i} resumed (SIGCONT)"));
                 }
@@ -284,6 +354,21 @@ impl<'a> Injector<'a> {
                     format!("proxy {index} restart failed: {e}"),
                     attempt,
                     Action::RestartProxy {
+                        index,
+                        attempt: attempt + 1,
+                    },
+                ),
+            },
+            Action::Promote(i) => self.promote(i),
+            Action::Rejoin { index, attempt } => match self.masters[index].rejoin() {
+                Ok(()) => self.log(format!(
+                    "master {index}'s old primary back, empty, as the new one's replica ({})",
+                    self.masters[index].describe()
+                )),
+                Err(e) => self.retry_later(
+                    format!("master {index}'s old primary did not rejoin: {e}"),
+                    attempt,
+                    Action::Rejoin {
                         index,
                         attempt: attempt + 1,
                     },
@@ -308,7 +393,7 @@ impl<'a> Injector<'a> {
                     return;
                 };
                 let downtime = self.rng().random_range(20..=150);
-                let left = self.shared.longest_promise_left_ms();
+                let left = self.shared.longest_promise_left_ms(0);
                 // Two restarts inside one lock's life can hand its majority to someone else
                 // when restarted masters vote at once.
                 let others: Vec<usize> = self
@@ -342,13 +427,13 @@ impl<'a> Injector<'a> {
                     return;
                 };
                 let ms = self.rng().random_range(100..=2_000);
-                self.masters[i].pause();
+                self.masters[i].primary.pause();
                 self.state[i] = MasterState::Paused;
                 self.counts.pauses += 1;
                 self.after(ms, Action::ResumeMaster(i));
                 self.log(format!(
                     "pause: master {i} (port {}) SIGSTOP for {ms} ms",
-                    self.masters[i].port()
+                    self.masters[i].primary.port()
                 ));
             }
             FaultKind::KillProxy => {
@@ -373,14 +458,122 @@ impl<'a> Injector<'a> {
                     self.proxies[i].addr()
                 ));
             }
+            FaultKind::Failover => self.cut_off_replicas(),
             FaultKind::None => {}
+        }
+    }
+
+    /// The first half of a failover: one master's replica (half the time two masters')
+    /// frozen and cut off from its primary, so it misses every write from now on. The
+    /// promotion follows once a lock granted since then is held with much of its promise left
+    /// (see `run`): that lock is on the primaries only.
+    fn cut_off_replicas(&mut self) {
+        if self.lag.is_some() {
+            self.log("failover skipped: another one is under way".into());
+            return;
+        }
+        let ready: Vec<usize> = self
+            .masters_in(&[MasterState::Up])
+            .into_iter()
+            .filter(|&i| self.masters[i].replica_in_sync())
+            .collect();
+        let Some(a) = self.pick(
+            &ready,
+            "failover skipped: no master up with a replica in sync",
+        ) else {
+            return;
+        };
+        // One promoted replica lacking a lock leaves the lock on a majority of three masters;
+        // two can hand that majority to someone else.
+        let others: Vec<usize> = ready.into_iter().filter(|&i| i != a).collect();
+        let mut masters = vec![a];
+        if !others.is_empty() && self.rng().random_bool(0.5) {
+            masters.push(others[self.rng().random_range(0..others.len())]);
+            self.counts.double_failovers += 1;
+        }
+        for &i in &masters {
+            if let Err(e) = self.masters[i].lag() {
+                // The replica may have caught up: the failover still happens, with less lag.
+                self.counts.restart_failures += 1;
+                self.log(format!("failover: master {i}'s replica not cut off: {e}"));
+            }
+            self.state[i] = MasterState::Lagging;
+        }
+        self.log(format!(
+            "failover{}: replica of master {} frozen (SIGSTOP) and cut off from its primary; \
+             promoted when a lock granted from now on has {} ms of promise left, or within {} ms",
+            if masters.len() > 1 { ", double" } else { "" },
+            masters
+                .iter()
+                .map(|&i| format!("{i} ({})", self.masters[i].describe()))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            self.shared.max_ttl_ms * 2 / 5,
+            self.shared.max_ttl_ms / 2
+        ));
+        // Taken after the cuts: a lock granted from now on is surely not on the replicas.
+        self.lag = Some(Lag {
+            masters,
+            since: Instant::now(),
+            since_us: now_us(),
+        });
+    }
+
+    /// The second half: the first master fails over now, the second (if any) within 60 ms.
+    fn fail_over(&mut self) {
+        let Some(lag) = self.lag.take() else {
+            return;
+        };
+        let left = self.shared.longest_promise_left_ms(lag.since_us);
+        let lag_ms = lag.since.elapsed().as_millis();
+        self.log(format!(
+            "failover after {lag_ms} ms of lag (longest promise left of a lock granted \
+             meanwhile: {left} ms)"
+        ));
+        let mut masters = lag.masters.into_iter();
+        if let Some(first) = masters.next() {
+            self.promote(first);
+        }
+        for i in masters {
+            let gap_ms = self.rng().random_range(0..=60);
+            self.after(gap_ms, Action::Promote(i));
+        }
+    }
+
+    /// Moves master `i`'s address to its replica, and queues the old primary's return as a
+    /// replica.
+    fn promote(&mut self, i: usize) {
+        let outcome = self.masters[i].promote();
+        self.state[i] = MasterState::Up;
+        self.counts.failovers += 1;
+        let downtime_ms = self.rng().random_range(20..=150);
+        self.after(
+            downtime_ms,
+            Action::Rejoin {
+                index: i,
+                attempt: 0,
+            },
+        );
+        match outcome {
+            Ok(()) => self.log(format!(
+                "failover: master {i}'s primary SIGKILL, its replica promoted (REPLICAOF NO ONE) \
+                 and the address moved to it ({}); old primary back in {downtime_ms} ms",
+                self.masters[i].describe()
+            )),
+            Err(e) => {
+                self.counts.restart_failures += 1;
+                self.log(format!(
+                    "failover: master {i}'s address moved ({}), but the promotion failed: {e}",
+                    self.masters[i].describe()
+                ));
+            }
         }
     }
 
     fn kill_master(&mut self, i: usize, downtime_ms: u64, why: &str) {
         // A paused master may be killed too; its resume is then moot.
         self.pending.retain(|(_, a)| *a != Action::ResumeMaster(i));
-        self.masters[i].kill();
+        self.masters[i].primary.kill();
         self.state[i] = MasterState::Down;
         self.counts.master_restarts += 1;
         self.after(
@@ -392,7 +585,7 @@ impl<'a> Injector<'a> {
         );
         self.log(format!(
             "{why}: master {i} (port {}) SIGKILL, restart empty in {downtime_ms} ms",
-            self.masters[i].port()
+            self.masters[i].primary.port()
         ));
     }
 

@@ -1,8 +1,9 @@
 //! `torture`: runs real `redis-server` masters and `redlock-proxy` processes, drives concurrent
 //! lock clients through them while injecting faults (masters killed and restarted empty,
-//! masters frozen, proxies killed), then checks the recorded history: no two clients may have
-//! held one key at the same time within the validity they were promised. With `--fence` every
-//! lock is taken with `FENCE`, and fences must also increase per key in real-time order.
+//! masters frozen, proxies killed, masters failed over to lagging replicas), then checks the
+//! recorded history: no two clients may have held one key at the same time within the validity
+//! they were promised. With `--fence` every lock is taken with `FENCE`, and fences must also
+//! increase per key in real-time order.
 //!
 //! Exit code: 0 no violation, 1 at least one violation or fence regression, 2 the run could not
 //! be set up, 130 interrupted (Ctrl-C) without either.
@@ -11,23 +12,24 @@ mod checker;
 mod clients;
 mod conn;
 mod faults;
+mod masters;
 mod procs;
 mod summary;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use redlock_proxy::embedded::RedisServer;
 
 use checker::Hold;
 use clients::{Counters, Shared};
 use faults::{FaultKind, Injector, Schedule};
+use masters::Master;
 use procs::{ProxyProc, ProxySpec, RunDir};
 use summary::Summary;
 
@@ -84,7 +86,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "restart-empty,pause,kill-proxy"
+        default_value = "restart-empty,pause,kill-proxy,failover"
     )]
     faults: Vec<FaultKind>,
 
@@ -189,9 +191,17 @@ fn run(args: &Args) -> Result<ExitCode, String> {
 
     // Children are spawned from this (main) thread only: they die with it.
     let dir = RunDir::new(args.log_dir.clone()).map_err(|e| format!("scratch dir: {e}"))?;
-    let mut masters: Vec<RedisServer> = Vec::new();
+    // Failover needs a replica and a movable address per master; the forwarders run on the
+    // clients' runtime (their traffic is small).
+    let failover = kinds
+        .contains(&FaultKind::Failover)
+        .then(|| runtime.handle());
+    let mut masters: Vec<Master> = Vec::new();
     for _ in 0..args.masters {
-        masters.push(RedisServer::start(&args.redis_server).map_err(|e| e.to_string())?);
+        masters.push(Master::start(&args.redis_server, failover)?);
+    }
+    for m in &masters {
+        m.wait_in_sync(masters::SYNC_WITHIN)?;
     }
     let program = match &args.proxy_bin {
         Some(p) => p.clone(),
@@ -203,7 +213,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         program,
         config: procs::write_config(&dir.path, args.persistent_masters)
             .map_err(|e| format!("cannot write the proxy configuration: {e}"))?,
-        masters: masters.iter().map(RedisServer::port).collect(),
+        masters: masters.iter().map(Master::port).collect(),
         max_ttl_ms: args.max_ttl_ms,
     };
     let mut proxies: Vec<ProxyProc> = Vec::new();
@@ -213,7 +223,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     println!(
         "[{}] masters on ports {:?}; proxies on {:?}",
         clock::secs(clock::now_us()),
-        spec.masters,
+        masters.iter().map(Master::describe).collect::<Vec<_>>(),
         proxies.iter().map(|p| p.addr().port()).collect::<Vec<_>>()
     );
 
@@ -241,7 +251,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         keys: (0..args.keys).map(|k| format!("torture:{k}")).collect(),
         max_ttl_ms: args.max_ttl_ms,
         fence: args.fence,
-        promised_until_us: (0..args.keys).map(|_| AtomicU64::new(0)).collect(),
+        held: (0..args.keys).map(|_| Mutex::new(None)).collect(),
         holds: Mutex::new(Vec::new()),
         deadline_us: traffic_start + args.duration_secs * 1_000_000,
         stop: AtomicBool::new(false),

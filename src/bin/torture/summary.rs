@@ -88,12 +88,14 @@ impl Summary<'_> {
         );
         let _ = writeln!(
             out,
-            "faults       {} master restarts ({} double), {} pauses, {} proxy kills, {} compound, \
-             {} failed restarts",
+            "faults       {} master restarts ({} double), {} pauses, {} proxy kills, \
+             {} failovers ({} double), {} compound, {} failed restarts",
             f.master_restarts,
             f.double_restarts,
             f.pauses,
             f.proxy_kills,
+            f.failovers,
+            f.double_failovers,
             f.compound,
             f.restart_failures
         );
@@ -383,6 +385,8 @@ mod tests {
                 double_restarts: 1,
                 pauses: 3,
                 proxy_kills: 4,
+                failovers: 3,
+                double_failovers: 1,
                 compound: 5,
                 restart_failures: 0,
             },
@@ -396,7 +400,7 @@ mod tests {
             r#""grants_per_s":4.00,"counted":3,"not_counted":0,"refused":1,"noquorum":2,"#,
             r#""errors":0,"conn_errors":3,"unlocked":4,"unlock_missed":1,"unlock_failed":0,"#,
             r#""master_restarts":2,"double_restarts":1,"pauses":3,"proxy_kills":4,"#,
-            r#""compound_faults":5,"restart_failures":0,"stuck_clients":0,"violations":1,"#,
+            r#""failovers":3,"double_failovers":1,"compound_faults":5,"restart_failures":0,"stuck_clients":0,"violations":1,"#,
             r#""violating_holds":2,"violation_examples":[{"key":"k","overlap_us":50000,"#,
             r#""first":{"client":1,"proxy":1,"token":"a","sent_us":0,"start_us":0,"#,
             r#""end_us":100000,"promised_validity_ms":500,"fence":3},"second":{"client":2,"#,
