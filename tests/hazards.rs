@@ -316,3 +316,31 @@ async fn a_proxy_started_after_a_failover_does_not_grant_a_held_lock_again() {
     assert_not_granted_again(&again, granted, &token);
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_hung_master_whose_name_moved_is_dialled_again() {
+    let m = support::masters(2);
+    let mut on_new = Conn::connect(m[1].socket_addr()).await;
+    let new_run = info_field(&mut on_new, "server", "run_id").await;
+    // The name resolves to the old server until the failover points it at the new one.
+    let name = Forwarder::start(m[0].socket_addr()).await;
+    let p = support::proxy_with(&m[..1], |cfg| {
+        cfg.backend.masters = vec![MasterAddr::local(name.addr().port())];
+        cfg.backend.health_check_ms = 20;
+        cfg.backend.health_timeout_ms = 200;
+        cfg.backend.reconnect_min_ms = 10;
+        cfg.backend.reconnect_max_ms = 100;
+    })
+    .await;
+    // The old server hangs with its connections open (keepalive probes still get answers from
+    // its kernel), and the name moves: only dialling again can reach the new one.
+    m[0].pause();
+    name.point(m[1].socket_addr());
+    p.wait_for_masters_line("masters_up:1").await;
+    until!(
+        "the proxy reaches the server the name now points at",
+        master_field(&p, 0, "run_id").await == new_run
+    );
+    m[0].resume();
+    p.stop().await;
+}

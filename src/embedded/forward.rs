@@ -1,7 +1,9 @@
 //! A loopback TCP forwarder whose target can be switched: it stands for the DNS name or virtual
-//! IP that a managed Redis moves to another server on failover. Switching drops every
-//! connection through it, as the failover does; new connections go to the new target (and fail
-//! at once if nothing listens there). The tests and the torture tool put masters behind it.
+//! IP that a managed Redis moves to another server on failover. [`Forwarder::switch`] drops
+//! every connection through it, as a moved virtual IP does; [`Forwarder::point`] sends only new
+//! connections elsewhere and keeps the open ones on the old server, as a changed DNS record
+//! does. New connections fail at once if nothing listens at the target. The tests and the
+//! torture tool put masters behind it.
 
 use std::net::SocketAddr;
 
@@ -14,7 +16,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct Forwarder {
     addr: SocketAddr,
-    target: watch::Sender<SocketAddr>,
+    /// Where new connections go, and how many times open ones were dropped.
+    target: watch::Sender<(SocketAddr, u64)>,
     accepting: JoinHandle<()>,
 }
 
@@ -32,11 +35,11 @@ impl Forwarder {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let (tx, rx) = watch::channel(target);
+        let (tx, rx) = watch::channel((target, 0));
         let accepting = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let mut switched = rx.clone();
-                let to = *switched.borrow_and_update();
+                let mut moved = rx.clone();
+                let (to, drops) = *moved.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(to).await else {
                         return;
@@ -44,10 +47,18 @@ impl Forwarder {
                     // Both legs carry small request/reply traffic: no batching delay.
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
+                    // Switched, or the forwarder is gone: both ends close. Pointed elsewhere:
+                    // this connection stays where it is.
+                    let dropped = async {
+                        while moved.changed().await.is_ok() {
+                            if moved.borrow_and_update().1 != drops {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        // Switched, or the forwarder is gone: both ends close.
-                        _ = switched.changed() => {}
+                        _ = dropped => {}
                     }
                 });
             }
@@ -66,7 +77,15 @@ impl Forwarder {
 
     /// Sends new connections to `target` and drops the current ones.
     pub fn switch(&self, target: SocketAddr) {
-        self.target.send_replace(target);
+        self.target.send_modify(|(to, drops)| {
+            *to = target;
+            *drops += 1;
+        });
+    }
+
+    /// Sends new connections to `target`; the current ones stay with the old one.
+    pub fn point(&self, target: SocketAddr) {
+        self.target.send_modify(|(to, _)| *to = target);
     }
 }
 
