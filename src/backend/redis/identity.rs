@@ -110,9 +110,9 @@ pub(super) struct Identity {
     held_out: Option<HeldOut>,
     /// Its eviction policy was allowed, and the log said so.
     eviction_allowed_logged: bool,
-    /// The lineage check found or wrote a marker here: from then on a master without one was
-    /// flushed, whatever `fresh_at_start` says.
-    marked: bool,
+    /// The last run the lineage check found or wrote a marker for: from then on a master
+    /// without one lost its data (flushed, or restarted empty), whatever `fresh_at_start` says.
+    marked_run: Option<String>,
     /// The run whose recorded quarantine this proxy already applied.
     recorded_run: Option<String>,
 }
@@ -184,7 +184,7 @@ impl Inner {
         if self.policy.persistent_masters {
             b"2"
         } else if self.policy.fresh_at_start
-            && !id.marked
+            && id.marked_run.is_none()
             && id.first_run.as_deref().is_none_or(|first| first == run)
         {
             b"1"
@@ -213,7 +213,7 @@ impl Inner {
         let mut id = self.identity();
         let why = match lineage.verdict {
             Verdict::Current | Verdict::New => {
-                id.marked = true;
+                id.marked_run = Some(run.to_owned());
                 return None;
             }
             Verdict::Recorded if id.recorded_run.as_deref() == Some(run) => return None,
@@ -226,14 +226,20 @@ impl Inner {
                 "foreign-data",
                 "its data was written in another run (a promoted replica or a restored snapshot)",
             ),
-            Verdict::Unmarked if id.marked => ("flushed", "its run marker vanished (a flush)"),
+            Verdict::Unmarked if id.marked_run.as_deref() == Some(run) => {
+                ("flushed", "its run marker vanished (a flush)")
+            }
+            Verdict::Unmarked if id.marked_run.is_some() => (
+                "restarted",
+                "a new run came up without the run marker (restarted empty)",
+            ),
             Verdict::Unmarked => (
                 "unmarked",
                 "it has no run marker: it may be new, or flushed (start the proxy with \
                  --new-deployment if the masters are new)",
             ),
         };
-        id.marked = true;
+        id.marked_run = Some(run.to_owned());
         id.recorded_run = Some(run.to_owned());
         if lineage.left.is_zero() {
             return None;
@@ -442,13 +448,17 @@ pub(super) fn lineage_command(master: &Inner, run: &str) -> Bytes {
     ])
 }
 
+/// How often a master that reads as a replica is dialled again.
+const REPLICA_REDIAL: Duration = Duration::from_secs(5);
+
 /// Checks the master every `period`, and at once when a vote found its run marker missing,
 /// for what [`INFO`] tells (its run, role and eviction policy) and its lineage, so a restart
 /// behind a live connection, a demotion, a `CONFIG SET` or a flush at run time is seen within a
 /// period. It goes over the master's own connections: no connection of its own, and nothing to
 /// check while none is up. A master that leaves a check unanswered for `deadline` has every
 /// connection dropped and dialled again, which resolves its host name again: a failover that
-/// moved the name to another server is followed even while the old one hangs.
+/// moved the name to another server is followed even while the old one hangs; so is one that
+/// left the old server running as a replica (dialled again every [`REPLICA_REDIAL`]).
 pub(super) async fn check_health(
     master: RedisMaster,
     period: Duration,
@@ -456,6 +466,7 @@ pub(super) async fn check_health(
     shutdown: CancellationToken,
 ) {
     let info = client::command(&INFO);
+    let mut last_redial: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -486,6 +497,17 @@ pub(super) async fn check_health(
             Ok(Some(seen)) => {
                 if let Some(until) = master.0.observe(&seen) {
                     announce_release(&master.0, until, &shutdown);
+                }
+                // A host name that moved to the new primary while the old one lives on as a
+                // replica is only followed by dialling again.
+                if seen.replica && last_redial.is_none_or(|at| at.elapsed() >= REPLICA_REDIAL) {
+                    last_redial = Some(Instant::now());
+                    info!(
+                        master = %master.0.addr,
+                        "master is a replica: dialling it again, in case its name now points at \
+                         the new primary"
+                    );
+                    master.0.redial.notify_waiters();
                 }
             }
             Ok(None) => {}
@@ -681,6 +703,11 @@ mod tests {
         assert!(m.observe(&seen("a", Verdict::Unmarked)).is_some());
         assert!(!m.votes() && m.fences_lost());
         assert_eq!(m.reason(), Some("flushed"));
+        // A new run without the marker restarted empty.
+        let m = inner(STRICT);
+        assert!(m.observe(&seen("a", Verdict::Current)).is_none());
+        assert!(m.observe(&seen("b", Verdict::Unmarked)).is_some());
+        assert_eq!(m.reason(), Some("restarted"));
         // Data from another run (a promoted replica's copy).
         let m = inner(STRICT);
         assert!(m.observe(&seen("a", Verdict::Foreign)).is_some());
