@@ -148,7 +148,9 @@ async fn masters_that_may_evict_or_are_replicas_do_not_vote() {
     p.wait_for_masters_line("masters_voting:1").await;
     let info = flatten(&client.call(&["INFO", "masters"]).await);
     let master1 = info.lines().find(|l| l.starts_with("master1:")).unwrap();
-    assert!(master1.contains("state=replica"), "{master1}");
+    // The state may read `down` for a moment: a replica is dialled again, in case its name
+    // moved to the new primary. The rule holding it out stays named.
+    assert!(master1.contains("reason=replica"), "{master1}");
     p.stop().await;
 }
 

@@ -115,6 +115,10 @@ pub(super) struct Identity {
     marked_run: Option<String>,
     /// The run whose recorded quarantine this proxy already applied.
     recorded_run: Option<String>,
+    /// A quarantine from the lineage check deleted the run marker: until the check finds or
+    /// writes it again, every acquire on the master fails its marker check, so the master does
+    /// not count as voting even once the quarantine's time is up.
+    marker_pending: bool,
 }
 
 impl Inner {
@@ -127,11 +131,15 @@ impl Inner {
         self.identity().run_id.clone()
     }
 
+    /// How long a quarantine still runs; zero while one that ended waits for the lineage check
+    /// to write the run marker again.
     pub(super) fn quarantine_left(&self) -> Option<Duration> {
-        let until = self.identity().quarantined_until?;
-        until
+        let id = self.identity();
+        let left = id
+            .quarantined_until?
             .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
+            .filter(|d| !d.is_zero());
+        left.or(id.marker_pending.then_some(Duration::ZERO))
     }
 
     /// What holds it out besides a quarantine, as `INFO masters` names it.
@@ -145,7 +153,7 @@ impl Inner {
         if let Some(held_out) = &id.held_out {
             return Some(held_out.state());
         }
-        let running = id.quarantined_until.is_some_and(|u| Instant::now() < u);
+        let running = id.marker_pending || id.quarantined_until.is_some_and(|u| Instant::now() < u);
         id.reason.filter(|_| running)
     }
 
@@ -156,6 +164,7 @@ impl Inner {
         }
         let id = self.identity();
         let ended = id.held_out.is_none()
+            && !id.marker_pending
             && id
                 .quarantined_until
                 .is_none_or(|until| Instant::now() >= until);
@@ -214,6 +223,7 @@ impl Inner {
         let why = match lineage.verdict {
             Verdict::Current | Verdict::New => {
                 id.marked_run = Some(run.to_owned());
+                id.marker_pending = false;
                 return None;
             }
             Verdict::Recorded if id.recorded_run.as_deref() == Some(run) => return None,
@@ -241,6 +251,8 @@ impl Inner {
         };
         id.marked_run = Some(run.to_owned());
         id.recorded_run = Some(run.to_owned());
+        id.marker_pending = true;
+        self.quarantined.store(true, Ordering::Release);
         if lineage.left.is_zero() {
             return None;
         }
@@ -372,7 +384,8 @@ impl Inner {
     }
 }
 
-/// Logs the end of a quarantine when it comes (unless a later one replaced it).
+/// Logs the end of a quarantine when it comes (unless a later one replaced it), and has the
+/// health check run at once.
 pub(super) fn announce_release(master: &Arc<Inner>, until: Instant, shutdown: &CancellationToken) {
     let master = master.clone();
     let shutdown = shutdown.clone();
@@ -381,6 +394,8 @@ pub(super) fn announce_release(master: &Arc<Inner>, until: Instant, shutdown: &C
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep_until(until.into()) => {
                 if master.identity().quarantined_until == Some(until) {
+                    // The lineage check writes the run marker again now, not a period later.
+                    master.check_now.notify_one();
                     info!(master = %master.addr, "master left quarantine: it votes again");
                 }
             }
