@@ -236,9 +236,10 @@ impl Inner {
                 "foreign-data",
                 "its data was written in another run (a promoted replica or a restored snapshot)",
             ),
-            Verdict::Unmarked if id.marked_run.as_deref() == Some(run) => {
-                ("flushed", "its run marker vanished (a flush)")
-            }
+            Verdict::Unmarked if id.marked_run.as_deref() == Some(run) => (
+                "flushed",
+                "its run marker vanished (a flush, or a resync from another master)",
+            ),
             Verdict::Unmarked if id.marked_run.is_some() => (
                 "restarted",
                 "a new run came up without the run marker (restarted empty)",
