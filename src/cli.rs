@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::config::{Config, ConfigError, MasterAddr};
+use crate::config::{Config, ConfigError, MasterAddr, Secret};
 
 /// Default configuration file, used when it exists and `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "config.toml";
@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
 
+    /// `no` lets the proxy listen on a non-loopback address without a password
+    /// [default: yes]
+    #[arg(long, value_name = "yes|no", value_parser = yes_no)]
+    pub protected_mode: Option<bool>,
+
     /// A Redis master, HOST:PORT or redis://[user:pass@]HOST:PORT[/db]; repeat for each.
     /// Without any, three local redis-server masters are started.
     #[arg(long = "backend", value_name = "ADDR")]
@@ -31,9 +36,31 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_ttl_ms: Option<u64>,
 
-    /// Password clients must AUTH with
-    #[arg(long, value_name = "PASSWORD")]
-    pub requirepass: Option<String>,
+    /// Password clients must AUTH with (the environment keeps it out of `ps`)
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "REDLOCK_REQUIREPASS",
+        hide_env_values = true
+    )]
+    pub requirepass: Option<Secret>,
+
+    /// A file whose first line is the password clients must AUTH with
+    #[arg(long, value_name = "PATH", conflicts_with = "requirepass")]
+    pub requirepass_file: Option<PathBuf>,
+
+    /// Password for every master whose address carries none
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "REDLOCK_BACKEND_PASSWORD",
+        hide_env_values = true
+    )]
+    pub backend_password: Option<Secret>,
+
+    /// A file whose first line is the password for every master whose address carries none
+    #[arg(long, value_name = "PATH", conflicts_with = "backend_password")]
+    pub backend_password_file: Option<PathBuf>,
 
     /// Validate the configuration, print the effective one, and exit (0 valid, 1 invalid)
     #[arg(long)]
@@ -63,14 +90,40 @@ impl Cli {
         if let Some(ms) = self.max_ttl_ms {
             config.redlock.max_ttl_ms = ms;
         }
+        if let Some(on) = self.protected_mode {
+            config.server.protected_mode = on;
+        }
+        // A flag replaces the file's password, whichever way the file gives it.
         if let Some(pass) = &self.requirepass {
             config.server.requirepass = pass.clone();
+            config.server.requirepass_file.clear();
         }
+        if let Some(path) = &self.requirepass_file {
+            config.server.requirepass = Secret::default();
+            config.server.requirepass_file = path.display().to_string();
+        }
+        if let Some(path) = &self.backend_password_file {
+            config.backend.password_file = path.display().to_string();
+        }
+        if let Some(pass) = &self.backend_password {
+            config.backend.password_file.clear();
+            config.backend.default_password(pass);
+        }
+        config.read_secret_files()?;
         if self.new_deployment {
             config.backend.fresh_at_start = true;
         }
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Redis's spelling of a switch: `yes` or `no`.
+fn yes_no(s: &str) -> Result<bool, String> {
+    match s {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("expected yes or no, got {s:?}")),
     }
 }
 
@@ -104,6 +157,38 @@ mod tests {
         assert_eq!(c.redlock.max_ttl_ms, 1000);
         assert_eq!(c.backend.masters.len(), 2);
         assert_eq!(c.backend.masters[1].db, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn passwords_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("redlock-proxy-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let client = dir.join("client");
+        let master = dir.join("master");
+        std::fs::write(&client, "c/l:i@xyzzy1\n").unwrap();
+        std::fs::write(&master, "m/xyzzy2\r\n").unwrap();
+        let cli = Cli::parse_from([
+            "redlock-proxy",
+            "--requirepass-file",
+            client.to_str().unwrap(),
+            "--backend-password-file",
+            master.to_str().unwrap(),
+            "--backend",
+            "127.0.0.1:7000",
+            "--backend",
+            "redis://:own@127.0.0.1:7001",
+            "--listen",
+            "0.0.0.0:0",
+        ]);
+        let c = cli.load_config().unwrap();
+        assert_eq!(c.server.requirepass.expose(), "c/l:i@xyzzy1");
+        assert_eq!(c.backend.masters[0].password.as_deref(), Some("m/xyzzy2"));
+        assert_eq!(c.backend.masters[1].password.as_deref(), Some("own"));
+        let shown = c.to_toml();
+        assert!(!shown.contains("xyzzy"), "{shown}");
+        std::fs::write(&client, "").unwrap();
+        assert!(cli.load_config().unwrap_err().to_string().contains("empty"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -53,8 +53,26 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address the proxy listens on.
     pub listen: SocketAddr,
+    /// Refuse to start on a non-loopback address without `requirepass`: anyone who can reach
+    /// the port could read any holder's token and release any lock.
+    pub protected_mode: bool,
     /// When non-empty, clients must `AUTH` (or `HELLO ... AUTH`) with it.
-    pub requirepass: String,
+    pub requirepass: Secret,
+    /// A file holding `requirepass` (one line), so the password need not be in this file nor
+    /// on the command line.
+    pub requirepass_file: String,
+    /// A connection that has not authenticated this long after connecting is closed, in ms
+    /// (with `requirepass` only; 0: never).
+    pub auth_timeout_ms: u64,
+    /// Failed `AUTH`s after which a connection is closed.
+    pub max_auth_failures: u32,
+    /// A connection with nothing in flight that sends nothing this long is closed, in ms
+    /// (Redis's `timeout`; 0: never).
+    pub idle_timeout_ms: u64,
+    /// TCP keepalive on client connections: the first probe after this many idle seconds, the
+    /// next a third of it apart; a peer that leaves three unanswered is declared dead (Redis's
+    /// `tcp-keepalive`; 0: off).
+    pub tcp_keepalive_secs: u64,
     /// Connections beyond this are refused with an error reply.
     pub max_clients: usize,
     /// Commands one connection may have in flight before the proxy stops reading from it.
@@ -112,6 +130,9 @@ pub struct BackendConfig {
     pub connections_per_master: usize,
     /// Requests one connection may have queued or awaiting a reply; beyond it requests fail at once.
     pub max_pending_per_connection: usize,
+    /// A file holding the password for every master whose address carries none, so it need
+    /// not be in this file nor on the command line.
+    pub password_file: String,
     /// Deadline for opening a connection and its handshake.
     pub connect_timeout_ms: u64,
     /// First delay before reconnecting to a master that went away; doubles up to the maximum.
@@ -136,6 +157,91 @@ pub struct BackendConfig {
     pub fresh_at_start: bool,
 }
 
+impl BackendConfig {
+    /// Gives `password` to every master whose address carries none.
+    pub fn default_password(&mut self, password: &Secret) {
+        for m in &mut self.masters {
+            if m.password.is_none() {
+                m.password = Some(password.expose().to_owned());
+            }
+        }
+    }
+}
+
+/// The largest `tcp_keepalive_secs`: Linux refuses a longer keepalive idle time.
+pub const MAX_TCP_KEEPALIVE_SECS: u64 = 32_767;
+
+/// A password. `Debug`, `Display` and serialization show `***`, so no configuration dump or
+/// log line carries it; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The password itself, for comparing and sending; never for showing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// No password.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret::from(s))
+    }
+}
+
+/// For tests and the shown configuration: compares the stored text.
+impl PartialEq<&str> for Secret {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+/// A secret from a file: its first line, without the line ending (`echo pw > file` works).
+fn read_secret(path: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{path} is empty: it must hold the password on its first line"
+        )));
+    }
+    Ok(Secret(line.to_owned()))
+}
+
 /// `[embedded]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,7 +264,13 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7379)),
-            requirepass: String::new(),
+            protected_mode: true,
+            requirepass: Secret::default(),
+            requirepass_file: String::new(),
+            auth_timeout_ms: 10_000,
+            max_auth_failures: 10,
+            idle_timeout_ms: 0,
+            tcp_keepalive_secs: 300,
             max_clients: 10_000,
             max_pipeline: 1024,
             max_args: 1024,
@@ -188,6 +300,7 @@ impl Default for BackendConfig {
             masters: Vec::new(),
             connections_per_master: 1,
             max_pending_per_connection: 4096,
+            password_file: String::new(),
             connect_timeout_ms: 1_000,
             reconnect_min_ms: 50,
             reconnect_max_ms: 2_000,
@@ -243,6 +356,26 @@ impl Config {
         }
         if !(10..=600_000).contains(&b.health_timeout_ms) {
             return bad("backend.health_timeout_ms must be between 10 and 600000".into());
+        }
+        let password = !s.requirepass.is_empty() || !s.requirepass_file.is_empty();
+        if s.protected_mode && !password && !s.listen.ip().is_loopback() {
+            return bad(format!(
+                "protected mode: listening on {} (not a loopback address) without a password \
+                 would let anyone who reaches the port read any lock's token and release any \
+                 lock. Either set a password (requirepass, requirepass_file, \
+                 REDLOCK_REQUIREPASS or --requirepass-file), or, if the network itself keeps \
+                 strangers out, start with --protected-mode no (protected_mode = false in \
+                 [server])",
+                s.listen
+            ));
+        }
+        if s.max_auth_failures == 0 {
+            return bad("server.max_auth_failures must be at least 1".into());
+        }
+        if s.tcp_keepalive_secs > MAX_TCP_KEEPALIVE_SECS {
+            return bad(format!(
+                "server.tcp_keepalive_secs must be at most {MAX_TCP_KEEPALIVE_SECS} (0: off)"
+            ));
         }
         if s.max_clients == 0 {
             return bad("server.max_clients must be at least 1".into());
@@ -333,10 +466,30 @@ impl Config {
     /// The effective configuration as TOML, passwords masked.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
-        if !shown.server.requirepass.is_empty() {
-            shown.server.requirepass = "***".into();
+        if !shown.server.requirepass_file.is_empty() {
+            // Read from the file named: the file is what the configuration says.
+            shown.server.requirepass = Secret::default();
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Reads `requirepass_file` into `requirepass`, and `[backend] password_file` into every
+    /// master whose address carries no password.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let s = &mut self.server;
+        if !s.requirepass_file.is_empty() {
+            if !s.requirepass.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "server.requirepass and server.requirepass_file are both set: keep one".into(),
+                ));
+            }
+            s.requirepass = read_secret(&s.requirepass_file)?;
+        }
+        if !self.backend.password_file.is_empty() {
+            let password = read_secret(&self.backend.password_file)?;
+            self.backend.default_password(&password);
+        }
+        Ok(())
     }
 
     /// Per-master answer deadline.
@@ -401,12 +554,17 @@ impl std::str::FromStr for MasterAddr {
             }
             match auth_host.rsplit_once('@') {
                 Some((auth, host)) => {
+                    let decode = |part: &str| {
+                        percent_decode(part).ok_or_else(|| {
+                            err("a user or password with a bad %-escape (write / as %2F)")
+                        })
+                    };
                     match auth.split_once(':') {
                         Some((u, p)) => {
-                            username = (!u.is_empty()).then(|| u.to_owned());
-                            password = Some(p.to_owned());
+                            username = (!u.is_empty()).then(|| decode(u)).transpose()?;
+                            password = Some(decode(p)?);
                         }
-                        None => password = Some(auth.to_owned()),
+                        None => password = Some(decode(auth)?),
                     }
                     host
                 }
@@ -459,7 +617,7 @@ impl fmt::Display for MasterAddr {
         }
         f.write_str("redis://")?;
         match (&self.username, &self.password) {
-            (Some(u), Some(_)) => write!(f, "{u}:***@")?,
+            (Some(u), Some(_)) => write!(f, "{}:***@", percent_encode(u))?,
             (None, Some(_)) => f.write_str("***@")?,
             _ => {}
         }
@@ -469,6 +627,37 @@ impl fmt::Display for MasterAddr {
         }
         Ok(())
     }
+}
+
+/// `%XX` escapes decoded, as in a URL's user and password (a password may hold `/` or `@`).
+/// `None` for a `%` not followed by two hex digits, or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The inverse of [`percent_decode`] for a URL's user part: everything but unreserved
+/// characters escaped.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl fmt::Debug for MasterAddr {
@@ -513,7 +702,24 @@ mod tests {
         assert_eq!((m.username, m.password.as_deref()), (None, Some("secret")));
         let m: MasterAddr = "redis://[::1]:6379".parse().unwrap();
         assert_eq!(m.host_port(), "[::1]:6379");
-        for bad in ["h", "h:0", "h:x", "http://h:1", "redis://h:1/x", ":1"] {
+        // A password with `/` or `@` comes percent-encoded, as in any URL.
+        let m: MasterAddr = "redis://us%40er:p%2Fw%40rd%25@h:1/2".parse().unwrap();
+        assert_eq!(m.username.as_deref(), Some("us@er"));
+        assert_eq!(m.password.as_deref(), Some("p/w@rd%"));
+        assert_eq!(m.db, 2);
+        assert_eq!(m.to_string(), "redis://us%40er:***@h:1/2");
+        let back: MasterAddr = m.to_string().parse().unwrap();
+        assert_eq!(back.username, m.username);
+        for bad in [
+            "h",
+            "h:0",
+            "h:x",
+            "http://h:1",
+            "redis://h:1/x",
+            ":1",
+            "redis://:p%2@h:1",
+            "redis://:p%zz@h:1",
+        ] {
             assert!(bad.parse::<MasterAddr>().is_err(), "{bad}");
         }
     }
@@ -532,6 +738,37 @@ mod tests {
         let mut c = Config::default();
         c.redlock.key_prefix.clear();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn protected_mode_refuses_a_public_listen_without_a_password() {
+        let mut c = Config::default();
+        c.server.listen = "0.0.0.0:7379".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        for needle in ["protected mode", "requirepass", "--protected-mode no"] {
+            assert!(e.contains(needle), "{needle} not in {e}");
+        }
+        c.server.requirepass = "pw".into();
+        c.validate().unwrap();
+        c.server.requirepass = Secret::default();
+        c.server.protected_mode = false;
+        c.validate().unwrap();
+        c.server.listen = "[::1]:7379".parse().unwrap();
+        c.server.protected_mode = true;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let mut c = Config::default();
+        c.server.requirepass = "hunter2".into();
+        c.backend.masters = vec!["redis://u:hunter3@h:1".parse().unwrap()];
+        let shown = format!("{c:?} {}", c.to_toml());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert_eq!(c.server.requirepass.expose(), "hunter2");
     }
 
     #[test]

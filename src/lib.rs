@@ -13,8 +13,9 @@
 //!                forward.rs: a switchable loopback TCP forwarder, the stand-in for a DNS name
 //!                that a failover moves (the tests' and the torture tool's)
 //!        │
-//! server/        mod.rs: accept loop, connection limit, shutdown and drain;
-//!                session.rs: one connection: pipelined reads, concurrent dispatch, in-order replies
+//! server/        mod.rs: accept loop, connection limit, TCP keepalive, shutdown and drain;
+//!                session.rs: one connection: pipelined reads, concurrent dispatch, in-order
+//!                replies, the caps before AUTH, the idle and authentication deadlines
 //!        │
 //! cmd/           one file per command (parse argv → call the lock service → reply); mod.rs: the
 //!                one name → command table, dispatch, per-connection Client and process-wide
@@ -45,7 +46,7 @@
 //! protocol/      pure RESP codec: request.rs (requests in), reply.rs (replies out),
 //!                client.rs (commands out, replies in: for masters and the tools)
 //! config.rs      sections with named defaults, validated once at load
-//! stats.rs       the server's counters for INFO
+//! stats.rs       the server's counters for INFO; LogLimit, for events a client can repeat
 //!
 //! bin/lockbench/ the load generator; bin/torture/ the fault-injection tool and its history
 //!                checker: binaries of this crate that talk RESP through protocol::client

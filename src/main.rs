@@ -1,5 +1,5 @@
-//! `redlock-proxy`: flags → configuration → logging → local masters if none are configured →
-//! serve until SIGINT/SIGTERM → drain → exit 0.
+//! `redlock-proxy`: flags → configuration → logging → the open-files limit → local masters if
+//! none are configured → serve until SIGINT/SIGTERM → drain → exit 0.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use redlock_proxy::cli::Cli;
+use redlock_proxy::config::Config;
 use redlock_proxy::embedded::{self, RedisServer};
 use redlock_proxy::redlock::quorum::quorum;
 use redlock_proxy::server::Proxy;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
              drop the flag after this start, or a flushed master can grant a live lock twice"
         );
     }
+    raise_open_files_limit(&config);
     // Started on the main thread, which lives as long as the process: they die with it.
     let mut local: Vec<RedisServer> = Vec::new();
     if config.backend.masters.is_empty() {
@@ -123,6 +125,69 @@ fn main() -> ExitCode {
     });
     drop(local);
     code
+}
+
+/// File descriptors needed besides the clients' and the masters': the listener, the runtime,
+/// standard streams, local masters' pipes, and slack.
+const FD_MARGIN: u64 = 64;
+
+/// Raises the soft open-files limit to the hard one, so `max_clients` is not cut short by a
+/// soft limit left at 1024, and warns when even that is too low. libc, already a dependency
+/// for signals in the tests, has both calls; a crate for two system calls is not needed.
+fn raise_open_files_limit(config: &Config) {
+    let masters = match config.backend.masters.len() {
+        0 => config.embedded.masters,
+        n => n,
+    };
+    // Each master: its multiplexed connections and its subscription to releases.
+    let per_master = config.backend.connections_per_master + 1;
+    let others = u64::try_from(masters * per_master)
+        .unwrap_or(u64::MAX)
+        .saturating_add(FD_MARGIN);
+    let needed = u64::try_from(config.server.max_clients)
+        .unwrap_or(u64::MAX)
+        .saturating_add(others);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into memory this function owns.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!(
+            "cannot read the open-files limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let before = limit.rlim_cur;
+    // An unlimited hard limit is still capped by the kernel (fs.nr_open, 1048576 by default).
+    let target = limit.rlim_max.min(1 << 20);
+    if before < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit this function owns.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = target;
+            info!("open-files limit raised from {before} to {target}");
+        } else {
+            warn!(
+                "cannot raise the open-files limit from {before} to {target}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    if limit.rlim_cur < needed {
+        warn!(
+            "the open-files limit is {}, below the {needed} that max_clients ({}) and the \
+             masters' connections need: clients past about {} will be refused. Raise the hard \
+             limit (ulimit -Hn, or LimitNOFILE= under systemd) or lower max_clients",
+            limit.rlim_cur,
+            config.server.max_clients,
+            limit.rlim_cur.saturating_sub(others),
+        );
+    }
 }
 
 async fn wait_for_signal() {

@@ -241,10 +241,17 @@ struct Running {
 impl Running {
     /// Starts the binary with `args` plus `--listen`, and waits until it answers.
     async fn start(dir: TempDir, args: &[&str]) -> Running {
+        let cmd = bin(&dir, args);
+        Running::start_cmd(dir, cmd).await
+    }
+
+    /// Starts `cmd` (the binary, or a program that runs it in its own process) plus
+    /// `--listen`, and waits until it answers.
+    async fn start_cmd(dir: TempDir, mut cmd: Command) -> Running {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, support::free_port()));
         let listen = addr.to_string();
         let log = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
-        let child = bin(&dir, args)
+        let child = cmd
             .args(["--listen", &listen])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -557,4 +564,219 @@ async fn requirepass_flag_requires_auth() {
 
     p.signal(libc::SIGTERM);
     assert_eq!(p.exit_status().await.code(), Some(0), "{}", p.stderr());
+}
+
+/// A field of the process's `/proc/<pid>/status`, in KiB (`VmRSS`: resident now; `VmHWM`: the
+/// peak so far).
+fn status_kib(p: &Running, field: &str) -> u64 {
+    let pid = p.child.id().expect("still running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// Whether the peer closed `s` within the bound (EOF or reset), reading past any replies.
+async fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let drain = async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(1..) = s.read(&mut chunk).await {}
+    };
+    tokio::time::timeout(WITHIN, drain).await.is_ok()
+}
+
+#[tokio::test]
+async fn strangers_cannot_make_the_proxy_buffer_their_requests() {
+    let m = support::masters(1);
+    let dir = TempDir::new();
+    let mut args = vec!["--requirepass".to_owned(), "secret".to_owned()];
+    args.extend(backend_args(&dir, &m, ""));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = Running::start(dir, &args).await;
+    let rss_before = status_kib(&p, "VmRSS");
+    let peak_before = status_kib(&p, "VmHWM");
+    // 1023 KiB of a request within every authenticated cap, never finished: 200 connections.
+    let mut request = b"*2\r\n$524288\r\n".to_vec();
+    request.resize(request.len() + 512 * 1024, b'a');
+    request.extend_from_slice(b"\r\n$524288\r\n");
+    request.resize(1023 * 1024, b'a');
+    let request = std::sync::Arc::new(request);
+    let senders: Vec<_> = (0..200)
+        .map(|_| {
+            let request = request.clone();
+            let addr = p.addr;
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                // Refused on its header, the rest of it meets a closed connection.
+                let _ = s.write_all(&request).await;
+                s
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for sender in senders {
+        let sent = tokio::time::timeout(WITHIN, sender).await;
+        streams.push(sent.expect("written within the bound").unwrap());
+    }
+    let peak = status_kib(&p, "VmHWM");
+    let grown = peak.saturating_sub(rss_before.max(peak_before));
+    println!(
+        "proxy RSS before {rss_before} KiB (peak {peak_before} KiB); peak after 200 strangers \
+         {peak} KiB: +{grown} KiB"
+    );
+    assert!(
+        grown < 16 * 1024,
+        "200 unauthenticated partial requests grew the proxy's peak RSS by {grown} KiB"
+    );
+    for (i, s) in streams.iter_mut().enumerate() {
+        assert!(closed_by_peer(s).await, "connection {i} left open");
+    }
+}
+
+#[tokio::test]
+async fn protected_mode_refuses_a_public_address_without_a_password() {
+    let dir = TempDir::new();
+    // Refused before binding or starting masters: nothing listens, nothing is sent.
+    let out = run(&dir, &["--listen", "0.0.0.0:0"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    for needle in ["protected mode", "requirepass", "--protected-mode no"] {
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+    // Both ways out, checked without serving.
+    let out = run(
+        &dir,
+        &[
+            "--check-config",
+            "--listen",
+            "0.0.0.0:0",
+            "--protected-mode",
+            "no",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!Config::parse(&stdout(&out)).unwrap().server.protected_mode);
+    let mut cmd = bin(&dir, &["--check-config", "--listen", "0.0.0.0:0"]);
+    cmd.env("REDLOCK_REQUIREPASS", "pr0tect3d");
+    let out = support::run_bounded(&mut cmd, b"", WITHIN).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!stdout(&out).contains("pr0tect3d"), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn the_open_files_limit_is_raised_and_running_out_is_logged_rarely() {
+    let m = support::masters(1);
+    let dir = TempDir::new();
+    let args = backend_args(&dir, &m, "");
+    // A soft limit of 64 under a hard one of 128, as a service manager might leave them.
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=64:128")
+        .arg(BIN)
+        .args(&args)
+        .current_dir(&dir.0)
+        .env_remove("RUST_LOG");
+    let p = Running::start_cmd(dir, cmd).await;
+    let pid = p.child.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["128", "128"], "{open_files}");
+    let log = p.stderr();
+    assert!(
+        log.contains("open-files limit raised from 64 to 128"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the open-files limit is 128, below the 10066"),
+        "{log}"
+    );
+
+    // More clients than descriptors: accepts fail while the rest wait in the backlog.
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    let started = Instant::now();
+    while !p.stderr().contains("accept failed") {
+        assert!(started.elapsed() < WITHIN, "no accept failure logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second more of failing: a retry every 50 ms, one line.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = p.stderr();
+    let lines = log.matches("accept failed").count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(log.contains("Too many open files"), "{log}");
+}
+
+#[tokio::test]
+async fn secrets_come_from_the_environment_and_files_and_are_never_shown() {
+    // Masters whose passwords hold '/' and '@'.
+    let m = support::masters(2);
+    for (master, password) in m.iter().zip(["u/r@l1", "f/i@le2"]) {
+        let mut admin = Conn::connect(master.socket_addr()).await;
+        admin
+            .roundtrip(&["CONFIG", "SET", "requirepass", password], b"+OK\r\n")
+            .await;
+    }
+    let (url_master, file_master) = (&m[0], &m[1]);
+    let dir = TempDir::new();
+    let file = dir.write("master-password", "f/i@le2\n");
+    let config = dir.write(
+        "proxy.toml",
+        "[backend]\npersistent_masters = true\n[log]\nlevel = \"debug\"\n",
+    );
+    let url = format!("redis://:u%2Fr%40l1@127.0.0.1:{}", url_master.port());
+    let plain = format!("127.0.0.1:{}", file_master.port());
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--backend",
+        &url,
+        "--backend",
+        &plain,
+        "--backend-password-file",
+        file.to_str().unwrap(),
+    ];
+    let out = support::run_bounded(
+        bin(&dir, &[&args[..], &["--check-config"]].concat()).env("REDLOCK_REQUIREPASS", "e/n@v3"),
+        b"",
+        WITHIN,
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let shown = stdout(&out);
+    let mut cmd = bin(&dir, &args);
+    cmd.env("REDLOCK_REQUIREPASS", "e/n@v3");
+    let mut p = Running::start_cmd(dir, cmd).await;
+    let mut c = Conn::connect(p.addr).await;
+    c.roundtrip(&["AUTH", "e/n@v3"], b"+OK\r\n").await;
+    wait_masters_up(&mut c, 2).await;
+    assert!(is_token(&text(&c.call(&["LOCK", "k", "5000"]).await)));
+    let masters = text(&c.call(&["INFO", "masters"]).await);
+    let pid = p.child.id().unwrap();
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .into_owned();
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.exit_status().await.code(), Some(0), "{}", p.stderr());
+    let log = p.stderr();
+    assert!(log.contains("DEBUG"), "the log is at debug level:\n{log}");
+    for secret in ["u/r@l1", "u%2Fr%40l1", "f/i@le2", "e/n@v3"] {
+        for (what, text) in [
+            ("--check-config", &shown),
+            ("INFO", &masters),
+            ("the log", &log),
+        ] {
+            assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+        }
+    }
+    for secret in ["f/i@le2", "e/n@v3"] {
+        assert!(!cmdline.contains(secret), "{secret} on the command line");
+    }
 }

@@ -235,10 +235,7 @@ async fn malformed_frames_close_only_that_connection() {
         ),
     ];
     for (bytes, expected) in cases {
-        let mut c = p.conn().await;
-        c.send(bytes).await;
-        c.expect(expected.as_bytes()).await;
-        assert!(c.closed().await, "closed after {expected}");
+        p.refuses(bytes, expected).await;
     }
     // A long inline line without a newline.
     let mut c = p.conn().await;

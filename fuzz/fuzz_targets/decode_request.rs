@@ -12,6 +12,7 @@ const TINY: Limits = Limits {
     max_args: 3,
     max_bulk_bytes: 8,
     max_inline_bytes: 16,
+    unauthenticated: false,
 };
 
 /// Appends `chunks` one by one, decoding until `None` or an error after each;
@@ -51,7 +52,7 @@ fn decode_stream(chunks: [&[u8]; 2], limits: &Limits) -> Vec<Result<Vec<Bytes>, 
 }
 
 fuzz_target!(|data: &[u8]| {
-    for limits in [Limits::default(), TINY] {
+    for limits in [Limits::default(), TINY, Limits::default().unauthenticated()] {
         let whole = decode_stream([data, &[]], &limits);
         let at = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
         let (head, tail) = data.split_at(at);

@@ -61,7 +61,14 @@ fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
         ("appendonly", "no".into()),
         ("databases", DATABASES.to_string()),
         ("maxclients", shared.config.server.max_clients.to_string()),
-        ("timeout", "0".into()),
+        (
+            "timeout",
+            (shared.config.server.idle_timeout_ms / 1000).to_string(),
+        ),
+        (
+            "tcp-keepalive",
+            shared.config.server.tcp_keepalive_secs.to_string(),
+        ),
         ("port", shared.port.to_string()),
     ]
 }

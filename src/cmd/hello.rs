@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::auth::check_credentials;
+use super::auth::{check_credentials, failed};
 use super::client::validate_name;
 use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int};
 use crate::error::Error;
@@ -62,7 +62,9 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
         }
     }
     if let Some((user, pass)) = credentials {
-        check_credentials(shared, Some(user), pass)?;
+        if let Err(e) = check_credentials(shared, Some(user), pass) {
+            return failed(e, client, shared);
+        }
         client.authenticated = true;
     }
     if !client.authenticated {

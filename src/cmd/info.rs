@@ -107,6 +107,8 @@ fn stats(shared: &Shared, out: &mut String) {
         ("locks_released", &l.released),
         ("locks_extended", &l.extended),
         ("noquorum_replies", &s.noquorum),
+        ("acl_access_denied_auth", &s.auth_failures),
+        ("timed_out_clients", &s.timed_out_clients),
         ("session_locks", &l.session_locks),
         ("session_locks_lost", &l.session_locks_lost),
     ];

@@ -244,6 +244,8 @@ pub struct Client {
     pub proto: Protocol,
     /// Passed AUTH, or no password is configured.
     pub authenticated: bool,
+    /// Failed AUTHs on this connection; at `max_auth_failures` it is closed.
+    pub auth_failures: u32,
     /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
     pub name: Option<Bytes>,
     /// Set by `CLIENT SETINFO LIB-NAME`.
@@ -265,6 +267,7 @@ impl Client {
             addr,
             proto: Protocol::Resp2,
             authenticated: !shared.auth_required(),
+            auth_failures: 0,
             name: None,
             lib_name: None,
             lib_ver: None,

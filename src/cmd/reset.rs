@@ -24,6 +24,8 @@ pub const SPEC: Spec = Spec {
 
 fn run(_: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Outcome, Error> {
     let old = std::mem::replace(client, Client::new(client.id, client.addr, shared));
+    // Failed AUTHs outlive a reset: else RESET would give a guesser a fresh allowance.
+    client.auth_failures = old.auth_failures;
     // A reset connection holds nothing: its session locks are released before the reply.
     Ok(Outcome::later(async move {
         old.close().await;

@@ -16,6 +16,11 @@ pub const DEFAULT_MAX_ARGS: usize = 1024;
 pub const DEFAULT_MAX_BULK_BYTES: usize = 512 * 1024;
 /// Default cap on the length of an inline command line, in bytes.
 pub const DEFAULT_MAX_INLINE_BYTES: usize = 64 * 1024;
+/// Most arguments in one request before the connection has authenticated: Redis's cap since
+/// CVE-2021-32675, enough for `AUTH` and `HELLO 3 AUTH user pass SETNAME name`.
+pub const UNAUTHENTICATED_MAX_ARGS: usize = 10;
+/// Largest argument before the connection has authenticated, in bytes (Redis's cap).
+pub const UNAUTHENTICATED_MAX_BULK_BYTES: usize = 16 * 1024;
 
 /// Longest `*<n>` or `$<n>` header line accepted before its CR, as Redis's
 /// `PROTO_INLINE_MAX_SIZE`.
@@ -30,6 +35,9 @@ pub struct Limits {
     pub max_bulk_bytes: usize,
     /// Longest inline command line, in bytes, without its line ending.
     pub max_inline_bytes: usize,
+    /// The connection has not authenticated: a count or length over the caps gets Redis's
+    /// `unauthenticated` errors, so the client learns why.
+    pub unauthenticated: bool,
 }
 
 impl Default for Limits {
@@ -38,6 +46,37 @@ impl Default for Limits {
             max_args: DEFAULT_MAX_ARGS,
             max_bulk_bytes: DEFAULT_MAX_BULK_BYTES,
             max_inline_bytes: DEFAULT_MAX_INLINE_BYTES,
+            unauthenticated: false,
+        }
+    }
+}
+
+impl Limits {
+    /// These limits for a connection that has not authenticated: at most
+    /// [`UNAUTHENTICATED_MAX_ARGS`] arguments of [`UNAUTHENTICATED_MAX_BULK_BYTES`] each, so a
+    /// stranger can make the proxy buffer a few hundred KiB at most, never a whole request.
+    pub fn unauthenticated(self) -> Limits {
+        Limits {
+            max_args: self.max_args.min(UNAUTHENTICATED_MAX_ARGS),
+            max_bulk_bytes: self.max_bulk_bytes.min(UNAUTHENTICATED_MAX_BULK_BYTES),
+            max_inline_bytes: self.max_inline_bytes,
+            unauthenticated: true,
+        }
+    }
+
+    fn too_many_args(&self) -> ParseError {
+        if self.unauthenticated {
+            ParseError::UnauthenticatedMultibulkLength
+        } else {
+            ParseError::InvalidMultibulkLength
+        }
+    }
+
+    fn too_long_arg(&self) -> ParseError {
+        if self.unauthenticated {
+            ParseError::UnauthenticatedBulkLength
+        } else {
+            ParseError::InvalidBulkLength
         }
     }
 }
@@ -50,6 +89,10 @@ pub enum ParseError {
     InvalidMultibulkLength,
     /// A `$<n>` length that is not a number, negative, or exceeds `max_bulk_bytes`.
     InvalidBulkLength,
+    /// A `*<n>` count over the cap for a connection that has not authenticated.
+    UnauthenticatedMultibulkLength,
+    /// A `$<n>` length over the cap for a connection that has not authenticated.
+    UnauthenticatedBulkLength,
     /// Something other than `$` where a bulk header was expected.
     ExpectedDollar(u8),
     /// A bulk payload not followed by CRLF.
@@ -71,6 +114,10 @@ impl fmt::Display for ParseError {
         match self {
             ParseError::InvalidMultibulkLength => f.write_str("invalid multibulk length"),
             ParseError::InvalidBulkLength => f.write_str("invalid bulk length"),
+            ParseError::UnauthenticatedMultibulkLength => {
+                f.write_str("unauthenticated multibulk length")
+            }
+            ParseError::UnauthenticatedBulkLength => f.write_str("unauthenticated bulk length"),
             ParseError::ExpectedDollar(b) => write!(f, "expected '$', got '{}'", char::from(*b)),
             ParseError::MissingBulkTerminator => f.write_str("expected CRLF after bulk data"),
             ParseError::TooBigInlineRequest => f.write_str("too big inline request"),
@@ -140,7 +187,7 @@ fn decode_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<By
     let count = usize::try_from(count)
         .ok()
         .filter(|&n| n <= limits.max_args)
-        .ok_or(ParseError::InvalidMultibulkLength)?;
+        .ok_or_else(|| limits.too_many_args())?;
 
     // The frame can only be split off, and arguments sliced from it, once
     // all of it has arrived: a first walk checks that without allocating, so
@@ -175,10 +222,10 @@ fn walk_bulks(
         let Some((len, start)) = read_header(data, pos, Header::Bulk)? else {
             return Ok(None);
         };
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&n| n <= limits.max_bulk_bytes)
-            .ok_or(ParseError::InvalidBulkLength)?;
+        let len = usize::try_from(len).map_err(|_| ParseError::InvalidBulkLength)?;
+        if len > limits.max_bulk_bytes {
+            return Err(limits.too_long_arg());
+        }
         let end = start
             .checked_add(len)
             .ok_or(ParseError::InvalidBulkLength)?;

@@ -1,14 +1,15 @@
-//! The running proxy: connections to the masters, the accept loop with its connection limit,
-//! and graceful shutdown (stop accepting → sessions answer what they have read → masters'
-//! connections close).
+//! The running proxy: connections to the masters, the accept loop with its connection limit
+//! and TCP keepalive on every client socket, and graceful shutdown (stop accepting → sessions
+//! answer what they have read → masters' connections close).
 
 pub mod session;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -21,7 +22,7 @@ use crate::backend::redis::{Quarantine, RedisMaster};
 use crate::cmd::Shared;
 use crate::config::Config;
 use crate::locks::Locks;
-use crate::stats::Stats;
+use crate::stats::{LOG_EVERY, Stats};
 
 /// How long the masters' connections get to close after the sessions are done.
 const BACKEND_CLOSE: Duration = Duration::from_secs(1);
@@ -172,6 +173,7 @@ async fn accept_loop(
     sessions: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.server.max_clients));
+    let keepalive = keepalive(shared.config.server.tcp_keepalive_secs);
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -180,12 +182,25 @@ async fn accept_loop(
         let (mut stream, addr) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
-                // Out of file descriptors and the like: pause instead of spinning.
-                warn!("accept failed: {e}");
+                // Out of file descriptors and the like: pause instead of spinning, and say so
+                // once per period rather than at every retry.
+                if let Some(unlogged) = shared.stats.accept_error_log.allow(Instant::now()) {
+                    warn!(
+                        "accept failed: {e} ({unlogged} more failures in the {} s before, not \
+                         logged); if it is out of file descriptors, raise the open-files limit \
+                         (ulimit -n) or lower max_clients",
+                        LOG_EVERY.as_secs()
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        // A client whose host vanished without a FIN or RST is found dead by the probes; its
+        // session then ends like any other, releasing its SESSION locks.
+        if let Some(keepalive) = &keepalive {
+            let _ = SockRef::from(&stream).set_tcp_keepalive(keepalive);
+        }
         Stats::bump(&shared.stats.connections_received);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             Stats::bump(&shared.stats.rejected_connections);
@@ -204,6 +219,19 @@ async fn accept_loop(
             drop(slot);
         });
     }
+}
+
+/// Redis's keepalive for `tcp-keepalive N`: the first probe after N idle seconds, the next ones
+/// N/3 apart, and three unanswered drop the connection, so a dead peer goes after about 2N;
+/// `None` for 0 (off).
+fn keepalive(secs: u64) -> Option<TcpKeepalive> {
+    (secs > 0).then(|| {
+        let idle = Duration::from_secs(secs);
+        TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval((idle / 3).max(Duration::from_secs(1)))
+            .with_retries(3)
+    })
 }
 
 /// Counts a connection in `connected_clients` for as long as it lives.

@@ -2,19 +2,25 @@
 //! requests that wait on the masters run concurrently, and write replies in request order with
 //! one write per batch. At most `max_pipeline` requests are in flight; beyond that the session
 //! stops reading, so a client that pipelines without end gets backpressure, not memory.
+//! Before AUTH a request may be small only (Redis's caps for strangers), and a connection that
+//! does not authenticate in time, or (with `idle_timeout_ms`) sends nothing for that long, is
+//! closed: one timer per connection, looked at only when it fires, so reads never touch it.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use crate::cmd::{self, Client, Outcome, ReplyFuture, Shared};
 use crate::error::Error;
@@ -63,7 +69,9 @@ pub async fn run(
         max_args: server.max_args,
         max_bulk_bytes: server.max_arg_bytes,
         max_inline_bytes: server.max_inline_bytes,
+        unauthenticated: false,
     };
+    let strangers = limits.unauthenticated();
     let max_in_flight = server.max_pipeline;
     let max_request = server.max_request_bytes;
     let mut client = Client::new(shared.next_client_id(), addr, &shared);
@@ -77,6 +85,10 @@ pub async fn run(
     // Made once: a fresh one per turn would register with the token and leave again each time.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    let mut deadlines = Deadlines::new(&shared, client.authenticated);
+    let timer = tokio::time::sleep_until(deadlines.next().unwrap_or_else(Instant::now));
+    tokio::pin!(timer);
+    let mut timing = deadlines.next().is_some();
     loop {
         // Dispatch every complete request, as far as the in-flight bound allows, and stop to
         // write when the replies pile up (small requests can ask for large replies).
@@ -86,7 +98,12 @@ pub async fn run(
                 paused = true;
                 break;
             }
-            let argv = match protocol::decode(&mut rbuf, &limits) {
+            let caps = if client.authenticated {
+                &limits
+            } else {
+                &strangers
+            };
+            let argv = match protocol::decode(&mut rbuf, caps) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => argv,
                 Ok(None) if rbuf.len() > max_request => {
@@ -157,14 +174,27 @@ pub async fn run(
                     // is drained, which saves a system call that would only say so. It is
                     // polled once: readiness can be stale, and replies must not wait on a read.
                     match stream.read_buf(&mut rbuf).now_or_never() {
-                        // The client is gone or half-closed: answer what it sent, then close.
+                        // The client is gone (a keepalive found it dead, say) or half-closed:
+                        // answer what it sent, then close.
                         Some(Ok(0)) | Some(Err(_)) => reading = false,
-                        Some(Ok(_)) | None => {}
+                        Some(Ok(_)) => deadlines.heard(),
+                        None => {}
                     }
                 }
             }
             Some((proto, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 cmd::reply(result, &shared.stats).encode(proto, &mut wbuf);
+            }
+            () = &mut timer, if timing => {
+                if let Some(why) = deadlines.expired(client.authenticated, !in_flight.is_empty()) {
+                    debug!("closing the connection from {addr}: {why}");
+                    Stats::bump(&shared.stats.timed_out_clients);
+                    break;
+                }
+                match deadlines.next() {
+                    Some(at) => timer.as_mut().reset(at),
+                    None => timing = false,
+                }
             }
             _ = &mut cancelled, if reading => {
                 // What the client sent before shutdown is answered; nothing after it is read.
@@ -176,6 +206,64 @@ pub async fn run(
     let _ = stream.shutdown().await;
     // However the connection ended, the locks it kept alive end with it.
     client.close().await;
+}
+
+/// When a connection is closed for what it did not do: authenticate in time (counted from the
+/// connection, while it has not authenticated), or send anything for `idle_timeout_ms` with
+/// nothing in flight (a command waiting on the masters or on a lock is not idleness).
+struct Deadlines {
+    auth: Option<Instant>,
+    idle: Option<Duration>,
+    last_heard: Instant,
+}
+
+impl Deadlines {
+    fn new(shared: &Shared, authenticated: bool) -> Deadlines {
+        let server = &shared.config.server;
+        let now = Instant::now();
+        let after = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        Deadlines {
+            auth: after(server.auth_timeout_ms)
+                .filter(|_| !authenticated)
+                .map(|d| now + d),
+            idle: after(server.idle_timeout_ms),
+            last_heard: now,
+        }
+    }
+
+    /// Bytes arrived: the idle time starts again.
+    fn heard(&mut self) {
+        if self.idle.is_some() {
+            self.last_heard = Instant::now();
+        }
+    }
+
+    /// When to look next; `None` when no deadline is left.
+    fn next(&self) -> Option<Instant> {
+        let idle = self.idle.map(|d| self.last_heard + d);
+        match (self.auth, idle) {
+            (Some(a), Some(i)) => Some(a.min(i)),
+            (a, i) => a.or(i),
+        }
+    }
+
+    /// The timer fired: why the connection must close, if it must.
+    fn expired(&mut self, authenticated: bool, busy: bool) -> Option<&'static str> {
+        let now = Instant::now();
+        if authenticated {
+            self.auth = None;
+        }
+        if self.auth.is_some_and(|at| now >= at) {
+            return Some("not authenticated within auth_timeout_ms");
+        }
+        let idle = self.idle?;
+        if busy {
+            self.last_heard = now;
+        } else if now >= self.last_heard + idle {
+            return Some("idle for idle_timeout_ms");
+        }
+        None
+    }
 }
 
 /// Reads whatever the socket already holds, without waiting, up to `limit` bytes.

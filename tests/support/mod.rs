@@ -92,6 +92,15 @@ impl TestProxy {
         Conn::connect(self.addr).await
     }
 
+    /// Sends `bytes` on a new connection and asserts the proxy answers exactly `expected`, then
+    /// closes it.
+    pub async fn refuses(&self, bytes: &[u8], expected: &str) {
+        let mut c = self.conn().await;
+        c.send(bytes).await;
+        c.expect(expected.as_bytes()).await;
+        assert!(c.closed().await, "open after {expected}");
+    }
+
     /// `redis://` URL of the proxy.
     pub fn url(&self) -> String {
         format!("redis://{}/", self.addr)

@@ -86,6 +86,7 @@ fn tiny_limits() -> Limits {
         max_args: 3,
         max_bulk_bytes: 8,
         max_inline_bytes: 16,
+        unauthenticated: false,
     }
 }
 
@@ -276,6 +277,37 @@ fn caps_fail_before_waiting_for_data() {
         error_text(b"*1\r\n$9\r\n", &tiny),
         "Protocol error: invalid bulk length"
     );
+}
+
+#[test]
+fn strangers_get_redis_unauthenticated_caps_on_the_header() {
+    let limits = Limits::default().unauthenticated();
+    assert_eq!(
+        feed_whole(b"*10\r\n", &limits),
+        (Vec::new(), b"*10\r\n".to_vec())
+    );
+    assert_eq!(
+        error_text(b"*11\r\n", &limits),
+        "Protocol error: unauthenticated multibulk length"
+    );
+    // Refused on the header: the megabyte it announces need not arrive.
+    assert_eq!(
+        error_text(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", &limits),
+        "Protocol error: unauthenticated bulk length"
+    );
+    let (outcome, _) = feed_whole(b"*2\r\n$4\r\nAUTH\r\n$3\r\npw!\r\n", &limits);
+    assert_eq!(outcome, [Ok(argv_of(&["AUTH", "pw!"]))]);
+    assert_eq!(
+        error_text(b"*1\r\n$-5\r\n", &limits),
+        "Protocol error: invalid bulk length"
+    );
+    // Inline requests obey the same argument caps.
+    let eleven = b"a b c d e f g h i j k\r\n";
+    assert_eq!(
+        error_text(eleven, &limits),
+        "Protocol error: too big inline request"
+    );
+    assert_eq!(feed_whole(eleven, &Limits::default()).0.len(), 1);
 }
 
 #[test]
