@@ -77,6 +77,11 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Commands one connection may have in flight before the proxy stops reading from it.
     pub max_pipeline: usize,
+    /// Bytes one connection may have queued for its client (replies not yet written, and the
+    /// requests still awaiting theirs) before the proxy stops reading from it.
+    pub client_output_soft_bytes: usize,
+    /// Queued bytes past which the connection is closed (one reply larger than the rest).
+    pub client_output_hard_bytes: usize,
     /// Most arguments in one request.
     pub max_args: usize,
     /// Longest single argument, in bytes.
@@ -273,6 +278,8 @@ impl Default for ServerConfig {
             tcp_keepalive_secs: 300,
             max_clients: 10_000,
             max_pipeline: 1024,
+            client_output_soft_bytes: 1024 * 1024,
+            client_output_hard_bytes: 8 * 1024 * 1024,
             max_args: 1024,
             max_arg_bytes: 512 * 1024,
             max_inline_bytes: 64 * 1024,
@@ -382,6 +389,14 @@ impl Config {
         }
         if s.max_pipeline == 0 {
             return bad("server.max_pipeline must be at least 1".into());
+        }
+        if s.client_output_soft_bytes < 1024
+            || s.client_output_hard_bytes < s.client_output_soft_bytes
+        {
+            return bad(
+                "server.client_output_soft_bytes must be at least 1024 and client_output_hard_bytes at least as large"
+                    .into(),
+            );
         }
         if s.threads > 1024 {
             return bad("server.threads must be at most 1024 (0: one per CPU)".into());
@@ -737,6 +752,9 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
         let mut c = Config::default();
         c.redlock.key_prefix.clear();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.server.client_output_hard_bytes = c.server.client_output_soft_bytes - 1;
         assert!(c.validate().is_err());
     }
 

@@ -16,6 +16,8 @@ pub struct Stats {
     pub connected_clients: AtomicU64,
     /// Client connections refused (`max_clients`).
     pub rejected_connections: AtomicU64,
+    /// Client connections closed for queueing more than `client_output_hard_bytes`.
+    pub output_limit_closes: AtomicU64,
     /// Commands run, including failed ones.
     pub commands_processed: AtomicU64,
     /// Error replies sent.

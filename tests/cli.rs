@@ -1,5 +1,6 @@
 //! The `redlock-proxy` binary: flags, `--check-config`, the local masters it starts when none is
-//! configured, authentication, and shutdown on SIGTERM (drain, exit 0, masters gone).
+//! configured, authentication, shutdown on SIGTERM (blocked waits answered, drain, exit 0,
+//! masters gone), and the memory one hostile connection can make it hold.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use redlock_proxy::config::{Config, MasterAddr};
-use support::{Conn, error, text};
+use support::{Conn, error, is_null, text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -285,6 +286,11 @@ impl Running {
 
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The process's peak resident set so far (`VmHWM`), in bytes.
+    fn peak_rss(&self) -> u64 {
+        status_kib(self, "VmHWM") * 1024
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -779,4 +785,110 @@ async fn secrets_come_from_the_environment_and_files_and_are_never_shown() {
     for secret in ["f/i@le2", "e/n@v3"] {
         assert!(!cmdline.contains(secret), "{secret} on the command line");
     }
+}
+
+/// The binary over `masters`, and a connection to it once every master votes.
+async fn serving(masters: &[redlock_proxy::embedded::RedisServer]) -> (Running, Conn) {
+    let dir = TempDir::new();
+    let args = backend_args(&dir, masters, "");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = Running::start(dir, &args).await;
+    let mut c = Conn::connect(p.addr).await;
+    wait_masters_up(&mut c, masters.len()).await;
+    (p, c)
+}
+
+/// How many of `masters` hold `key`.
+async fn held_by(masters: &[redlock_proxy::embedded::RedisServer], key: &str) -> usize {
+    let mut n = 0;
+    for m in masters {
+        let mut c = Conn::connect(m.addr().host_port().parse().unwrap()).await;
+        n += usize::from(support::int(&c.call(&["EXISTS", key]).await) == 1);
+    }
+    n
+}
+
+/// Waits (bounded) until `want` of `masters` hold `key`.
+async fn wait_held_by(masters: &[redlock_proxy::embedded::RedisServer], key: &str, want: usize) {
+    let started = Instant::now();
+    while held_by(masters, key).await != want {
+        assert!(
+            started.elapsed() < WITHIN,
+            "{key} not on {want} masters within {WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Issue row 1: one connection blocked on `LOCK ... WAIT` pipelines 1000 × `ECHO` of 512 KiB
+/// and reads nothing. Every reply held behind the blocked one counts against the client's
+/// output limit: past the soft mark the proxy stops reading the connection, so its peak RSS
+/// stays far below the half gigabyte the pipeline asks for; once the wait ends and the client
+/// reads, the replies come in order.
+#[tokio::test]
+async fn replies_held_behind_a_blocked_wait_are_bounded() {
+    let m = support::masters(3);
+    let (p, mut holder) = serving(&m).await;
+    let token = text(&holder.call(&["LOCK", "k", "30000"]).await);
+    let mut attacker = Conn::connect(p.addr).await;
+    attacker
+        .send_cmd(&["LOCK", "k", "30000", "WAIT", "30000"])
+        .await;
+    wait_held_by(&m, "redlock:waiting:0:k", 3).await;
+    const ARG: usize = 512 * 1024;
+    let mut echo = format!("*2\r\n$4\r\nECHO\r\n${ARG}\r\n").into_bytes();
+    echo.resize(echo.len() + ARG, b'x');
+    echo.extend_from_slice(b"\r\n");
+    // A write that makes no progress for this long: the proxy has stopped reading.
+    const STALLED: Duration = Duration::from_secs(2);
+    let mut sent = 0;
+    while sent < 1000 {
+        match tokio::time::timeout(STALLED, attacker.stream.write_all(&echo)).await {
+            Ok(written) => written.expect("the proxy closed the connection"),
+            Err(_) => break,
+        }
+        sent += 1;
+    }
+    let peak = p.peak_rss();
+    eprintln!(
+        "peak RSS {} MB after {sent} ECHOs of 512 KiB behind a blocked WAIT",
+        peak >> 20
+    );
+    assert!(peak < 300 << 20, "peak RSS {} MB", peak >> 20);
+    assert!(sent < 1000, "the proxy read the whole pipeline");
+    // The wait ends; the client reads: the token, then the echoes in order.
+    holder.roundtrip(&["UNLOCK", "k", &token], b":1\r\n").await;
+    assert!(is_token(&text(&attacker.reply().await)));
+    for _ in 0..sent.min(3) {
+        let echoed = text(&attacker.reply().await);
+        assert!(echoed.len() == ARG && echoed.bytes().all(|b| b == b'x'));
+    }
+}
+
+/// Issue row 8: SIGTERM while a client waits in `LOCK ... WAIT`. It gets its null at once, not
+/// a close after the grace period; its waiting marker leaves the masters; then the proxy
+/// drains and exits 0.
+#[tokio::test]
+async fn sigterm_answers_blocked_waits_at_once() {
+    let m = support::masters(3);
+    let (mut p, mut holder) = serving(&m).await;
+    text(&holder.call(&["LOCK", "k", "30000"]).await);
+    let mut waiter = Conn::connect(p.addr).await;
+    waiter
+        .send_cmd(&["LOCK", "k", "30000", "WAIT", "20000"])
+        .await;
+    let marker = "redlock:waiting:0:k";
+    wait_held_by(&m, marker, 3).await;
+    p.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    assert!(is_null(&waiter.reply().await));
+    // The grace period is 5 s; the answer does not wait for it.
+    let answered = signalled.elapsed();
+    assert!(
+        answered < Duration::from_secs(1),
+        "answered after {answered:?}"
+    );
+    assert_eq!(held_by(&m, marker).await, 0, "the waiting marker stayed");
+    assert!(waiter.closed().await);
+    assert_eq!(p.exit_status().await.code(), Some(0), "{}", p.stderr());
 }

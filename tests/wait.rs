@@ -177,3 +177,103 @@ async fn releases_are_announced_only_while_someone_waits() {
     assert!(!message.contains("quiet"), "{message}");
     p.stop().await;
 }
+
+/// Issue row 2: a waiter that sent `LOCK ... WAIT` and closed its socket. Its wait ends at
+/// once: its slot in `max_clients` is free again, its waiting marker leaves the masters, and
+/// when the holder's lock expires the next client takes it, not the departed waiter.
+#[tokio::test]
+async fn a_waiter_that_leaves_takes_nothing_and_frees_its_slot() {
+    let m = support::masters(3);
+    let p = support::proxy_with(&m, |c| c.server.max_clients = 3).await;
+    let mut holder = p.conn().await;
+    text(&holder.call(&["LOCK", "gone", "1500"]).await);
+    let mut waiter = p.conn().await;
+    waiter
+        .send_cmd(&["LOCK", "gone", "5000", "WAIT", "5000"])
+        .await;
+    // The waiter's marker is on every master once its first attempt was refused.
+    let marker = "redlock:waiting:0:gone";
+    let mut masters = Vec::new();
+    for master in &m {
+        masters.push(support::Conn::connect(([127, 0, 0, 1], master.port()).into()).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for master in &mut masters {
+        while support::int(&master.call(&["EXISTS", marker]).await) == 0 {
+            assert!(Instant::now() < deadline, "no waiting marker");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    drop(waiter);
+    // Well before the wait (5 s) or the holder's lock (1.5 s) would end.
+    let left = Instant::now();
+    let within = Duration::from_millis(1_000);
+    let connected = |info: &str| info.contains("\r\nconnected_clients:1\r\n");
+    while !connected(&support::flatten(&holder.call(&["INFO", "clients"]).await)) {
+        assert!(
+            left.elapsed() < within,
+            "the waiter's connection still counts"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for master in &mut masters {
+        while support::int(&master.call(&["EXISTS", marker]).await) == 1 {
+            assert!(left.elapsed() < within, "the waiting marker stayed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Its slot is free: two more connections fit under max_clients = 3.
+    let mut third = p.conn().await;
+    let mut fourth = p.conn().await;
+    fourth.roundtrip(&["PING"], b"+PONG\r\n").await;
+    // The holder's lock expires; the third client takes it.
+    let expired = Instant::now() + Duration::from_secs(4);
+    loop {
+        let reply = third.call(&["LOCK", "gone", "5000"]).await;
+        if !is_null(&reply) {
+            assert_eq!(text(&reply).len(), 32);
+            break;
+        }
+        assert!(
+            Instant::now() < expired,
+            "the lock never came free: the departed waiter took it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.stop().await;
+}
+
+/// The same departure while the proxy is not reading the waiter: a reply held behind the
+/// blocked wait took it past its output soft mark, and its next request waits unread in the
+/// socket. The close, which arrives behind that request, is still noticed at once.
+#[tokio::test]
+async fn a_waiter_that_leaves_while_not_read_is_noticed() {
+    let m = support::masters(3);
+    let p = support::proxy_with(&m, |c| c.server.client_output_soft_bytes = 64 * 1024).await;
+    let mut holder = p.conn().await;
+    let token = text(&holder.call(&["LOCK", "unread", "10000"]).await);
+    let mut waiter = p.conn().await;
+    waiter
+        .send_cmd(&["LOCK", "unread", "10000", "WAIT", "8000"])
+        .await;
+    waiter.send_cmd(&["ECHO", &"x".repeat(64 * 1024)]).await;
+    waiter.send_cmd(&["PING"]).await;
+    drop(waiter);
+    let left = Instant::now();
+    let connected = |info: &str| info.contains("\r\nconnected_clients:1\r\n");
+    while !connected(&support::flatten(&holder.call(&["INFO", "clients"]).await)) {
+        assert!(
+            left.elapsed() < Duration::from_secs(1),
+            "the waiter's connection still counts"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    holder
+        .roundtrip(&["UNLOCK", "unread", &token], b":1\r\n")
+        .await;
+    assert_eq!(
+        text(&holder.call(&["LOCK", "unread", "1000"]).await).len(),
+        32
+    );
+    p.stop().await;
+}

@@ -472,3 +472,30 @@ async fn many_small_requests_for_large_replies_all_arrive_in_order() {
     c.roundtrip(&["PING"], b"+PONG\r\n").await;
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_reply_past_the_hard_output_mark_closes_only_that_connection() {
+    let m = support::masters(3);
+    let p = support::proxy_with(&m, |c| {
+        c.server.client_output_soft_bytes = 64 * 1024;
+        c.server.client_output_hard_bytes = 256 * 1024;
+    })
+    .await;
+    let mut holder = p.conn().await;
+    let token = text(&holder.call(&["LOCK", "k", "10000"]).await);
+    // Below the soft mark a request is read and run; its reply, held behind a blocked wait,
+    // takes the queue past the hard mark.
+    let mut c = p.conn().await;
+    c.send_cmd(&["LOCK", "k", "10000", "WAIT", "5000"]).await;
+    c.send_cmd(&["ECHO", &"y".repeat(300 * 1024)]).await;
+    assert!(c.closed().await, "still open past the hard mark");
+    let stats = support::flatten(&holder.call(&["INFO", "stats"]).await);
+    assert!(
+        stats.contains("client_output_buffer_limit_disconnections:1\r\n"),
+        "{stats}"
+    );
+    // The departed waiter took nothing: the lock is the holder's, and free once released.
+    holder.roundtrip(&["UNLOCK", "k", &token], b":1\r\n").await;
+    assert_eq!(text(&holder.call(&["LOCK", "k", "1000"]).await).len(), 32);
+    p.stop().await;
+}

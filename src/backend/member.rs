@@ -71,9 +71,19 @@ impl Master for Member {
         &self,
         key: &[u8],
         marker: &[u8],
+        waiter: &[u8],
         ms: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        each!(self, m => m.mark_waiting(key, marker, ms))
+        each!(self, m => m.mark_waiting(key, marker, waiter, ms))
+    }
+
+    fn unmark_waiting(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        each!(self, m => m.unmark_waiting(key, marker, waiter))
     }
 
     fn extend(

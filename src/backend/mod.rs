@@ -217,15 +217,27 @@ pub trait Master: Send + Sync + 'static {
         token: &[u8],
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
 
-    /// Sets `key`'s waiting `marker` for the next `ms` ms (this proxy has a waiter for it), so
-    /// its releases are announced to every proxy. Sent on `key`'s own path, so it reaches the
-    /// master before the attempt that follows it. Without it, a release wakes only the releasing
-    /// proxy's own waiters.
+    /// Names `waiter` (a proxy) in `key`'s waiting `marker` and keeps the marker for the next
+    /// `ms` ms (that proxy has a waiter for it), so its releases are announced to every proxy.
+    /// Sent on `key`'s own path, so it reaches the master before the attempt that follows it.
+    /// Without it, a release wakes only the releasing proxy's own waiters.
     fn mark_waiting(
         &self,
         _key: &[u8],
         _marker: &[u8],
+        _waiter: &[u8],
         _ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<Self> {
+        std::future::ready(Ok(()))
+    }
+
+    /// Takes `waiter` out of `key`'s waiting `marker`: that proxy waits for the lock no more;
+    /// the marker goes when nobody does. Sent on `key`'s own path, after any mark before it.
+    fn unmark_waiting(
+        &self,
+        _key: &[u8],
+        _marker: &[u8],
+        _waiter: &[u8],
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<Self> {
         std::future::ready(Ok(()))
     }

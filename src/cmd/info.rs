@@ -101,6 +101,10 @@ fn stats(shared: &Shared, out: &mut String) {
         ("total_connections_received", &s.connections_received),
         ("total_commands_processed", &s.commands_processed),
         ("rejected_connections", &s.rejected_connections),
+        (
+            "client_output_buffer_limit_disconnections",
+            &s.output_limit_closes,
+        ),
         ("total_error_replies", &s.error_replies),
         ("locks_granted", &l.granted),
         ("locks_refused", &l.refused),

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Master, Member, Names};
 use crate::redlock::{LockError, LockKey, Redlock};
@@ -119,6 +120,9 @@ pub struct LockService<M> {
     redlock: Redlock<M>,
     keys: Schema,
     waiters: Waiters,
+    /// This service's name in the waiting markers on the masters: random, so proxies sharing
+    /// masters each take only themselves out.
+    waiter: Bytes,
     stats: LockStats,
 }
 
@@ -130,6 +134,7 @@ impl<M: Master> LockService<M> {
             redlock: Redlock::new(masters, deadline),
             keys: Schema::new(key_prefix),
             waiters: Waiters::default(),
+            waiter: crate::redlock::token::generate(),
             stats: LockStats::default(),
         }
     }
@@ -176,6 +181,19 @@ impl<M: Master> LockService<M> {
         token: Bytes,
         how: Acquire,
     ) -> Result<Option<Granted>, Error> {
+        self.acquire_until(db, key, token, how, None).await
+    }
+
+    /// [`LockService::acquire`], with a wait that also ends, in `None` holding nothing, when
+    /// `until` is cancelled (its client left, or the proxy shuts down).
+    pub async fn acquire_until(
+        &self,
+        db: u32,
+        key: &[u8],
+        token: Bytes,
+        how: Acquire,
+        until: Option<&CancellationToken>,
+    ) -> Result<Option<Granted>, Error> {
         let lock = self.keys.lock(db, key);
         let fence_key = how.fence.then(|| self.keys.fence(db, key));
         let fence_key = fence_key.as_deref();
@@ -183,7 +201,9 @@ impl<M: Master> LockService<M> {
         // at full size into its reply's box on every LOCK (measured: 1.2 KB against 0.4 KB).
         let attempt = match how.wait {
             Some(wait) => {
-                Box::pin(self.acquire_waiting(&lock, fence_key, &token, how.ttl_ms, wait)).await
+                let waiting =
+                    self.acquire_waiting(&lock, fence_key, &token, how.ttl_ms, wait, until);
+                Box::pin(waiting).await
             }
             None => {
                 self.attempt(&lock, fence_key, token.clone(), how.ttl_ms)

@@ -29,6 +29,8 @@ pub struct Session<M> {
     held: Arc<Mutex<HashMap<(u32, Bytes), Held>>>,
     /// Cancelled when the connection's state goes away: every keeper stops.
     ended: CancellationToken,
+    /// Cancelled when the connection's waits must end (see [`Session::end_waits`]).
+    waits: CancellationToken,
 }
 
 impl<M> Clone for Session<M> {
@@ -37,6 +39,7 @@ impl<M> Clone for Session<M> {
             service: self.service.clone(),
             held: self.held.clone(),
             ended: self.ended.clone(),
+            waits: self.waits.clone(),
         }
     }
 }
@@ -56,6 +59,7 @@ impl<M: Master> Session<M> {
             service,
             held: Arc::default(),
             ended: CancellationToken::new(),
+            waits: CancellationToken::new(),
         }
     }
 
@@ -74,8 +78,12 @@ impl<M: Master> Session<M> {
     ) -> impl Future<Output = Result<Option<Granted>, Error>> + Send + 'static {
         let service = self.service.clone();
         let keeper = how.session.then(|| self.clone());
+        let waits = how.wait.map(|_| self.waits.clone());
         async move {
-            let granted = service.acquire(db, &key, token::generate(), how).await?;
+            let token = token::generate();
+            let granted = service
+                .acquire_until(db, &key, token, how, waits.as_ref())
+                .await?;
             if let (Some(grant), Some(keeper)) = (&granted, keeper) {
                 let lock = service.keys.lock(db, &key);
                 keeper.keep((db, key), lock, grant.token.clone(), how.ttl_ms);
@@ -145,6 +153,13 @@ impl<M: Master> Session<M> {
             .filter(|(_, h)| !h.lost.load(Ordering::Acquire))
             .map(|(_, h)| self.service.release_lock(&h.lock, &h.token));
         join_all(releases).await;
+    }
+
+    /// Ends every wait of the connection (`LOCK ... WAIT`), the ones under way and any it
+    /// starts later: each answers null at once and holds nothing. For a client that left (a
+    /// departed waiter must not take the lock from the next one) and for shutdown.
+    pub fn end_waits(&self) {
+        self.waits.cancel();
     }
 
     /// Stops every keeper without releasing: the locks then expire by their TTL.

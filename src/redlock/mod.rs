@@ -299,13 +299,40 @@ impl<M: Master> Redlock<M> {
     /// Asks every master to announce releases of `lock` for the next `ms` ms (someone here
     /// waits for it), and returns once each has answered or the deadline passed. Only
     /// wake-ups depend on it: a master that missed it costs a waiter its timer, never safety.
-    pub async fn announce_waiting(&self, lock: &LockKey, ms: u64) {
+    pub async fn announce_waiting(&self, lock: &LockKey, waiter: &[u8], ms: u64) {
         let marks = futures_util::future::join_all(
             self.masters
                 .iter()
-                .map(|m| m.mark_waiting(&lock.key, &lock.marker, ms)),
+                .map(|m| m.mark_waiting(&lock.key, &lock.marker, waiter, ms)),
         );
         let _ = tokio::time::timeout(self.deadline, marks).await;
+    }
+
+    /// Tells every master that `waiter` (this proxy) waits for `lock` no more. The requests
+    /// are sent when this is called, behind any announcement sent before; the future only
+    /// waits (up to the deadline) for the answers, and may be dropped.
+    pub fn withdraw_waiting(
+        &self,
+        lock: &LockKey,
+        waiter: &[u8],
+    ) -> impl Future<Output = ()> + Send + use<M> {
+        let unmarks: Vec<_> = self
+            .masters
+            .iter()
+            .map(|m| m.unmark_waiting(&lock.key, &lock.marker, waiter))
+            .collect();
+        let deadline = self.deadline;
+        async move {
+            let _ = tokio::time::timeout(deadline, futures_util::future::join_all(unmarks)).await;
+        }
+    }
+
+    /// Sends a release of `lock` held with `token` to every master and waits for nothing: for a
+    /// taker that is gone before it could learn whether it was granted.
+    pub fn abandon(&self, lock: &LockKey, token: &[u8]) {
+        for m in &self.masters {
+            drop(m.release(&lock.key, &lock.marker, token));
+        }
     }
 
     /// Sets the TTL of `key` to `ttl_ms` if it holds `token`. The remaining validity when a quorum

@@ -377,6 +377,7 @@ impl Master for RedisMaster {
         &self,
         key: &[u8],
         marker: &[u8],
+        waiter: &[u8],
         ms: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
         let mut ttl = itoa::Buffer::new();
@@ -385,8 +386,19 @@ impl Master for RedisMaster {
             key,
             &scripts::MARK_WAITING,
             &[marker],
-            &[ttl.format(ms).as_bytes()],
+            &[ttl.format(ms).as_bytes(), waiter],
         );
+        async move { reply.await.map(|_| ()) }
+    }
+
+    fn unmark_waiting(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        // On the lock key's connection too: it cannot overtake a mark sent before it.
+        let reply = self.eval_on(key, &scripts::UNMARK_WAITING, &[marker], &[waiter]);
         async move { reply.await.map(|_| ()) }
     }
 

@@ -33,11 +33,26 @@ pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Keeps the waiting marker `KEYS[1]` for at least `ARGV[1]` ms (never shortens it).
+/// Names proxy `ARGV[2]` among the waiters in the waiting marker `KEYS[1]` (a hash, one field
+/// per proxy with a waiter) and keeps the marker for at least `ARGV[1]` ms (never shortens it).
+/// A marker left as a plain string by an older proxy is replaced: that proxy's waiters then
+/// wake by their timers until it marks again.
 pub static MARK_WAITING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then \
-         redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end return 1",
+        "if redis.call('TYPE', KEYS[1]).ok == 'string' then redis.call('DEL', KEYS[1]) end \
+         redis.call('HSET', KEYS[1], ARGV[2], '1') \
+         if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then \
+         redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 1",
+    )
+});
+
+/// Takes proxy `ARGV[1]` out of the waiting marker `KEYS[1]`: it has no waiter for the lock any
+/// more. The last one out removes the marker (Redis deletes an empty hash), so releases stop
+/// being published. A string marker (an older proxy's) is left to expire.
+pub static UNMARK_WAITING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('TYPE', KEYS[1]).ok == 'hash' then redis.call('HDEL', KEYS[1], ARGV[1]) end \
+         return 1",
     )
 });
 
@@ -132,10 +147,11 @@ pub static LINEAGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 7] {
+pub fn all_scripts() -> [&'static Script; 8] {
     [
         &RELEASE,
         &MARK_WAITING,
+        &UNMARK_WAITING,
         &EXTEND,
         &INSPECT,
         &READ_FENCE,
