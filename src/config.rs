@@ -77,6 +77,13 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Commands one connection may have in flight before the proxy stops reading from it.
     pub max_pipeline: usize,
+    /// `LOCK ... SESSION` locks one connection may hold (or be taking) at once; past it a
+    /// `LOCK ... SESSION` is refused with an error. Each costs the masters an extension every
+    /// third of its TTL for as long as the connection lives.
+    pub max_session_locks_per_client: usize,
+    /// `LOCK ... WAIT`s one connection may have waiting at once; past it a `LOCK ... WAIT` is
+    /// refused with an error. Each holds a place in a queue and a marker on every master.
+    pub max_waits_per_client: usize,
     /// Bytes one connection may have queued for its client (replies not yet written, and the
     /// requests still awaiting theirs) before the proxy stops reading from it.
     pub client_output_soft_bytes: usize,
@@ -109,11 +116,21 @@ pub struct RedlockConfig {
     pub default_ttl: Option<u64>,
     /// How long one master's answer is waited for; a later answer never counts as a vote.
     pub master_deadline_ms: u64,
+    /// The shortest TTL a `LOCK ... SESSION` may ask for (or `max_ttl_ms` when that is
+    /// smaller; see [`RedlockConfig::session_min_ttl_ms`]): the proxy extends a session lock
+    /// every third of its TTL, so a short one costs the masters many requests a second.
+    #[serde(rename = "session_min_ttl_ms")]
+    pub session_min_ttl: u64,
     /// Every lock key on the masters starts with this, so locks never collide with application keys.
     pub key_prefix: String,
 }
 
 impl RedlockConfig {
+    /// The shortest TTL a `LOCK ... SESSION` may ask for.
+    pub fn session_min_ttl_ms(&self) -> u64 {
+        self.session_min_ttl.min(self.max_ttl_ms)
+    }
+
     /// The TTL for `SET key token NX` without PX/EX.
     pub fn default_ttl_ms(&self) -> u64 {
         self.default_ttl
@@ -278,6 +295,8 @@ impl Default for ServerConfig {
             tcp_keepalive_secs: 300,
             max_clients: 10_000,
             max_pipeline: 1024,
+            max_session_locks_per_client: 1000,
+            max_waits_per_client: 100,
             client_output_soft_bytes: 1024 * 1024,
             client_output_hard_bytes: 8 * 1024 * 1024,
             max_args: 1024,
@@ -296,6 +315,7 @@ impl Default for RedlockConfig {
             max_ttl_ms: 60_000,
             default_ttl: None,
             master_deadline_ms: 50,
+            session_min_ttl: 1000,
             key_prefix: "redlock:".to_owned(),
         }
     }
@@ -390,6 +410,12 @@ impl Config {
         if s.max_pipeline == 0 {
             return bad("server.max_pipeline must be at least 1".into());
         }
+        if s.max_session_locks_per_client == 0 || s.max_waits_per_client == 0 {
+            return bad(
+                "server.max_session_locks_per_client and max_waits_per_client must be at least 1"
+                    .into(),
+            );
+        }
         if s.client_output_soft_bytes < 1024
             || s.client_output_hard_bytes < s.client_output_soft_bytes
         {
@@ -426,6 +452,12 @@ impl Config {
                 "redlock.default_ttl_ms must be between {} and max_ttl_ms ({}), got {ttl}",
                 crate::redlock::quorum::MIN_TTL_MS,
                 r.max_ttl_ms,
+            ));
+        }
+        if r.session_min_ttl < crate::redlock::quorum::MIN_TTL_MS {
+            return bad(format!(
+                "redlock.session_min_ttl_ms must be at least {} ms",
+                crate::redlock::quorum::MIN_TTL_MS
             ));
         }
         if r.max_ttl_ms > i64::MAX as u64 / 2 {

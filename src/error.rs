@@ -75,6 +75,13 @@ impl From<locks::Error> for Error {
             locks::Error::LockLost { key } => {
                 Error::LockLost(String::from_utf8_lossy(&key).into_owned())
             }
+            locks::Error::TooManySessionLocks { max } => Error::Request(format!(
+                "max number of SESSION locks per connection reached ({max}, \
+                 max_session_locks_per_client): UNLOCK one first"
+            )),
+            locks::Error::TooManyWaits { max } => Error::Request(format!(
+                "max number of LOCK ... WAIT per connection reached ({max}, max_waits_per_client)"
+            )),
         }
     }
 }

@@ -36,7 +36,8 @@ async fn info_stat(p: &TestProxy, field: &str) -> i64 {
 #[tokio::test]
 async fn released_when_the_connection_closes_and_kept_alive_while_it_lives() {
     let m = support::masters(3);
-    let (a, b) = (support::proxy(&m).await, support::proxy(&m).await);
+    let a = support::proxy_with(&m, support::short_sessions).await;
+    let b = support::proxy(&m).await;
     let mut holder = a.conn().await;
     let mut other = b.conn().await;
     let t1 = text(&holder.call(&["LOCK", "s1", "600", "SESSION"]).await);
@@ -125,7 +126,7 @@ async fn reset_releases_session_locks() {
 #[tokio::test]
 async fn a_lost_session_lock_is_reported_not_acted_on() {
     let mut m = support::masters(3);
-    let p = support::proxy(&m).await;
+    let p = support::proxy_with(&m, support::short_sessions).await;
     let mut c = p.conn().await;
     let token = text(&c.call(&["LOCK", "fragile", "300", "SESSION"]).await);
     m[0].kill();
@@ -152,5 +153,118 @@ async fn a_lost_session_lock_is_reported_not_acted_on() {
     );
     // Reported once by UNLOCK; after that the key is just a key.
     assert!(error(&c.call(&["UNLOCK", "fragile", &token]).await).starts_with("NOQUORUM"));
+    p.stop().await;
+}
+
+/// Requests sent to all masters since start, from `INFO masters`.
+async fn master_requests(c: &mut Conn) -> u64 {
+    let info = flatten(&c.call(&["INFO", "masters"]).await);
+    info.split("\r\n")
+        .filter(|l| l.starts_with("master") && l.contains("requests="))
+        .map(|l| {
+            let field = l.split(',').find_map(|f| f.strip_prefix("requests="));
+            field.unwrap().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+/// Sends `count` commands made by `cmd` in one write, then reads their replies in order.
+async fn pipeline(c: &mut Conn, count: usize, cmd: impl Fn(usize) -> Vec<String>) -> Vec<String> {
+    let mut out = String::new();
+    for i in 0..count {
+        let args = cmd(i);
+        out.push_str(&format!("*{}\r\n", args.len()));
+        for a in &args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+    }
+    c.send(out.as_bytes()).await;
+    let mut replies = Vec::with_capacity(count);
+    for _ in 0..count {
+        replies.push(flatten(&c.reply().await));
+    }
+    replies
+}
+
+/// Issue row 6: one connection took 1000 × `LOCK k 30 SESSION`, each extended every 10 ms
+/// (~93k master requests a second, 533 locks lost). Now a SESSION lock needs a TTL of at least
+/// `session_min_ttl_ms`, a connection holds at most `max_session_locks_per_client` of them and
+/// has at most `max_waits_per_client` waits; past each, an error, and the connection lives on.
+#[tokio::test]
+async fn one_connection_cannot_flood_the_masters_with_session_locks() {
+    let m = support::masters(3);
+    let p = support::proxy_with(&m, |c| {
+        c.server.max_session_locks_per_client = 300;
+        c.server.max_waits_per_client = 20;
+    })
+    .await;
+    let mut c = p.conn().await;
+    let short = pipeline(&mut c, 1000, |i| {
+        vec![
+            "LOCK".into(),
+            format!("k{i}"),
+            "30".into(),
+            "SESSION".into(),
+        ]
+    })
+    .await;
+    let refused = short
+        .iter()
+        .filter(|r| r.starts_with("ERR invalid expire time in 'lock' command: a SESSION lock"))
+        .count();
+    assert_eq!(refused, 1000, "first reply: {}", short[0]);
+    assert_eq!(info_stat(&p, "session_locks").await, 0);
+    // The cap counts locks being taken too: a pipeline cannot pass it while they are in flight.
+    let long = pipeline(&mut c, 301, |i| {
+        vec![
+            "LOCK".into(),
+            format!("k{i}"),
+            "1000".into(),
+            "SESSION".into(),
+        ]
+    })
+    .await;
+    let granted = long.iter().filter(|r| r.len() == 32).count();
+    let capped = long
+        .iter()
+        .filter(|r| r.starts_with("ERR max number of SESSION locks per connection reached (300"))
+        .count();
+    assert_eq!((granted, capped), (300, 1), "{:?}", &long[300]);
+    assert_eq!(info_stat(&p, "session_locks").await, 300);
+    // What they cost the masters: 300 locks extended every 333 ms, on 3 masters, is about
+    // 2700 requests a second (the 1000 × 30 ms locks cost ~93k).
+    let before = master_requests(&mut c).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rate = (master_requests(&mut c).await - before) as f64 / start.elapsed().as_secs_f64();
+    println!("master requests per second with 300 session locks: {rate:.0}");
+    assert!(rate < 4_500.0, "{rate:.0} master requests a second");
+    assert_eq!(info_stat(&p, "session_locks_lost").await, 0);
+    // Releasing one frees its place.
+    let token = &long[0];
+    assert_eq!(int(&c.call(&["UNLOCK", "k0", token]).await), 1);
+    assert_eq!(
+        text(&c.call(&["LOCK", "k0", "1000", "SESSION"]).await).len(),
+        32
+    );
+    // Waits: 21 waits for a held lock; the last is refused, the others wait and end in null.
+    let mut holder = p.conn().await;
+    text(&holder.call(&["LOCK", "busy", "10000"]).await);
+    let waits = pipeline(&mut c, 21, |_| {
+        ["LOCK", "busy", "5000", "WAIT", "300"]
+            .map(String::from)
+            .to_vec()
+    })
+    .await;
+    assert!(waits[..20].iter().all(|r| r == "(nil)"), "{waits:?}");
+    assert!(
+        waits[20].starts_with("ERR max number of LOCK ... WAIT per connection reached (20"),
+        "{}",
+        waits[20]
+    );
+    // The connection lives on, its session locks with it.
+    c.roundtrip(&["PING"], b"+PONG\r\n").await;
+    assert_eq!(info_stat(&p, "session_locks").await, 300);
+    drop(c);
     p.stop().await;
 }

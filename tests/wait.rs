@@ -81,7 +81,7 @@ async fn an_expiring_holder_is_noticed_without_any_release() {
 #[tokio::test]
 async fn the_wait_ends_in_null_and_options_combine() {
     let m = support::masters(3);
-    let p = support::proxy(&m).await;
+    let p = support::proxy_with(&m, support::short_sessions).await;
     let mut holder = p.conn().await;
     let token = text(&holder.call(&["LOCK", "t", "10000"]).await);
     let mut waiter = p.conn().await;

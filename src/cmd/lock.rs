@@ -3,7 +3,9 @@
 //! normal), `NOQUORUM` when the masters could not decide. With `WAIT` a held lock is waited for,
 //! first come first served, and taken as soon as it is released or expires (see `waiters`); null
 //! when the wait runs out. With `SESSION` the proxy keeps the lock alive while the connection
-//! lives and releases it when the connection ends (see `session_locks`). With `FENCE` the reply
+//! lives and releases it when the connection ends (see `session_locks`); its TTL must be at
+//! least `session_min_ttl_ms`, and a connection holds at most `max_session_locks_per_client` of
+//! them and has at most `max_waits_per_client` waits under way. With `FENCE` the reply
 //! is `[token, fence]`: a number that strictly increases across successive holders of the key,
 //! whichever proxy granted them (see `Redlock::lock_fenced`). The lock service does all of it
 //! (see `locks`); this parses the options and shapes the reply.
@@ -65,6 +67,16 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
             }
             _ => return Err(Error::Syntax),
         }
+    }
+    let session_min = shared.config.redlock.session_min_ttl_ms();
+    if session && ttl_ms < session_min {
+        // Kept alive every third of its TTL: a short one would cost the masters many
+        // requests a second for as long as the connection lives.
+        return Err(Error::Request(format!(
+            "invalid expire time in 'lock' command: a SESSION lock's ttl-ms must be between \
+             {session_min} and {} (session_min_ttl_ms)",
+            shared.config.redlock.max_ttl_ms
+        )));
     }
     let how = Acquire {
         ttl_ms,

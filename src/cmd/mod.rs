@@ -272,7 +272,13 @@ impl Client {
             lib_name: None,
             lib_ver: None,
             db: 0,
-            locks: LocksSession::new(shared.locks.clone()),
+            locks: LocksSession::with_limits(
+                shared.locks.clone(),
+                crate::locks::Limits {
+                    session_locks: shared.config.server.max_session_locks_per_client,
+                    waits: shared.config.server.max_waits_per_client,
+                },
+            ),
         }
     }
 

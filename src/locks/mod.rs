@@ -23,7 +23,7 @@ use crate::stats::Stats;
 use keys::Schema;
 use waiters::Waiters;
 
-pub use session::Session;
+pub use session::{Limits, Session};
 
 /// The lock service as the proxy runs it: over [`Member`]s, real masters or in-memory ones.
 pub type Locks = LockService<Member>;
@@ -43,6 +43,18 @@ pub enum Error {
     LockLost {
         /// The client's key.
         key: Bytes,
+    },
+    /// The connection already holds (or is taking) as many `SESSION` locks as it may.
+    #[error("this connection holds {max} SESSION locks, the most it may")]
+    TooManySessionLocks {
+        /// The connection's cap.
+        max: usize,
+    },
+    /// The connection already has as many `WAIT`s waiting as it may.
+    #[error("this connection has {max} LOCK ... WAIT waiting, the most it may")]
+    TooManyWaits {
+        /// The connection's cap.
+        max: usize,
     },
 }
 

@@ -4,10 +4,14 @@
 //! extension that misses a quorum marks the lock lost; later `UNLOCK`, `EXTEND` and `LOCKTTL`
 //! on the connection that name it get [`Error::LockLost`] instead of acting on a lock the client
 //! no longer holds.
+//!
+//! What one connection can make the proxy keep is bounded ([`Limits`]): its session locks,
+//! held or being taken, and its `WAIT`s waiting. Past either cap the `LOCK` is refused with an
+//! error and the connection lives on.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,10 +24,62 @@ use super::{Acquire, Error, Granted, Holder, LockService};
 use crate::backend::Master;
 use crate::redlock::{LockKey, token};
 
+/// What one connection may have the proxy keep for it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Session locks, held or being taken.
+    pub session_locks: usize,
+    /// `LOCK ... WAIT`s waiting.
+    pub waits: usize,
+}
+
+impl Limits {
+    /// No caps (the service's own tests).
+    pub const NONE: Limits = Limits {
+        session_locks: usize::MAX,
+        waits: usize::MAX,
+    };
+}
+
+/// One of a connection's places under a cap, given back when dropped.
+#[derive(Debug)]
+struct Place(Option<Arc<AtomicUsize>>);
+
+impl Place {
+    /// Takes a place in `taken` if fewer than `max` are.
+    fn take(taken: &Arc<AtomicUsize>, max: usize) -> Option<Place> {
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(Some(taken.clone())))
+    }
+
+    /// Keeps the place taken after `self` is gone: a [`Held`] lock now stands for it.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(taken) = self.0.take() {
+            taken.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// One connection's handle on the lock service; clones share its session locks.
 #[derive(Debug)]
 pub struct Session<M> {
     service: Arc<LockService<M>>,
+    limits: Limits,
+    /// Session locks held (in `held`) or being taken: counted before a `LOCK ... SESSION` is
+    /// sent, so a pipeline of them cannot pass the cap while the first are still in flight.
+    sessions: Arc<AtomicUsize>,
+    /// `LOCK ... WAIT`s under way.
+    waiting: Arc<AtomicUsize>,
     /// Session locks by database and the client's key: the checks on `UNLOCK`, `EXTEND` and
     /// `LOCKTTL` look them up without building a name.
     held: Arc<Mutex<HashMap<(u32, Bytes), Held>>>,
@@ -37,6 +93,9 @@ impl<M> Clone for Session<M> {
     fn clone(&self) -> Self {
         Session {
             service: self.service.clone(),
+            limits: self.limits,
+            sessions: self.sessions.clone(),
+            waiting: self.waiting.clone(),
             held: self.held.clone(),
             ended: self.ended.clone(),
             waits: self.waits.clone(),
@@ -53,10 +112,18 @@ struct Held {
 }
 
 impl<M: Master> Session<M> {
-    /// A new connection's handle, with no session locks.
+    /// A new connection's handle, with no session locks and no caps.
     pub fn new(service: Arc<LockService<M>>) -> Session<M> {
+        Session::with_limits(service, Limits::NONE)
+    }
+
+    /// A new connection's handle, with no session locks, under `limits`.
+    pub fn with_limits(service: Arc<LockService<M>>, limits: Limits) -> Session<M> {
         Session {
             service,
+            limits,
+            sessions: Arc::default(),
+            waiting: Arc::default(),
             held: Arc::default(),
             ended: CancellationToken::new(),
             waits: CancellationToken::new(),
@@ -69,7 +136,8 @@ impl<M: Master> Session<M> {
     }
 
     /// Takes `key` in `db` with a fresh token, as `how` says; with `how.session` the lock is
-    /// kept alive until released, lost, or the connection ends.
+    /// kept alive until released, lost, or the connection ends. Refused at once when the
+    /// connection is at its cap of session locks or of waits.
     pub fn lock(
         &self,
         db: u32,
@@ -79,14 +147,35 @@ impl<M: Master> Session<M> {
         let service = self.service.clone();
         let keeper = how.session.then(|| self.clone());
         let waits = how.wait.map(|_| self.waits.clone());
+        // Places are taken now, when the command runs, not when its future is first polled.
+        let session_place = how
+            .session
+            .then(|| Place::take(&self.sessions, self.limits.session_locks));
+        let wait_place = how
+            .wait
+            .map(|_| Place::take(&self.waiting, self.limits.waits));
+        let limits = self.limits;
         async move {
+            let session_place = match session_place {
+                Some(None) => {
+                    return Err(Error::TooManySessionLocks {
+                        max: limits.session_locks,
+                    });
+                }
+                Some(Some(place)) => Some(place),
+                None => None,
+            };
+            if let Some(None) = wait_place {
+                return Err(Error::TooManyWaits { max: limits.waits });
+            }
             let token = token::generate();
             let granted = service
                 .acquire_until(db, &key, token, how, waits.as_ref())
                 .await?;
-            if let (Some(grant), Some(keeper)) = (&granted, keeper) {
+            drop(wait_place);
+            if let (Some(grant), Some(keeper), Some(place)) = (&granted, keeper, session_place) {
                 let lock = service.keys.lock(db, &key);
-                keeper.keep((db, key), lock, grant.token.clone(), how.ttl_ms);
+                keeper.keep((db, key), lock, grant.token.clone(), how.ttl_ms, place);
             }
             Ok(granted)
         }
@@ -147,6 +236,7 @@ impl<M: Master> Session<M> {
     /// Stops every keeper and releases every session lock still held, on all masters.
     pub async fn close(&self) {
         let held: Vec<((u32, Bytes), Held)> = self.held().drain().collect();
+        self.sessions.fetch_sub(held.len(), Ordering::AcqRel);
         self.ended.cancel();
         let releases = held
             .iter()
@@ -172,8 +262,9 @@ impl<M: Master> Session<M> {
     }
 
     /// Keeps the granted lock `named` (database, client key) alive until released, lost, or the
-    /// connection ends.
-    fn keep(&self, named: (u32, Bytes), lock: LockKey, token: Bytes, ttl_ms: u64) {
+    /// connection ends; it takes over `place` under the cap (a lock it replaces gives its own
+    /// back).
+    fn keep(&self, named: (u32, Bytes), lock: LockKey, token: Bytes, ttl_ms: u64, place: Place) {
         let stop = self.ended.child_token();
         let lost = Arc::new(AtomicBool::new(false));
         let held = Held {
@@ -182,8 +273,9 @@ impl<M: Master> Session<M> {
             lost: lost.clone(),
             stop: stop.clone(),
         };
-        if let Some(previous) = self.held().insert(named, held) {
-            previous.stop.cancel();
+        match self.held().insert(named, held) {
+            Some(previous) => previous.stop.cancel(),
+            None => place.keep(),
         }
         let stats = &self.service.stats;
         stats.session_locks.fetch_add(1, Ordering::Relaxed);
@@ -229,6 +321,7 @@ impl<M: Master> Session<M> {
         match held.get(&named) {
             Some(h) if h.token == token => {
                 let h = held.remove(&named).expect("present");
+                self.sessions.fetch_sub(1, Ordering::AcqRel);
                 h.stop.cancel();
                 h.lost.load(Ordering::Acquire)
             }

@@ -63,6 +63,12 @@ pub async fn proxy(masters: &[RedisServer]) -> TestProxy {
     proxy_with(masters, |_| {}).await
 }
 
+/// Lets `LOCK ... SESSION` take TTLs down to 100 ms, for tests that watch a session lock
+/// outlive its TTL or lose it quickly.
+pub fn short_sessions(config: &mut Config) {
+    config.redlock.session_min_ttl = 100;
+}
+
 /// A proxy for tests that restart masters: it reconnects within 10–100 ms, and a restarted
 /// master's quarantine (`max_ttl_ms`) lasts 1 s.
 pub async fn proxy_for_restarts(masters: &[RedisServer]) -> TestProxy {
