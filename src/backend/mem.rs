@@ -6,7 +6,7 @@
 //! layer's fuzz test, benchmarks); the deterministic simulation keeps its data in a
 //! [`Keyspace`] too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,13 +14,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{BackendError, KeyState, Master};
+use super::{BackendError, FENCE_PAGE, FencePage, KeyState, Master};
 
 /// One master's lock keys (token and expiry) and fence counters.
 #[derive(Debug, Default, Clone)]
 pub struct Keyspace {
     keys: HashMap<Bytes, (Bytes, Instant)>,
-    fences: HashMap<Bytes, u64>,
+    /// In key order, so a scan can resume after the last key of a page.
+    fences: BTreeMap<Bytes, u64>,
     fence_floor: u64,
 }
 
@@ -126,9 +127,43 @@ impl Keyspace {
         *seen = (*seen).max(fence);
     }
 
-    /// Every fence counter.
-    pub fn fences(&self) -> Vec<(Bytes, u64)> {
-        self.fences.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    /// Raises each of `counters` and the floor, each unless it is already that high.
+    pub fn raise_fences(&mut self, counters: &[(Bytes, u64)], floor: u64) {
+        for (key, fence) in counters {
+            self.raise_fence(key, *fence);
+        }
+        self.raise_fence_floor(floor);
+    }
+
+    /// The fence counters after `cursor` (a fence key; empty: from the first), at most
+    /// [`FENCE_PAGE`] of them, with the floor; the next page starts after the last one.
+    pub fn fence_page(&self, cursor: &[u8]) -> FencePage {
+        use std::ops::Bound;
+        let from = if cursor.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(Bytes::copy_from_slice(cursor))
+        };
+        let mut rest = self.fences.range((from, Bound::Unbounded));
+        let counters: Vec<(Bytes, u64)> = rest
+            .by_ref()
+            .take(FENCE_PAGE)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let next = match rest.next() {
+            Some(_) => counters.last().map(|(k, _)| k.clone()),
+            None => None,
+        };
+        FencePage {
+            counters,
+            floor: self.fence_floor,
+            next,
+        }
+    }
+
+    /// How many fence counters it holds.
+    pub fn fence_count(&self) -> usize {
+        self.fences.len()
     }
 
     /// Raises the floor under every fence counter to `floor` unless it is already that high.
@@ -332,18 +367,19 @@ impl Master for MemMaster {
         }))
     }
 
-    fn raise_fence(
+    fn raise_fences(
         &self,
-        fence_key: &[u8],
-        fence: u64,
+        counters: &[(Bytes, u64)],
+        floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        reply(self.apply(|m, _| m.raise_fence(fence_key, fence)))
+        reply(self.apply(|m, _| m.raise_fences(counters, floor)))
     }
 
-    fn fences(
+    fn fence_page(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        reply(self.apply(|m, _| m.fences()))
+        cursor: &[u8],
+    ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<> {
+        reply(self.apply(|m, _| m.fence_page(cursor)))
     }
 
     fn raise_fence_floor(
@@ -383,6 +419,30 @@ mod tests {
     }
 
     #[test]
+    fn fence_pages_cover_every_counter_once() {
+        let mut m = Keyspace::new();
+        let n = 2 * FENCE_PAGE + 3;
+        for i in 0..n {
+            m.raise_fence(format!("f{i}").as_bytes(), 1);
+        }
+        m.raise_fence_floor(7);
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), Bytes::new(), 0);
+        loop {
+            let page = m.fence_page(&cursor);
+            assert!(page.counters.len() <= FENCE_PAGE && page.floor == 7);
+            seen.extend(page.counters);
+            pages += 1;
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        assert_eq!((seen.len(), pages), (n, 3));
+        seen.dedup();
+        assert_eq!(seen.len(), n);
+    }
+
+    #[test]
     fn expired_keys_are_absent() {
         let now = Instant::now();
         let mut m = Keyspace::new();
@@ -408,6 +468,6 @@ mod tests {
         assert!(!m.acquire_fenced(b"j", b"f", b"b", later, 9, now));
         assert!(m.acquire_fenced(b"j", b"f", b"b", later, 11, now));
         m.clear();
-        assert_eq!((m.read_fence(b"f"), m.fences().len()), (0, 0));
+        assert_eq!((m.read_fence(b"f"), m.fence_count()), (0, 0));
     }
 }

@@ -10,7 +10,7 @@ use futures_util::future::Either;
 
 use super::mem::MemMaster;
 use super::redis::RedisMaster;
-use super::{Ask, BackendError, KeyState, Master, MasterStatus, Votes};
+use super::{Ask, BackendError, FencePage, KeyState, Master, MasterStatus, Votes};
 
 /// One Redlock member.
 #[derive(Debug, Clone)]
@@ -120,18 +120,19 @@ impl Master for Member {
         each!(self, m => m.acquire_fenced(key, fence_key, token, ttl_ms, fence))
     }
 
-    fn raise_fence(
+    fn raise_fences(
         &self,
-        fence_key: &[u8],
-        fence: u64,
+        counters: &[(Bytes, u64)],
+        floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        each!(self, m => m.raise_fence(fence_key, fence))
+        each!(self, m => m.raise_fences(counters, floor))
     }
 
-    fn fences(
+    fn fence_page(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        each!(self, m => m.fences())
+        cursor: &[u8],
+    ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<> {
+        each!(self, m => m.fence_page(cursor))
     }
 
     fn raise_fence_floor(

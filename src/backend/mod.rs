@@ -126,6 +126,21 @@ pub struct Names {
     pub lineage: Bytes,
 }
 
+/// Counters a master holds per page of a fence scan: a repair holds one page in memory and
+/// sends it in one request, so any number of counters is copied in bounded steps.
+pub const FENCE_PAGE: usize = 512;
+
+/// One page of a master's fence counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FencePage {
+    /// Fence key and counter, at most about [`FENCE_PAGE`] of them.
+    pub counters: Vec<(Bytes, u64)>,
+    /// The master's fence floor.
+    pub floor: u64,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<Bytes>,
+}
+
 /// An answer to a vote that is still to come.
 pub type Pending = Pin<Box<dyn Future<Output = Result<bool, BackendError>> + Send>>;
 
@@ -273,17 +288,22 @@ pub trait Master: Send + Sync + 'static {
         fence: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
 
-    /// Raises the counter at `fence_key` to `fence` unless it is already that high.
-    fn raise_fence(
+    /// Raises each counter in `counters` (fence key, fence) and the floor under them to
+    /// `floor`, each unless it is already that high: one request, however many counters
+    /// (a repair sends one page of another master's counters at a time).
+    fn raise_fences(
         &self,
-        fence_key: &[u8],
-        fence: u64,
+        counters: &[(Bytes, u64)],
+        floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<Self>;
 
-    /// Every fence counter the master holds, to repair another master from.
-    fn fences(
+    /// One page of the fence counters the master holds, from `cursor` (empty: the first
+    /// page), to repair another master from: a bounded number of counters, the floor, and
+    /// where the next page starts (`None` after the last).
+    fn fence_page(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<Self>;
+        cursor: &[u8],
+    ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<Self>;
 
     /// Raises the floor under every fence counter to `floor` unless it is already that high.
     fn raise_fence_floor(

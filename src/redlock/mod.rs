@@ -70,16 +70,19 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// How long a fence repair may take before it is tried again later.
-const REPAIR_WITHIN: Duration = Duration::from_secs(10);
+/// How long one step of a fence repair (one page read, or one page's raises) may take before
+/// the repair gives up, to be tried again by a later fenced acquire. Steps, not the whole: a
+/// repair of any number of counters finishes as long as each step does.
+const REPAIR_STEP: Duration = Duration::from_secs(10);
 
 /// The lock service over `masters`.
 #[derive(Debug)]
 pub struct Redlock<M> {
-    masters: Vec<M>,
+    /// Shared with a fence repair running on its own task.
+    masters: Arc<[M]>,
     deadline: Duration,
     /// Held while fence counters are being repaired.
-    repairing: tokio::sync::Mutex<()>,
+    repairing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<M: Master> Redlock<M> {
@@ -87,9 +90,9 @@ impl<M: Master> Redlock<M> {
     pub fn new(masters: Vec<M>, deadline: Duration) -> Self {
         assert!(!masters.is_empty(), "Redlock needs at least one master");
         Redlock {
-            masters,
+            masters: masters.into(),
             deadline,
-            repairing: tokio::sync::Mutex::new(()),
+            repairing: Arc::default(),
         }
     }
 
@@ -141,8 +144,8 @@ impl<M: Master> Redlock<M> {
         token: Bytes,
         ttl_ms: u64,
     ) -> Result<Option<(Grant, u64)>, LockError> {
-        self.repair_fences().await;
         let wait = self.wait_for(ttl_ms);
+        self.repair_fences(wait).await;
         // A master that may have lost counters in a restart must not be the one that answers
         // for the fences a quorum has seen.
         let mut reads: FuturesUnordered<_> = self
@@ -200,83 +203,34 @@ impl<M: Master> Redlock<M> {
         };
         // A SET may have landed even where its reply was lost or said no: undo it everywhere.
         // The requests are already queued when `release` returns, so nothing needs to wait.
-        for m in &self.masters {
+        for m in self.masters.iter() {
             drop(m.release(&lock.key, &lock.marker, &token));
         }
         outcome
     }
 
-    /// Copies fence counters back into masters that lost them in a restart, from a majority of
-    /// the others (every granted fence is on a quorum, so a majority's union has its maximum).
-    /// One repair at a time; a master stays out of fence reads until its repair is done. When
-    /// no majority kept its counters, a floor from the wall clock keeps fences increasing; that
-    /// case is logged.
-    async fn repair_fences(&self) {
+    /// Starts copying fence counters back into masters that lost them in a restart (see
+    /// [`repair`]), unless a repair is under way, and gives it up to `wait` to finish before
+    /// this acquire reads fences: a small repair is done before the read, so the repaired
+    /// master's answer counts at once; a large one goes on on its own task, and fenced
+    /// acquires meanwhile read the other masters (no fenced acquire waits for all of it). One
+    /// repair at a time; a master stays out of fence reads until its repair is done.
+    async fn repair_fences(&self, wait: Duration) {
         // A restarted master is repaired as soon as it answers, quarantined or not: raising a
         // counter only ever moves it up, and the sooner it holds the counters again, the fewer
         // masters are left without them if others restart too.
         if !self.masters.iter().any(|m| m.fences_lost()) {
             return;
         }
-        let Ok(_one_at_a_time) = self.repairing.try_lock() else {
+        let Ok(one_at_a_time) = self.repairing.clone().try_lock_owned() else {
             return;
         };
-        let mut sources: Vec<&M> = self
-            .masters
-            .iter()
-            .filter(|m| m.votes() && !m.fences_lost())
-            .collect();
-        if sources.len() < self.quorum() {
-            // No majority kept its counters (a majority restarted empty, or a new cluster came
-            // up): what they held is gone. Raise the floor under every counter on a quorum to
-            // the wall clock in microseconds, above any fence handed out before unless the
-            // clock went back or a key was granted more than once a microsecond.
-            let floor = unix_micros();
-            let raised = futures_util::future::join_all(
-                self.masters.iter().map(|m| m.raise_fence_floor(floor)),
-            );
-            let Ok(raised) = tokio::time::timeout(REPAIR_WITHIN, raised).await else {
-                return;
-            };
-            if raised.iter().filter(|r| r.is_ok()).count() < self.quorum() {
-                return;
-            }
-            tracing::warn!(
-                floor,
-                "fence counters rebuilt without a majority that kept them: fences continue \
-                 above a floor taken from the wall clock"
-            );
-            sources = self.masters.iter().collect();
-        }
-        let scans = futures_util::future::join_all(sources.iter().map(|m| m.fences()));
-        let Ok(scans) = tokio::time::timeout(REPAIR_WITHIN, scans).await else {
-            return;
-        };
-        let scans: Vec<_> = scans.into_iter().filter_map(Result::ok).collect();
-        if scans.len() < self.quorum().min(sources.len()) {
-            return;
-        }
-        let mut highest: std::collections::HashMap<Bytes, u64> = std::collections::HashMap::new();
-        for (key, fence) in scans.into_iter().flatten() {
-            let entry = highest.entry(key).or_default();
-            *entry = (*entry).max(fence);
-        }
-        for m in self.masters.iter().filter(|m| m.fences_lost()) {
-            let raises = futures_util::future::join_all(
-                highest
-                    .iter()
-                    .map(|(key, fence)| m.raise_fence(key, *fence)),
-            );
-            if let Ok(results) = tokio::time::timeout(REPAIR_WITHIN, raises).await
-                && results.iter().all(Result::is_ok)
-            {
-                m.fences_repaired();
-                tracing::info!(
-                    fences = highest.len(),
-                    "fence counters repaired on a restarted master"
-                );
-            }
-        }
+        let masters = self.masters.clone();
+        let repairing = tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            repair(&masters).await;
+        });
+        let _ = tokio::time::timeout(wait, repairing).await;
     }
 
     /// Releases `lock` if it holds `token`: true when a quorum of masters deleted it.
@@ -330,7 +284,7 @@ impl<M: Master> Redlock<M> {
     /// Sends a release of `lock` held with `token` to every master and waits for nothing: for a
     /// taker that is gone before it could learn whether it was granted.
     pub fn abandon(&self, lock: &LockKey, token: &[u8]) {
-        for m in &self.masters {
+        for m in self.masters.iter() {
             drop(m.release(&lock.key, &lock.marker, token));
         }
     }
@@ -399,7 +353,7 @@ impl<M: Master> Redlock<M> {
         let ballot = Ballot::new(self.masters.len());
         let votes: Arc<dyn Votes> = ballot.clone();
         // Every master gets the request; a quarantined one's answer is not a vote.
-        for m in &self.masters {
+        for m in self.masters.iter() {
             m.cast(ask, &votes, m.votes());
         }
         let timed_out = tokio::time::timeout(wait, ballot.decided()).await.is_err();
@@ -424,6 +378,92 @@ impl<M: Master> Redlock<M> {
             total: self.masters.len(),
         }
     }
+}
+
+/// Copies fence counters back into the masters that lost them in a restart, from a majority of
+/// the others (every granted fence is on a quorum, so a majority's union has its maximum),
+/// and marks them repaired. When no majority kept its counters, a floor from the wall clock
+/// keeps fences increasing; that case is logged.
+///
+/// Bounded, for any number of counters: one source at a time, one page of its counters at a
+/// time (at most about [`FENCE_PAGE`](crate::backend::FENCE_PAGE), held in memory), each page
+/// sent to each restarted master in one request and awaited before the next page is read. So
+/// a repair holds one page, keeps at most one request in flight per master, and is given up
+/// only when one step misses [`REPAIR_STEP`]. Raising only moves a counter up, so a repair
+/// given up half way leaves nothing wrong, only work for the next one.
+async fn repair<M: Master>(masters: &[M]) {
+    let quorum = quorum::quorum(masters.len());
+    let lost: Vec<&M> = masters.iter().filter(|m| m.fences_lost()).collect();
+    let mut sources: Vec<&M> = masters
+        .iter()
+        .filter(|m| m.votes() && !m.fences_lost())
+        .collect();
+    if sources.len() < quorum {
+        // No majority kept its counters (a majority restarted empty, or a new cluster came
+        // up): what they held is gone. Raise the floor under every counter on a quorum to
+        // the wall clock in microseconds, above any fence handed out before unless the
+        // clock went back or a key was granted more than once a microsecond.
+        let floor = unix_micros();
+        let raised =
+            futures_util::future::join_all(masters.iter().map(|m| m.raise_fence_floor(floor)));
+        let Ok(raised) = tokio::time::timeout(REPAIR_STEP, raised).await else {
+            return;
+        };
+        if raised.iter().filter(|r| r.is_ok()).count() < quorum {
+            return;
+        }
+        tracing::warn!(
+            floor,
+            "fence counters rebuilt without a majority that kept them: fences continue \
+             above a floor taken from the wall clock"
+        );
+        sources = masters.iter().collect();
+    }
+    let needed = quorum.min(sources.len());
+    let (mut copied, mut counters) = (0, 0);
+    for source in sources {
+        if let Some(n) = copy_fences(source, &lost).await {
+            copied += 1;
+            counters += n;
+            if copied == needed {
+                break;
+            }
+        }
+    }
+    if copied < needed {
+        return;
+    }
+    for m in lost {
+        m.fences_repaired();
+    }
+    tracing::info!(counters, "fence counters repaired on a restarted master");
+}
+
+/// Copies every fence counter of `source`, and its floor, into each of `into`, page by page;
+/// how many counters, or `None` when a step failed or took longer than [`REPAIR_STEP`].
+async fn copy_fences<M: Master>(source: &M, into: &[&M]) -> Option<usize> {
+    let (mut cursor, mut copied) = (Bytes::new(), 0);
+    // Bounded: a scan ends when its cursor does; the cap only guards a broken one.
+    for _ in 0..10_000_000 {
+        let page = tokio::time::timeout(REPAIR_STEP, source.fence_page(&cursor))
+            .await
+            .ok()?
+            .ok()?;
+        let raises = futures_util::future::join_all(
+            into.iter()
+                .map(|m| m.raise_fences(&page.counters, page.floor)),
+        );
+        let raised = tokio::time::timeout(REPAIR_STEP, raises).await.ok()?;
+        if !raised.iter().all(Result::is_ok) {
+            return None;
+        }
+        copied += page.counters.len();
+        match page.next {
+            Some(next) => cursor = next,
+            None => return Some(copied),
+        }
+    }
+    None
 }
 
 /// A lock's names on the masters, for tests: the key itself and a marker beside it.

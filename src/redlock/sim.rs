@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::quorum::quorum;
 use super::{Redlock, key};
 use crate::backend::mem::Keyspace;
-use crate::backend::{BackendError, KeyState, Master};
+use crate::backend::{BackendError, FencePage, KeyState, Master};
 
 const DEADLINE: Duration = Duration::from_millis(10);
 const MAX_TTL_MS: u64 = 300;
@@ -365,19 +365,21 @@ impl Master for SimMaster {
         })
     }
 
-    fn raise_fence(
+    fn raise_fences(
         &self,
-        fence_key: &[u8],
-        fence: u64,
+        counters: &[(Bytes, u64)],
+        floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        let fence_key = Bytes::copy_from_slice(fence_key);
-        self.request(move |s, _| s.data.raise_fence(&fence_key, fence))
+        let counters = counters.to_vec();
+        self.request(move |s, _| s.data.raise_fences(&counters, floor))
     }
 
-    fn fences(
+    fn fence_page(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        self.request(|s, _| s.data.fences())
+        cursor: &[u8],
+    ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<> {
+        let cursor = Bytes::copy_from_slice(cursor);
+        self.request(move |s, _| s.data.fence_page(&cursor))
     }
 
     fn raise_fence_floor(

@@ -12,7 +12,7 @@ use futures_util::future::Either;
 use super::link::ReplyTo;
 use super::scripts::{self, Script};
 use super::{Inner, RedisMaster};
-use crate::backend::{Ask, BackendError, KeyState, Master, Votes};
+use crate::backend::{Ask, BackendError, FENCE_PAGE, FencePage, KeyState, Master, Votes};
 use crate::protocol::client::{self, Frame};
 
 use client::command as encode;
@@ -301,52 +301,59 @@ impl RedisMaster {
         let _ = self.queue(home, request, ReplyTo::Vote(vote), sent.checked());
     }
 
-    /// Every fence counter, by `SCAN` over the fence pattern and `MGET` of each page.
-    async fn scan_fences(self) -> Result<Vec<(Bytes, u64)>, BackendError> {
+    /// One page of fence counters: `SCAN` from `cursor` over the fence pattern, then `MGET` of
+    /// the keys it returned and the floor.
+    async fn scan_fences(self, cursor: Bytes) -> Result<FencePage, BackendError> {
         let pattern = self.0.names.fence_pattern.clone();
-        let mut found = Vec::new();
-        let mut cursor = Bytes::from_static(b"0");
-        // Bounded: SCAN ends when the cursor returns to 0; the cap only guards a broken one.
-        for _ in 0..1_000_000 {
-            let page = self
-                .call(
-                    &pattern,
-                    &[b"SCAN", &cursor, b"MATCH", &pattern, b"COUNT", b"1000"],
-                )
-                .await?;
-            let Frame::Array(parts) = page else {
-                return Err(BackendError::Unexpected(format!("{page:?}")));
-            };
-            let [Frame::BulkString(next), Frame::Array(keys)] = &parts[..] else {
-                return Err(BackendError::Unexpected(format!("{parts:?}")));
-            };
-            let keys: Vec<Bytes> = keys
-                .iter()
-                .filter_map(|k| match k {
-                    Frame::BulkString(k) => Some(k.clone()),
-                    _ => None,
-                })
-                .collect();
-            if !keys.is_empty() {
-                let mut args: Vec<&[u8]> = vec![b"MGET"];
-                args.extend(keys.iter().map(|k| &k[..]));
-                if let Frame::Array(values) = self.call(&pattern, &args).await? {
-                    for (key, value) in keys.into_iter().zip(values) {
-                        if let Frame::BulkString(v) = value
-                            && let Some(n) =
-                                std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok())
-                        {
-                            found.push((key, n));
-                        }
-                    }
-                }
-            }
-            if &next[..] == b"0" {
-                return Ok(found);
-            }
-            cursor = next.clone();
-        }
-        Err(BackendError::Unexpected("SCAN never finished".into()))
+        let floor_key = self.0.names.fence_floor.clone();
+        let cursor = if cursor.is_empty() {
+            Bytes::from_static(b"0")
+        } else {
+            cursor
+        };
+        let mut count = itoa::Buffer::new();
+        let count = count.format(FENCE_PAGE).as_bytes();
+        let page = self
+            .call(
+                &pattern,
+                &[b"SCAN", &cursor, b"MATCH", &pattern, b"COUNT", count],
+            )
+            .await?;
+        let Frame::Array(parts) = page else {
+            return Err(BackendError::Unexpected(format!("{page:?}")));
+        };
+        let [Frame::BulkString(next), Frame::Array(keys)] = &parts[..] else {
+            return Err(BackendError::Unexpected(format!("{parts:?}")));
+        };
+        let keys: Vec<Bytes> = keys
+            .iter()
+            .filter_map(|k| match k {
+                Frame::BulkString(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 2);
+        args.push(b"MGET");
+        args.extend(keys.iter().map(|k| &k[..]));
+        args.push(&floor_key);
+        let Frame::Array(mut values) = self.call(&pattern, &args).await? else {
+            return Err(BackendError::Unexpected("MGET answered no array".into()));
+        };
+        let number = |v: &Frame| match v {
+            Frame::BulkString(v) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
+            _ => None,
+        };
+        let floor = values.pop().as_ref().and_then(number).unwrap_or(0);
+        let counters = keys
+            .into_iter()
+            .zip(&values)
+            .filter_map(|(key, value)| Some((key, number(value)?)))
+            .collect();
+        Ok(FencePage {
+            counters,
+            floor,
+            next: (&next[..] != b"0").then(|| next.clone()),
+        })
     }
 }
 
@@ -460,24 +467,31 @@ impl Master for RedisMaster {
         })
     }
 
-    fn raise_fence(
+    fn raise_fences(
         &self,
-        fence_key: &[u8],
-        fence: u64,
+        counters: &[(Bytes, u64)],
+        floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
-        let mut f = itoa::Buffer::new();
-        let reply = self.eval(
-            &scripts::RAISE_FENCE,
-            fence_key,
-            &[f.format(fence).as_bytes()],
-        );
+        let floor_key = &self.0.names.fence_floor[..];
+        let mut keys: Vec<&[u8]> = counters.iter().map(|(k, _)| &k[..]).collect();
+        keys.push(floor_key);
+        let mut numbers: Vec<itoa::Buffer> = vec![itoa::Buffer::new(); counters.len() + 1];
+        let values: Vec<u64> = counters.iter().map(|(_, f)| *f).chain([floor]).collect();
+        let argv: Vec<&[u8]> = numbers
+            .iter_mut()
+            .zip(&values)
+            .map(|(buf, v)| buf.format(*v).as_bytes())
+            .collect();
+        // On the floor's connection: one page's raises are one request, in order.
+        let reply = self.eval_on(floor_key, &scripts::RAISE_FENCES, &keys, &argv);
         async move { reply.await.map(|_| ()) }
     }
 
-    fn fences(
+    fn fence_page(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Bytes, u64)>, BackendError>> + Send + use<> {
-        self.clone().scan_fences()
+        cursor: &[u8],
+    ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<> {
+        self.clone().scan_fences(Bytes::copy_from_slice(cursor))
     }
 
     fn raise_fence_floor(

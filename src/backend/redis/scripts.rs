@@ -102,6 +102,17 @@ pub static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Raises each fence counter `KEYS[i]` to `ARGV[i]` and the floor, the last key, to the last
+/// argument, each unless it is already that high (a repair: one page of another master's
+/// counters in one call).
+pub static RAISE_FENCES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "for i = 1, #KEYS do \
+         if tonumber(redis.call('GET', KEYS[i]) or '0') < tonumber(ARGV[i]) then \
+         redis.call('SET', KEYS[i], ARGV[i]) end end return 1",
+    )
+});
+
 /// [`ACQUIRE_FENCED`]'s answer when the run marker is missing.
 pub const NO_MARKER: i64 = -2;
 
@@ -147,7 +158,7 @@ pub static LINEAGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 8] {
+pub fn all_scripts() -> [&'static Script; 9] {
     [
         &RELEASE,
         &MARK_WAITING,
@@ -157,6 +168,7 @@ pub fn all_scripts() -> [&'static Script; 8] {
         &READ_FENCE,
         &ACQUIRE_FENCED,
         &RAISE_FENCE,
+        &RAISE_FENCES,
     ]
 }
 
