@@ -121,6 +121,11 @@ pub struct RedlockConfig {
     /// every third of its TTL, so a short one costs the masters many requests a second.
     #[serde(rename = "session_min_ttl_ms")]
     pub session_min_ttl: u64,
+    /// A fence counter unused this long, in ms, is removed from the masters (0: never): a sweep
+    /// every half of it raises each master's fence floor to its highest counter and gives the
+    /// counters unused since the last sweep an expiry of the other half. Fences stay increasing
+    /// per key; after a sweep a key's next fence may jump above the floor.
+    pub fence_idle_ms: u64,
     /// Every lock key on the masters starts with this, so locks never collide with application keys.
     pub key_prefix: String,
 }
@@ -316,6 +321,7 @@ impl Default for RedlockConfig {
             default_ttl: None,
             master_deadline_ms: 50,
             session_min_ttl: 1000,
+            fence_idle_ms: 7 * 24 * 3_600_000,
             key_prefix: "redlock:".to_owned(),
         }
     }
@@ -459,6 +465,9 @@ impl Config {
                 "redlock.session_min_ttl_ms must be at least {} ms",
                 crate::redlock::quorum::MIN_TTL_MS
             ));
+        }
+        if r.fence_idle_ms != 0 && !(100..=i64::MAX as u64 / 2).contains(&r.fence_idle_ms) {
+            return bad("redlock.fence_idle_ms must be 0 (never) or at least 100".into());
         }
         if r.max_ttl_ms > i64::MAX as u64 / 2 {
             return bad("redlock.max_ttl_ms is too large".into());

@@ -180,3 +180,53 @@ async fn a_restarted_master_is_repaired_in_bounded_batches() {
     assert_eq!(fence, i64::try_from(KEYS).unwrap() + 1);
     p.stop().await;
 }
+
+/// Fence counters no longer pile up for every key ever fenced: one unused for `fence_idle_ms`
+/// is removed from the masters, and fences for its key still increase (the sweep raised the
+/// floor to it before it could vanish).
+#[tokio::test]
+async fn idle_counters_expire_and_fences_keep_increasing() {
+    let m = support::masters(3);
+    let p = support::proxy_with(&m, |c| c.redlock.fence_idle_ms = 400).await;
+    let mut c = p.conn().await;
+    let mut last = 0;
+    for _ in 0..3 {
+        let (token, fence) = fenced(&mut c, "idle").await;
+        assert!(fence > last, "fence {fence} after {last}");
+        last = fence;
+        assert_eq!(int(&c.call(&["UNLOCK", "idle", &token]).await), 1);
+    }
+    let (token, other) = fenced(&mut c, "other").await;
+    assert_eq!(int(&c.call(&["UNLOCK", "other", &token]).await), 1);
+    let mut direct = Vec::new();
+    for master in &m {
+        direct.push(Conn::connect(([127, 0, 0, 1], master.port()).into()).await);
+    }
+    let start = Instant::now();
+    let mut gone = false;
+    for _ in 0..500 {
+        let mut left = 0;
+        for d in &mut direct {
+            let keys = d.call(&["KEYS", "redlock:fence:*"]).await;
+            left += flatten(&keys).split_whitespace().count();
+        }
+        if left == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        gone,
+        "fence counters still there after {:?}",
+        start.elapsed()
+    );
+    println!("counters idle for 400 ms gone after {:?}", start.elapsed());
+    // No counter left, and the next fences are still greater than any before.
+    let (token, fence) = fenced(&mut c, "idle").await;
+    assert!(fence > last, "fence {fence} after {last}: went back");
+    assert_eq!(int(&c.call(&["UNLOCK", "idle", &token]).await), 1);
+    let (_, again) = fenced(&mut c, "other").await;
+    assert!(again > other, "fence {again} after {other}: went back");
+    p.stop().await;
+}

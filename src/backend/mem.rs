@@ -161,6 +161,16 @@ impl Keyspace {
         }
     }
 
+    /// One page of the fence sweep: raises the floor to the highest counter of the page.
+    /// Counters here do not expire (a master in memory lives no longer than its test), so
+    /// this is the sweep's effect on what fences read.
+    pub fn sweep_fences(&mut self, cursor: &[u8]) -> Option<Bytes> {
+        let page = self.fence_page(cursor);
+        let top = page.counters.iter().map(|(_, f)| *f).max().unwrap_or(0);
+        self.raise_fence_floor(top);
+        page.next
+    }
+
     /// How many fence counters it holds.
     pub fn fence_count(&self) -> usize {
         self.fences.len()
@@ -380,6 +390,14 @@ impl Master for MemMaster {
         cursor: &[u8],
     ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<> {
         reply(self.apply(|m, _| m.fence_page(cursor)))
+    }
+
+    fn sweep_fences(
+        &self,
+        cursor: &[u8],
+        _expire_ms: u64,
+    ) -> impl Future<Output = Result<Option<Bytes>, BackendError>> + Send + use<> {
+        reply(self.apply(|m, _| m.sweep_fences(cursor)))
     }
 
     fn raise_fence_floor(

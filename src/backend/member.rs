@@ -128,6 +128,14 @@ impl Master for Member {
         each!(self, m => m.raise_fences(counters, floor))
     }
 
+    fn sweep_fences(
+        &self,
+        cursor: &[u8],
+        expire_ms: u64,
+    ) -> impl Future<Output = Result<Option<Bytes>, BackendError>> + Send + use<> {
+        each!(self, m => m.sweep_fences(cursor, expire_ms))
+    }
+
     fn fence_page(
         &self,
         cursor: &[u8],

@@ -305,6 +305,16 @@ pub trait Master: Send + Sync + 'static {
         cursor: &[u8],
     ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<Self>;
 
+    /// One page of the fence sweep, from `cursor` (empty: the first page): raises the floor
+    /// to the highest counter of the page and gives each of its counters without an expiry
+    /// one of `expire_ms`, atomically (so a counter only ever expires under the floor). Where
+    /// the next page starts; `None` after the last.
+    fn sweep_fences(
+        &self,
+        cursor: &[u8],
+        expire_ms: u64,
+    ) -> impl Future<Output = Result<Option<Bytes>, BackendError>> + Send + use<Self>;
+
     /// Raises the floor under every fence counter to `floor` unless it is already that high.
     fn raise_fence_floor(
         &self,

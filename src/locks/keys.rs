@@ -4,7 +4,8 @@
 //! - `P{db}:{key}` — a client's lock `key` in database `db`: holds the token, with the lock's TTL;
 //! - `Pwaiting:{db}:{key}` — exists while some proxy waits for that lock: its releases are then
 //!   published on `Preleased`, which every proxy subscribes to;
-//! - `Pfence:{db}:{key}` — the lock's fence counter (`LOCK ... FENCE`);
+//! - `Pfence:{db}:{key}` — the lock's fence counter (`LOCK ... FENCE`), removed after
+//!   `fence_idle_ms` unused (the floor is raised above it first);
 //! - `Pfence-floor` — the floor under every fence counter;
 //! - `Prun` — the run marker: the `run_id` the master's data was written in.
 //!

@@ -172,6 +172,13 @@ impl<M: Master> LockService<M> {
         &self.stats
     }
 
+    /// Sweeps every master's fence counters once: the floor under each master's counters is
+    /// raised to the highest of them, and counters unused since the last sweep are given an
+    /// expiry of `expire_ms` (see `redlock::sweep_fences` for why fences stay increasing).
+    pub async fn sweep_fences(&self, expire_ms: u64) -> bool {
+        self.redlock.sweep_fences(expire_ms).await
+    }
+
     /// Keys with a waiter on this proxy now.
     pub fn waiting_keys(&self) -> usize {
         self.waiters.len()

@@ -233,6 +233,16 @@ impl<M: Master> Redlock<M> {
         let _ = tokio::time::timeout(wait, repairing).await;
     }
 
+    /// Sweeps the fence counters of every master once (see [`sweep_fences`]), giving those
+    /// unused since the last sweep an expiry of `expire_ms`; true when every master was swept.
+    pub async fn sweep_fences(&self, expire_ms: u64) -> bool {
+        let sweeps = self.masters.iter().map(|m| sweep_fences(m, expire_ms));
+        futures_util::future::join_all(sweeps)
+            .await
+            .into_iter()
+            .all(|swept| swept)
+    }
+
     /// Releases `lock` if it holds `token`: true when a quorum of masters deleted it.
     pub async fn unlock(&self, lock: &LockKey, token: &[u8]) -> Result<bool, LockError> {
         let ask = Ask::Release {
@@ -464,6 +474,35 @@ async fn copy_fences<M: Master>(source: &M, into: &[&M]) -> Option<usize> {
         }
     }
     None
+}
+
+/// One sweep of `master`'s fence counters, page by page: each page's floor raise and
+/// expiries in one request, awaited before the next page. False when a step failed or took
+/// longer than [`REPAIR_STEP`]; the next sweep starts over, which is harmless.
+///
+/// Why fences stay strictly increasing per key although counters expire: a fence F for a key
+/// is granted only where a quorum accepted it, and a later fenced acquire reads a quorum, so
+/// some master m that accepted F answers the read. On m the key reads max(counter, floor).
+/// The counter only rises while it exists (a fenced acquire sets it only above what it reads,
+/// a repair only raises), and it can only vanish by an expiry that a sweep gave it while it
+/// was at or under m's floor, atomically with raising that floor (`SWEEP_FENCES`); any write
+/// since clears the expiry, and the floor never falls. So m reads at least F, counter or no
+/// counter, and the next fence is above F. A master that restarted empty lost both; it reads
+/// nothing until a repair has raised its counters and its floor to those of a majority of the
+/// others, which the same argument covers. No clock or sweep timing is involved: a sweep
+/// that runs late or never only keeps counters longer.
+async fn sweep_fences<M: Master>(master: &M, expire_ms: u64) -> bool {
+    let mut cursor = Bytes::new();
+    // Bounded: a scan ends when its cursor does; the cap only guards a broken one.
+    for _ in 0..10_000_000 {
+        let step = tokio::time::timeout(REPAIR_STEP, master.sweep_fences(&cursor, expire_ms));
+        match step.await {
+            Ok(Ok(Some(next))) => cursor = next,
+            Ok(Ok(None)) => return true,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// A lock's names on the masters, for tests: the key itself and a marker beside it.

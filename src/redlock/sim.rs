@@ -382,6 +382,15 @@ impl Master for SimMaster {
         self.request(move |s, _| s.data.fence_page(&cursor))
     }
 
+    fn sweep_fences(
+        &self,
+        cursor: &[u8],
+        _expire_ms: u64,
+    ) -> impl Future<Output = Result<Option<Bytes>, BackendError>> + Send + use<> {
+        let cursor = Bytes::copy_from_slice(cursor);
+        self.request(move |s, _| s.data.sweep_fences(&cursor))
+    }
+
     fn raise_fence_floor(
         &self,
         floor: u64,

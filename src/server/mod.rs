@@ -99,6 +99,14 @@ impl Proxy {
                 waking.released(&key);
             }
         });
+        let idle_ms = shared.config.redlock.fence_idle_ms;
+        if idle_ms > 0 {
+            backend.spawn(sweep_fences(
+                shared.locks.clone(),
+                idle_ms,
+                backend_stop.clone(),
+            ));
+        }
         let clients_stop = CancellationToken::new();
         let sessions = TaskTracker::new();
         sessions.spawn(accept_loop(
@@ -163,6 +171,31 @@ impl Proxy {
         self.backend.close();
         let _ = tokio::time::timeout(BACKEND_CLOSE, self.backend.wait()).await;
         info!("proxy stopped");
+    }
+}
+
+/// Sweeps the masters' fence counters every half of `idle_ms` until `stop` (see
+/// `LockService::sweep_fences`): each sweep gives the counters unused since the one before an
+/// expiry of the other half, so a counter unused for `idle_ms` is gone. The first sweep comes
+/// one period after start.
+async fn sweep_fences(locks: Arc<Locks>, idle_ms: u64, stop: CancellationToken) {
+    let half = (idle_ms / 2).max(1);
+    let mut every = tokio::time::interval(Duration::from_millis(half));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            swept = locks.sweep_fences(half) => {
+                if !swept {
+                    tracing::debug!("a fence sweep did not reach every master; the next one tries again");
+                }
+            }
+        }
     }
 }
 

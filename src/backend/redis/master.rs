@@ -301,11 +301,13 @@ impl RedisMaster {
         let _ = self.queue(home, request, ReplyTo::Vote(vote), sent.checked());
     }
 
-    /// One page of fence counters: `SCAN` from `cursor` over the fence pattern, then `MGET` of
-    /// the keys it returned and the floor.
-    async fn scan_fences(self, cursor: Bytes) -> Result<FencePage, BackendError> {
-        let pattern = self.0.names.fence_pattern.clone();
-        let floor_key = self.0.names.fence_floor.clone();
+    /// One `SCAN` page of fence keys from `cursor` (empty: the first); the keys, and where the
+    /// next page starts (`None` after the last).
+    async fn scan_fence_keys(
+        &self,
+        cursor: Bytes,
+    ) -> Result<(Vec<Bytes>, Option<Bytes>), BackendError> {
+        let pattern = &self.0.names.fence_pattern;
         let cursor = if cursor.is_empty() {
             Bytes::from_static(b"0")
         } else {
@@ -315,8 +317,8 @@ impl RedisMaster {
         let count = count.format(FENCE_PAGE).as_bytes();
         let page = self
             .call(
-                &pattern,
-                &[b"SCAN", &cursor, b"MATCH", &pattern, b"COUNT", count],
+                pattern,
+                &[b"SCAN", &cursor, b"MATCH", pattern, b"COUNT", count],
             )
             .await?;
         let Frame::Array(parts) = page else {
@@ -325,13 +327,41 @@ impl RedisMaster {
         let [Frame::BulkString(next), Frame::Array(keys)] = &parts[..] else {
             return Err(BackendError::Unexpected(format!("{parts:?}")));
         };
-        let keys: Vec<Bytes> = keys
+        let keys = keys
             .iter()
             .filter_map(|k| match k {
                 Frame::BulkString(k) => Some(k.clone()),
                 _ => None,
             })
             .collect();
+        Ok((keys, (&next[..] != b"0").then(|| next.clone())))
+    }
+
+    /// One page of the fence sweep (see [`scripts::SWEEP_FENCES`]).
+    async fn sweep_page(
+        self,
+        cursor: Bytes,
+        expire_ms: u64,
+    ) -> Result<Option<Bytes>, BackendError> {
+        let (keys, next) = self.scan_fence_keys(cursor).await?;
+        if !keys.is_empty() {
+            let floor_key = &self.0.names.fence_floor;
+            let mut all: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+            all.push(floor_key);
+            let mut ms = itoa::Buffer::new();
+            let ms = ms.format(expire_ms).as_bytes();
+            self.eval_on(floor_key, &scripts::SWEEP_FENCES, &all, &[ms])
+                .await?;
+        }
+        Ok(next)
+    }
+
+    /// One page of fence counters: `SCAN` from `cursor` over the fence pattern, then `MGET` of
+    /// the keys it returned and the floor.
+    async fn scan_fences(self, cursor: Bytes) -> Result<FencePage, BackendError> {
+        let pattern = self.0.names.fence_pattern.clone();
+        let floor_key = self.0.names.fence_floor.clone();
+        let (keys, next) = self.scan_fence_keys(cursor).await?;
         let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 2);
         args.push(b"MGET");
         args.extend(keys.iter().map(|k| &k[..]));
@@ -352,7 +382,7 @@ impl RedisMaster {
         Ok(FencePage {
             counters,
             floor,
-            next: (&next[..] != b"0").then(|| next.clone()),
+            next,
         })
     }
 }
@@ -492,6 +522,15 @@ impl Master for RedisMaster {
         cursor: &[u8],
     ) -> impl Future<Output = Result<FencePage, BackendError>> + Send + use<> {
         self.clone().scan_fences(Bytes::copy_from_slice(cursor))
+    }
+
+    fn sweep_fences(
+        &self,
+        cursor: &[u8],
+        expire_ms: u64,
+    ) -> impl Future<Output = Result<Option<Bytes>, BackendError>> + Send + use<> {
+        self.clone()
+            .sweep_page(Bytes::copy_from_slice(cursor), expire_ms)
     }
 
     fn raise_fence_floor(

@@ -113,6 +113,21 @@ pub static RAISE_FENCES: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// The fence sweep, for one page of counters `KEYS[1..n-1]` with the floor `KEYS[n]`:
+/// raises the floor to the highest of them, then gives each counter that has no expiry one of
+/// `ARGV[1]` ms. Atomic, so every counter given an expiry is at or under the floor when it
+/// gets it; a counter written later (`SET`, by a fenced acquire or a repair) loses its
+/// expiry and waits for the next sweep. So a counter only vanishes with the floor above it.
+pub static SWEEP_FENCES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local n = #KEYS local top = tonumber(redis.call('GET', KEYS[n]) or '0') \
+         for i = 1, n - 1 do top = math.max(top, tonumber(redis.call('GET', KEYS[i]) or '0')) end \
+         redis.call('SET', KEYS[n], string.format('%d', top)) \
+         for i = 1, n - 1 do if redis.call('PTTL', KEYS[i]) == -1 then \
+         redis.call('PEXPIRE', KEYS[i], ARGV[1]) end end return 1",
+    )
+});
+
 /// [`ACQUIRE_FENCED`]'s answer when the run marker is missing.
 pub const NO_MARKER: i64 = -2;
 
@@ -158,7 +173,7 @@ pub static LINEAGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 9] {
+pub fn all_scripts() -> [&'static Script; 10] {
     [
         &RELEASE,
         &MARK_WAITING,
@@ -169,6 +184,7 @@ pub fn all_scripts() -> [&'static Script; 9] {
         &ACQUIRE_FENCED,
         &RAISE_FENCE,
         &RAISE_FENCES,
+        &SWEEP_FENCES,
     ]
 }
 
