@@ -114,6 +114,12 @@ struct Args {
     #[arg(long)]
     fence: bool,
 
+    /// Write `[redlock] fence_idle_ms = N` into the proxies' configuration, so fence counters
+    /// idle that long expire during the run (after the floor was raised above them) and fences
+    /// must keep increasing across the expiry [default: the proxy's, 7 days]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=604_800_000))]
+    fence_idle_ms: Option<u64>,
+
     /// The redis-server program
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
@@ -172,6 +178,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         },
         if args.fence { ", FENCE" } else { "" }
     );
+    if let Some(ms) = args.fence_idle_ms {
+        println!("fence counters idle for {ms} ms expire");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -211,7 +220,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     };
     let spec = ProxySpec {
         program,
-        config: procs::write_config(&dir.path, args.persistent_masters)
+        config: procs::write_config(&dir.path, args.persistent_masters, args.fence_idle_ms)
             .map_err(|e| format!("cannot write the proxy configuration: {e}"))?,
         masters: masters.iter().map(Master::port).collect(),
         max_ttl_ms: args.max_ttl_ms,

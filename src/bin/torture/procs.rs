@@ -65,15 +65,24 @@ pub struct ProxySpec {
 
 /// Writes the configuration file the proxies share; listen address, masters and max TTL go on
 /// the command line.
-pub fn write_config(dir: &Path, persistent_masters: bool) -> std::io::Result<PathBuf> {
+pub fn write_config(
+    dir: &Path,
+    persistent_masters: bool,
+    fence_idle_ms: Option<u64>,
+) -> std::io::Result<PathBuf> {
     // Short reconnect delays so a restarted master is back in the game within a lock's
     // lifetime: that is when the restart hazard bites.
     let mut text = String::from(
         "[server]\n\
          shutdown_grace_ms = 500\n\
          [redlock]\n\
-         master_deadline_ms = 50\n\
-         [backend]\n\
+         master_deadline_ms = 50\n",
+    );
+    if let Some(ms) = fence_idle_ms {
+        text.push_str(&format!("fence_idle_ms = {ms}\n"));
+    }
+    text.push_str(
+        "[backend]\n\
          connect_timeout_ms = 500\n\
          reconnect_min_ms = 20\n\
          reconnect_max_ms = 200\n",
