@@ -40,7 +40,7 @@ pub struct Cli {
     #[arg(
         long,
         value_name = "PASSWORD",
-        env = "REDLOCK_REQUIREPASS",
+        env = "REDLOCK_PROXY_REQUIREPASS",
         hide_env_values = true
     )]
     pub requirepass: Option<Secret>,
@@ -53,7 +53,7 @@ pub struct Cli {
     #[arg(
         long,
         value_name = "PASSWORD",
-        env = "REDLOCK_BACKEND_PASSWORD",
+        env = "REDLOCK_PROXY_BACKEND_PASSWORD",
         hide_env_values = true
     )]
     pub backend_password: Option<Secret>,

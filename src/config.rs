@@ -396,7 +396,7 @@ impl Config {
                 "protected mode: listening on {} (not a loopback address) without a password \
                  would let anyone who reaches the port read any lock's token and release any \
                  lock. Either set a password (requirepass, requirepass_file, \
-                 REDLOCK_REQUIREPASS or --requirepass-file), or, if the network itself keeps \
+                 REDLOCK_PROXY_REQUIREPASS or --requirepass-file), or, if the network itself keeps \
                  strangers out, start with --protected-mode no (protected_mode = false in \
                  [server])",
                 s.listen

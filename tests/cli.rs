@@ -666,7 +666,7 @@ async fn protected_mode_refuses_a_public_address_without_a_password() {
     assert!(out.status.success(), "{out:?}");
     assert!(!Config::parse(&stdout(&out)).unwrap().server.protected_mode);
     let mut cmd = bin(&dir, &["--check-config", "--listen", "0.0.0.0:0"]);
-    cmd.env("REDLOCK_REQUIREPASS", "pr0tect3d");
+    cmd.env("REDLOCK_PROXY_REQUIREPASS", "pr0tect3d");
     let out = support::run_bounded(&mut cmd, b"", WITHIN).await;
     assert!(out.status.success(), "{out:?}");
     assert!(!stdout(&out).contains("pr0tect3d"), "{}", stdout(&out));
@@ -751,7 +751,8 @@ async fn secrets_come_from_the_environment_and_files_and_are_never_shown() {
         file.to_str().unwrap(),
     ];
     let out = support::run_bounded(
-        bin(&dir, &[&args[..], &["--check-config"]].concat()).env("REDLOCK_REQUIREPASS", "e/n@v3"),
+        bin(&dir, &[&args[..], &["--check-config"]].concat())
+            .env("REDLOCK_PROXY_REQUIREPASS", "e/n@v3"),
         b"",
         WITHIN,
     )
@@ -759,7 +760,7 @@ async fn secrets_come_from_the_environment_and_files_and_are_never_shown() {
     assert!(out.status.success(), "{out:?}");
     let shown = stdout(&out);
     let mut cmd = bin(&dir, &args);
-    cmd.env("REDLOCK_REQUIREPASS", "e/n@v3");
+    cmd.env("REDLOCK_PROXY_REQUIREPASS", "e/n@v3");
     let mut p = Running::start_cmd(dir, cmd).await;
     let mut c = Conn::connect(p.addr).await;
     c.roundtrip(&["AUTH", "e/n@v3"], b"+OK\r\n").await;
