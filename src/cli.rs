@@ -27,8 +27,8 @@ pub struct Cli {
     #[arg(long, value_name = "yes|no", value_parser = yes_no)]
     pub protected_mode: Option<bool>,
 
-    /// A Redis master, HOST:PORT or redis://[user:pass@]HOST:PORT[/db]; repeat for each.
-    /// Without any, three local redis-server masters are started.
+    /// A Redis master, HOST:PORT or redis://[user:pass@]HOST:PORT[/db], or rediss://... for
+    /// TLS; repeat for each. Without any, three local redis-server masters are started.
     #[arg(long = "backend", value_name = "ADDR")]
     pub backends: Vec<MasterAddr>,
 
@@ -61,6 +61,25 @@ pub struct Cli {
     /// A file whose first line is the password for every master whose address carries none
     #[arg(long, value_name = "PATH", conflicts_with = "backend_password")]
     pub backend_password_file: Option<PathBuf>,
+
+    /// PEM file of the certificate authorities that rediss:// masters' certificates must chain
+    /// to [default: the system's trusted roots]
+    #[arg(long, value_name = "PATH")]
+    pub backend_tls_ca_cert_file: Option<PathBuf>,
+
+    /// PEM client certificate for rediss:// masters that ask for one (with
+    /// --backend-tls-key-file)
+    #[arg(long, value_name = "PATH", requires = "backend_tls_key_file")]
+    pub backend_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --backend-tls-cert-file
+    #[arg(long, value_name = "PATH", requires = "backend_tls_cert_file")]
+    pub backend_tls_key_file: Option<PathBuf>,
+
+    /// Name sent to rediss:// masters (SNI) and checked against their certificates
+    /// [default: each master's host]
+    #[arg(long, value_name = "NAME")]
+    pub backend_tls_server_name: Option<String>,
 
     /// Validate the configuration, print the effective one, and exit (0 valid, 1 invalid)
     #[arg(long)]
@@ -108,6 +127,19 @@ impl Cli {
         if let Some(pass) = &self.backend_password {
             config.backend.password_file.clear();
             config.backend.default_password(pass);
+        }
+        let tls = &mut config.backend;
+        for (flag, key) in [
+            (&self.backend_tls_ca_cert_file, &mut tls.tls_ca_cert_file),
+            (&self.backend_tls_cert_file, &mut tls.tls_cert_file),
+            (&self.backend_tls_key_file, &mut tls.tls_key_file),
+        ] {
+            if let Some(path) = flag {
+                *key = path.display().to_string();
+            }
+        }
+        if let Some(name) = &self.backend_tls_server_name {
+            tls.tls_server_name = name.clone();
         }
         config.read_secret_files()?;
         if self.new_deployment {
@@ -158,6 +190,39 @@ mod tests {
         assert_eq!(c.backend.masters.len(), 2);
         assert_eq!(c.backend.masters[1].db, 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_flags_set_the_backend_keys() {
+        let cli = Cli::parse_from([
+            "redlock-proxy",
+            "--backend",
+            "rediss://app:p%2Fw@cache.example:6380",
+            "--backend-tls-ca-cert-file",
+            "ca.pem",
+            "--backend-tls-cert-file",
+            "me.pem",
+            "--backend-tls-key-file",
+            "me.key",
+            "--backend-tls-server-name",
+            "cache.internal",
+        ]);
+        let c = cli.load_config().unwrap();
+        assert!(c.backend.masters[0].tls);
+        assert_eq!(c.backend.masters[0].password.as_deref(), Some("p/w"));
+        let b = &c.backend;
+        assert_eq!(
+            [
+                &b.tls_ca_cert_file,
+                &b.tls_cert_file,
+                &b.tls_key_file,
+                &b.tls_server_name
+            ],
+            ["ca.pem", "me.pem", "me.key", "cache.internal"]
+        );
+        assert!(
+            Cli::try_parse_from(["redlock-proxy", "--backend-tls-cert-file", "me.pem"]).is_err()
+        );
     }
 
     #[test]

@@ -150,8 +150,8 @@ pub const DEFAULT_TTL_MS: u64 = 30_000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
-    /// The independent Redis masters: `HOST:PORT` or `redis://[user:pass@]HOST:PORT[/db]`.
-    /// Empty: start local masters (see `[embedded]`).
+    /// The independent Redis masters: `HOST:PORT`, `redis://[user:pass@]HOST:PORT[/db]`, or
+    /// `rediss://...` for TLS. Empty: start local masters (see `[embedded]`).
     pub masters: Vec<MasterAddr>,
     /// Multiplexed connections kept open to each master.
     pub connections_per_master: usize,
@@ -160,6 +160,17 @@ pub struct BackendConfig {
     /// A file holding the password for every master whose address carries none, so it need
     /// not be in this file nor on the command line.
     pub password_file: String,
+    /// PEM file of the certificate authorities that `rediss://` masters' certificates must
+    /// chain to. Empty: the system's trusted roots.
+    pub tls_ca_cert_file: String,
+    /// PEM certificate (chain) the proxy shows to `rediss://` masters that ask for one; with
+    /// `tls_key_file`.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// The name sent (SNI) to `rediss://` masters and checked against their certificates.
+    /// Empty: each master's host from its address.
+    pub tls_server_name: String,
     /// Deadline for opening a connection and its handshake.
     pub connect_timeout_ms: u64,
     /// First delay before reconnecting to a master that went away; doubles up to the maximum.
@@ -334,6 +345,10 @@ impl Default for BackendConfig {
             connections_per_master: 1,
             max_pending_per_connection: 4096,
             password_file: String::new(),
+            tls_ca_cert_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_server_name: String::new(),
             connect_timeout_ms: 1_000,
             reconnect_min_ms: 50,
             reconnect_max_ms: 2_000,
@@ -504,6 +519,26 @@ impl Config {
                 "embedded.masters must be between 1 and {MAX_MASTERS}"
             ));
         }
+        if b.tls_cert_file.is_empty() != b.tls_key_file.is_empty() {
+            return bad(
+                "backend.tls_cert_file and backend.tls_key_file go together: set both or neither"
+                    .into(),
+            );
+        }
+        let tls_set = [
+            &b.tls_ca_cert_file,
+            &b.tls_cert_file,
+            &b.tls_key_file,
+            &b.tls_server_name,
+        ]
+        .iter()
+        .any(|v| !v.is_empty());
+        if tls_set && !b.masters.iter().any(|m| m.tls) {
+            return bad(
+                "backend.tls_* is set but no master uses TLS: name them as rediss://HOST:PORT"
+                    .into(),
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for m in &b.masters {
             if !seen.insert((m.host.as_str(), m.port, m.db)) {
@@ -554,7 +589,7 @@ impl Config {
     }
 }
 
-/// One master's address, parsed from `HOST:PORT` or `redis://[user:pass@]HOST:PORT[/db]`.
+/// One master's address, parsed from `HOST:PORT` or `redis[s]://[user:pass@]HOST:PORT[/db]`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MasterAddr {
@@ -568,6 +603,8 @@ pub struct MasterAddr {
     pub password: Option<String>,
     /// Database index selected after connecting.
     pub db: u32,
+    /// Reached over TLS (`rediss://`).
+    pub tls: bool,
 }
 
 impl MasterAddr {
@@ -588,6 +625,7 @@ impl MasterAddr {
             username: None,
             password: None,
             db: 0,
+            tls: false,
         }
     }
 }
@@ -598,7 +636,11 @@ impl std::str::FromStr for MasterAddr {
     fn from_str(s: &str) -> Result<Self, String> {
         let err = |why: &str| format!("bad master address {s:?}: {why}");
         let (mut username, mut password, mut db) = (None, None, 0);
-        let hostport = if let Some(rest) = s.strip_prefix("redis://") {
+        let tls = s.starts_with("rediss://");
+        let url = s
+            .strip_prefix("redis://")
+            .or_else(|| s.strip_prefix("rediss://"));
+        let hostport = if let Some(rest) = url {
             let (auth_host, path) = match rest.split_once('/') {
                 Some((a, p)) => (a, Some(p)),
                 None => (rest, None),
@@ -627,7 +669,7 @@ impl std::str::FromStr for MasterAddr {
                 None => auth_host,
             }
         } else if s.contains("://") {
-            return Err(err("only redis:// URLs are supported"));
+            return Err(err("only redis:// and rediss:// URLs are supported"));
         } else {
             s
         };
@@ -648,6 +690,7 @@ impl std::str::FromStr for MasterAddr {
             username,
             password,
             db,
+            tls,
         })
     }
 }
@@ -668,10 +711,10 @@ impl From<MasterAddr> for String {
 /// Shows the address with the password masked, so it can be logged and printed.
 impl fmt::Display for MasterAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.username.is_none() && self.password.is_none() && self.db == 0 {
+        if self.username.is_none() && self.password.is_none() && self.db == 0 && !self.tls {
             return f.write_str(&self.host_port());
         }
-        f.write_str("redis://")?;
+        f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
         match (&self.username, &self.password) {
             (Some(u), Some(_)) => write!(f, "{}:***@", percent_encode(u))?,
             (None, Some(_)) => f.write_str("***@")?,
@@ -766,6 +809,16 @@ mod tests {
         assert_eq!(m.to_string(), "redis://us%40er:***@h:1/2");
         let back: MasterAddr = m.to_string().parse().unwrap();
         assert_eq!(back.username, m.username);
+        assert!(!m.tls);
+        let m: MasterAddr = "rediss://app:p%2Fw@cache.example:6380/1".parse().unwrap();
+        assert!(m.tls);
+        assert_eq!(m.username.as_deref(), Some("app"));
+        assert_eq!(m.password.as_deref(), Some("p/w"));
+        assert_eq!((m.host.as_str(), m.port, m.db), ("cache.example", 6380, 1));
+        assert_eq!(m.to_string(), "rediss://app:***@cache.example:6380/1");
+        let m: MasterAddr = "rediss://h:6380".parse().unwrap();
+        assert_eq!(m.to_string(), "rediss://h:6380");
+        assert_eq!(m.to_string().parse::<MasterAddr>().unwrap(), m);
         for bad in [
             "h",
             "h:0",
@@ -775,6 +828,7 @@ mod tests {
             ":1",
             "redis://:p%2@h:1",
             "redis://:p%zz@h:1",
+            "redisss://h:1",
         ] {
             assert!(bad.parse::<MasterAddr>().is_err(), "{bad}");
         }
@@ -794,6 +848,14 @@ mod tests {
         let mut c = Config::default();
         c.redlock.key_prefix.clear();
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.backend.masters = vec!["rediss://h:1".parse().unwrap()];
+        c.backend.tls_cert_file = "cert.pem".into();
+        assert!(c.validate().unwrap_err().to_string().contains("together"));
+        c.backend.tls_key_file = "key.pem".into();
+        c.validate().unwrap();
+        c.backend.masters = vec![MasterAddr::local(1)];
+        assert!(c.validate().unwrap_err().to_string().contains("rediss://"));
         let mut c = Config::default();
         c.server.client_output_hard_bytes = c.server.client_output_soft_bytes - 1;
         assert!(c.validate().is_err());

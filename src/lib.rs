@@ -40,7 +40,8 @@
 //!                handle; link.rs: one connection, with reconnect; master.rs: the operations
 //!                and votes; identity.rs: run, quarantine, health checks and the run marker;
 //!                releases.rs: the subscription
-//!                that announces releases; scripts.rs: the Lua scripts sent to masters);
+//!                that announces releases; scripts.rs: the Lua scripts sent to masters;
+//!                tls.rs: TLS to rediss:// masters, the client configuration and the stream);
 //!                mem.rs: a master's data in memory (Keyspace) and MemMaster over it
 //!
 //! protocol/      pure RESP codec: request.rs (requests in), reply.rs (replies out),

@@ -9,6 +9,7 @@ use clap::Parser;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use redlock_proxy::backend::redis::BackendTls;
 use redlock_proxy::cli::Cli;
 use redlock_proxy::config::Config;
 use redlock_proxy::embedded::{self, RedisServer};
@@ -31,6 +32,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        // The TLS files are read now too, so a bad one fails the check, not the start.
+        if let Err(e) = BackendTls::new(&config.backend) {
+            eprintln!("redlock-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
         print!("{}", config.to_toml());
         if config.backend.masters.is_empty() {
             println!(
@@ -107,7 +113,7 @@ fn main() -> ExitCode {
         let proxy = match Proxy::start(config).await {
             Ok(proxy) => proxy,
             Err(e) => {
-                error!("cannot listen: {e}");
+                error!("cannot start: {e}");
                 return ExitCode::FAILURE;
             }
         };

@@ -5,13 +5,11 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use redlock_proxy::config::{Config, MasterAddr};
-use support::{Conn, error, is_null, text};
+use support::{Conn, TempDir, error, is_null, text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -19,35 +17,6 @@ use tokio::process::{Child, Command};
 const BIN: &str = env!("CARGO_BIN_EXE_redlock-proxy");
 /// Bound on starting up, on exiting after a signal, and on one-shot runs.
 const WITHIN: Duration = Duration::from_secs(10);
-
-/// A scratch directory, used as the working directory so no `config.toml` is picked up by
-/// accident; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "redlock-proxy-cli-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The binary with `args`, run in `dir`, without a log filter from the environment.
 fn bin(dir: &TempDir, args: &[&str]) -> Command {
@@ -249,17 +218,7 @@ impl Running {
     /// Starts `cmd` (the binary, or a program that runs it in its own process) plus
     /// `--listen`, and waits until it answers.
     async fn start_cmd(dir: TempDir, mut cmd: Command) -> Running {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, support::free_port()));
-        let listen = addr.to_string();
-        let log = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
-        let child = cmd
-            .args(["--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let (child, addr) = support::spawn_listening(&mut cmd, &dir);
         let mut running = Running { child, addr, dir };
         running.wait_ready().await;
         running

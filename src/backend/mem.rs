@@ -241,6 +241,7 @@ impl MemMaster {
             quarantine_left_ms: (!state.votes).then_some(0),
             held_out: None,
             reason: (!state.votes).then_some("quarantined"),
+            last_error: None,
         }
     }
 

@@ -184,6 +184,9 @@ pub struct MasterStatus {
     /// The rule holding it out now: a quarantine's (`restarted`, `new-run`, `flushed`,
     /// `foreign-data`, `unmarked`, `recorded`) or `held_out`'s.
     pub reason: Option<&'static str>,
+    /// Why the last attempt to connect failed (a refused password, an untrusted certificate),
+    /// until a connection opens.
+    pub last_error: Option<String>,
 }
 
 impl MasterStatus {

@@ -146,7 +146,7 @@ fn masters(shared: &Shared, out: &mut String) {
     for (i, s) in statuses.iter().enumerate() {
         let _ = write!(
             out,
-            "master{i}:addr={},state={},reason={},quarantine_left_ms={},run_id={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={}\r\n",
+            "master{i}:addr={},state={},reason={},quarantine_left_ms={},run_id={},connections={}/{},pending={},requests={},failures={},reconnects={},last_change={},last_error={}\r\n",
             s.addr,
             s.state(),
             s.reason.unwrap_or("-"),
@@ -159,6 +159,12 @@ fn masters(shared: &Shared, out: &mut String) {
             s.failures,
             s.reconnects,
             s.changed_at,
+            // One line, and no commas to split the fields wrongly.
+            s.last_error
+                .as_deref()
+                .unwrap_or("-")
+                .replace(['\r', '\n'], " ")
+                .replace(',', ";"),
         );
     }
 }

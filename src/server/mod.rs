@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::Member;
-use crate::backend::redis::{Quarantine, RedisMaster};
+use crate::backend::redis::{BackendTls, Quarantine, RedisMaster};
 use crate::cmd::Shared;
 use crate::config::Config;
 use crate::locks::Locks;
@@ -49,9 +49,12 @@ impl Proxy {
     }
 
     /// Starts serving on `listener` (tests bind `127.0.0.1:0`). `config` must be validated and
-    /// name at least one master.
+    /// name at least one master. Fails when the backend's TLS files cannot be used.
     pub fn start_on(config: Config, listener: TcpListener) -> io::Result<Proxy> {
         let local_addr = listener.local_addr()?;
+        let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+        // Once for all connections to all masters.
+        let tls = BackendTls::new(&config.backend).map_err(invalid)?;
         let backend_stop = CancellationToken::new();
         let backend = TaskTracker::new();
         let policy = Quarantine {
@@ -68,13 +71,26 @@ impl Proxy {
         }
         let (released, mut announcements) = tokio::sync::mpsc::unbounded_channel();
         let names = Locks::names(&config.redlock.key_prefix);
+        // Every master's TLS first, so a bad name starts none of them.
+        let tls: Vec<_> = config
+            .backend
+            .masters
+            .iter()
+            .map(|addr| match &tls {
+                Some(tls) if addr.tls => tls.for_master(addr).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
         let masters: Vec<Member> = config
             .backend
             .masters
             .iter()
-            .map(|addr| {
+            .zip(tls)
+            .map(|(addr, master_tls)| {
                 Member::Redis(RedisMaster::start(
                     addr.clone(),
+                    master_tls,
                     &config.backend,
                     policy,
                     &names,

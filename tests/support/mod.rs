@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -331,4 +333,55 @@ pub async fn run_bounded(
         .unwrap();
     let _ = writer.await;
     output
+}
+
+/// A scratch directory, removed on drop; also a working directory where no `config.toml` is
+/// picked up by accident.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new empty one.
+    pub fn new() -> TempDir {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "redlock-proxy-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Writes `text` to the file `name` in it; returns the file's path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Spawns `cmd` (a proxy binary) with `--listen` on a free loopback port, its stderr into
+/// `stderr.log` in `dir`, killed on drop; returns it and the address it listens on.
+pub fn spawn_listening(
+    cmd: &mut tokio::process::Command,
+    dir: &TempDir,
+) -> (tokio::process::Child, SocketAddr) {
+    use std::process::Stdio;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
+    let child = cmd
+        .args(["--listen", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, addr)
 }

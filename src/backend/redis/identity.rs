@@ -622,7 +622,7 @@ mod tests {
             run_marker: Bytes::new(),
             lineage: Bytes::new(),
         };
-        Inner::new(MasterAddr::local(1), Box::new([]), policy, &names)
+        Inner::new(MasterAddr::local(1), None, Box::new([]), policy, &names)
     }
 
     const TTL: Duration = Duration::from_secs(60);

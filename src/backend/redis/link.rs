@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -28,9 +28,10 @@ use super::identity::{
 };
 use super::master::Vote;
 use super::scripts;
+use super::tls::Stream;
 use super::{Inner, unix_now};
 use crate::backend::BackendError;
-use crate::config::{BackendConfig, MasterAddr};
+use crate::config::BackendConfig;
 use crate::protocol::client::{self, Frame, InvalidReply};
 
 /// Largest batch one connection writes at once; more waits for the next turn.
@@ -53,11 +54,13 @@ pub(super) enum LinkError {
     Io(#[from] io::Error),
     #[error("connect timed out")]
     TimedOut,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
     #[error("master closed the connection")]
     Closed,
     #[error("master closed the connection during the handshake")]
     ClosedInHandshake,
-    #[error("{step} answered {reply:?}")]
+    #[error("{step} {}", answered(reply))]
     Handshake { step: &'static str, reply: Frame },
     #[error("INFO server lacks run_id or uptime")]
     NoRunId,
@@ -67,6 +70,14 @@ pub(super) enum LinkError {
     InvalidReply(#[from] InvalidReply),
     #[error("reply without a request")]
     Unrequested,
+}
+
+/// A handshake reply in words: a master's error (`WRONGPASS ...`, `NOPERM ...`) as its text.
+fn answered(reply: &Frame) -> String {
+    match reply {
+        Frame::Error(text) => format!("refused: {text}"),
+        reply => format!("answered {reply:?}"),
+    }
 }
 
 /// Makes room for a whole read: without it, `read_buf` on a full `BytesMut` reads 64 bytes at a
@@ -341,8 +352,27 @@ impl Link {
     /// max-ttl has run, so the check sees every flush that could have emptied a key under an
     /// acquire. One check per batch, not per acquire: under load it costs the master nothing
     /// measurable, alone it costs what an `EXISTS` does.
-    async fn carry(&mut self, stream: TcpStream) -> Result<(), LinkError> {
-        let (mut rd, mut wr) = stream.into_split();
+    async fn carry(&mut self, stream: Stream) -> Result<(), LinkError> {
+        // Split once per connection: a plain socket into its lock-free owned halves, a TLS one
+        // (one state for both directions) through tokio's shared split.
+        match stream {
+            Stream::Plain(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                self.carry_halves(rd, wr).await
+            }
+            Stream::Tls(tls) => {
+                let (rd, wr) = tokio::io::split(*tls);
+                self.carry_halves(rd, wr).await
+            }
+        }
+    }
+
+    /// [`Link::carry`] over a connection's two halves.
+    async fn carry_halves(
+        &mut self,
+        mut rd: impl AsyncRead + Unpin,
+        mut wr: impl AsyncWrite + Unpin,
+    ) -> Result<(), LinkError> {
         let rx = &mut self.rx;
         let master = &*self.master;
         let marker_check = client::command(&[b"EXISTS", &master.names.run_marker]);
@@ -377,6 +407,8 @@ impl Link {
                     }
                 }
                 wr.write_all(&buf).await?;
+                // TLS may hold written bytes until flushed; a socket's flush does nothing.
+                wr.flush().await?;
             }
         };
         let reader = async {
@@ -407,10 +439,10 @@ impl Link {
 }
 
 impl Reconnect for Link {
-    type Open = (TcpStream, Observed);
+    type Open = (Stream, Observed);
 
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
-        let mut stream = dial(&self.master.addr).await?;
+        let mut stream = dial(&self.master).await?;
         let seen = prepare(&mut stream, &self.master).await?;
         Ok((stream, seen))
     }
@@ -420,6 +452,7 @@ impl Reconnect for Link {
             announce_release(&self.master, until, &self.shutdown);
         }
         self.failures_in_a_row = 0;
+        *self.master.last_error.lock().expect("last_error poisoned") = None;
         if self.ever_up {
             self.master.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -434,6 +467,7 @@ impl Reconnect for Link {
 
     fn failed(&mut self, e: LinkError) {
         self.failures_in_a_row += 1;
+        *self.master.last_error.lock().expect("last_error poisoned") = Some(e.to_string());
         if self.failures_in_a_row == 1 && self.index == 0 {
             warn!(master = %self.master.addr, "cannot connect: {e}");
         } else {
@@ -449,15 +483,21 @@ impl Reconnect for Link {
 }
 
 /// Opens a connection: TCP (the host name resolved anew each time, so a name a failover moved
-/// is followed), keepalive, credentials and database.
-pub(super) async fn dial(addr: &MasterAddr) -> Result<TcpStream, LinkError> {
-    let mut stream = TcpStream::connect(addr.host_port()).await?;
-    stream.set_nodelay(true)?;
+/// is followed), keepalive, TLS for a `rediss://` master, credentials and database.
+pub(super) async fn dial(master: &Inner) -> Result<Stream, LinkError> {
+    let addr = &master.addr;
+    let tcp = TcpStream::connect(addr.host_port()).await?;
+    // On the socket itself, so they hold under TLS too.
+    tcp.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
-    SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+    let mut stream = match &master.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => tls.connect(tcp).await.map_err(LinkError::Tls)?,
+    };
     let mut buf = BytesMut::new();
     if let Some(password) = &addr.password {
         let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -480,7 +520,7 @@ pub(super) async fn dial(addr: &MasterAddr) -> Result<TcpStream, LinkError> {
 /// Prepares a dialled connection to carry votes: loads the scripts, and returns what the
 /// master's `INFO` says of its run, role and eviction policy, and (unless it is a replica,
 /// which can record nothing) what its lineage check answered — before any vote.
-async fn prepare(stream: &mut TcpStream, master: &Inner) -> Result<Observed, LinkError> {
+async fn prepare(stream: &mut Stream, master: &Inner) -> Result<Observed, LinkError> {
     let mut buf = BytesMut::new();
     for script in scripts::all_scripts() {
         match round_trip(
@@ -525,7 +565,7 @@ async fn prepare(stream: &mut TcpStream, master: &Inner) -> Result<Observed, Lin
 
 /// Sends one command and reads its reply, during a handshake.
 pub(super) async fn round_trip(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     args: &[&[u8]],
 ) -> Result<Frame, LinkError> {
@@ -536,11 +576,12 @@ pub(super) async fn round_trip(
 
 /// Sends one encoded command and reads its reply, during a handshake.
 async fn send_round_trip(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     command: &[u8],
 ) -> Result<Frame, LinkError> {
     stream.write_all(command).await?;
+    stream.flush().await?;
     loop {
         if let Some(frame) = client::decode_reply(buf)? {
             return Ok(frame);

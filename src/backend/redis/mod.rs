@@ -16,7 +16,9 @@
 //! - `identity.rs`: the master's run and lineage, the quarantines that keep a master whose data
 //!   may lack live locks from voting, and the health check;
 //! - `releases.rs`: the subscription that relays announced releases;
-//! - `scripts.rs`: the Lua scripts sent to the masters.
+//! - `scripts.rs`: the Lua scripts sent to the masters;
+//! - `tls.rs`: TLS to `rediss://` masters: the client configuration built once at start, and
+//!   the plain-or-TLS stream each connection is dialled as.
 //!
 //! [`Master`]: super::Master
 
@@ -25,8 +27,10 @@ mod link;
 mod master;
 mod releases;
 pub mod scripts;
+mod tls;
 
 pub use identity::Quarantine;
+pub use tls::{BackendTls, MasterTls, TlsError};
 
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -54,6 +58,8 @@ pub struct RedisMaster(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     addr: MasterAddr,
+    /// Set for a `rediss://` master: every connection to it, the subscription's too, runs TLS.
+    tls: Option<MasterTls>,
     conns: Box<[Conn]>,
     conns_up: AtomicUsize,
     /// Unix seconds of the last up/down change, for INFO.
@@ -72,12 +78,21 @@ struct Inner {
     check_now: Notify,
     /// Drops every connection, to be dialled again: the master left a health check unanswered.
     redial: Notify,
+    /// Why the last attempt to connect failed, for INFO; cleared when a connection opens.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Inner {
-    fn new(addr: MasterAddr, conns: Box<[Conn]>, policy: Quarantine, names: &Names) -> Inner {
+    fn new(
+        addr: MasterAddr,
+        tls: Option<MasterTls>,
+        conns: Box<[Conn]>,
+        policy: Quarantine,
+        names: &Names,
+    ) -> Inner {
         Inner {
             addr,
+            tls,
             conns,
             conns_up: AtomicUsize::new(0),
             changed_at: AtomicU64::new(unix_now()),
@@ -90,15 +105,19 @@ impl Inner {
             names: names.clone(),
             check_now: Notify::new(),
             redial: Notify::new(),
+            last_error: Mutex::new(None),
         }
     }
 }
 
 impl RedisMaster {
     /// Starts the connections to `addr` on `tracker`; they run until `shutdown`. The key of
-    /// every release announced on `names.release_channel` goes to `released`.
+    /// every release announced on `names.release_channel` goes to `released`. `tls` is
+    /// [`BackendTls::for_master`]'s, for a `rediss://` master.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         addr: MasterAddr,
+        tls: Option<MasterTls>,
         cfg: &BackendConfig,
         policy: Quarantine,
         names: &Names,
@@ -109,7 +128,13 @@ impl RedisMaster {
         let (conns, receivers): (Vec<_>, Vec<_>) = (0..cfg.connections_per_master)
             .map(|_| Conn::new(cfg.max_pending_per_connection))
             .unzip();
-        let master = Arc::new(Inner::new(addr, conns.into_boxed_slice(), policy, names));
+        let master = Arc::new(Inner::new(
+            addr,
+            tls,
+            conns.into_boxed_slice(),
+            policy,
+            names,
+        ));
         let relay = Relay::new(master.clone(), released, shutdown.clone());
         tracker.spawn(link::reconnecting(relay, cfg.clone(), shutdown.clone()));
         for (i, rx) in receivers.into_iter().enumerate() {
@@ -158,6 +183,11 @@ impl RedisMaster {
             quarantine_left_ms,
             held_out,
             reason,
+            last_error: inner
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

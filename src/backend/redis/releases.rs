@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Inner;
 use super::link::{LinkError, READ_CHUNK, Reconnect, dial, make_room, round_trip};
+use super::tls::Stream;
 use crate::protocol::client::{self, Frame};
 
 /// Keeps the subscription, through [`reconnecting`](super::link::reconnecting).
@@ -37,11 +37,7 @@ impl Relay {
     }
 
     /// Passes each released key on, until the subscription breaks.
-    async fn relay(
-        &self,
-        mut stream: TcpStream,
-        mut buf: BytesMut,
-    ) -> Result<Infallible, LinkError> {
+    async fn relay(&self, mut stream: Stream, mut buf: BytesMut) -> Result<Infallible, LinkError> {
         loop {
             while let Some(frame) = client::decode_reply(&mut buf)? {
                 if let Frame::Array(parts) = frame
@@ -60,10 +56,10 @@ impl Relay {
 }
 
 impl Reconnect for Relay {
-    type Open = (TcpStream, BytesMut);
+    type Open = (Stream, BytesMut);
 
     async fn open(&mut self) -> Result<Self::Open, LinkError> {
-        let mut stream = dial(&self.master.addr).await?;
+        let mut stream = dial(&self.master).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let channel = &self.master.names.release_channel;
         let reply = round_trip(&mut stream, &mut buf, &[b"SUBSCRIBE", channel]).await?;
