@@ -27,9 +27,14 @@ pub struct Cli {
     #[arg(long, value_name = "yes|no", value_parser = yes_no)]
     pub protected_mode: Option<bool>,
 
-    /// A Redis master, HOST:PORT or redis://[user:pass@]HOST:PORT[/db], or rediss://... for
-    /// TLS; repeat for each. Without any, three local redis-server masters are started.
-    #[arg(long = "backend", value_name = "ADDR")]
+    // The help text is given as `help`: as a doc comment, rustdoc would read its `[user:pass@]`
+    // as a link.
+    #[arg(
+        long = "backend",
+        value_name = "ADDR",
+        help = "A Redis master, HOST:PORT or redis://[user:pass@]HOST:PORT[/db], or rediss://... \
+                for TLS; repeat for each. Without any, three local redis-server masters are started"
+    )]
     pub backends: Vec<MasterAddr>,
 
     /// The longest TTL a client may ask for, in ms [default: 60000]

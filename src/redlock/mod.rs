@@ -233,8 +233,9 @@ impl<M: Master> Redlock<M> {
         let _ = tokio::time::timeout(wait, repairing).await;
     }
 
-    /// Sweeps the fence counters of every master once (see [`sweep_fences`]), giving those
-    /// unused since the last sweep an expiry of `expire_ms`; true when every master was swept.
+    /// Sweeps the fence counters of every master once (see the free function `sweep_fences`),
+    /// giving those unused since the last sweep an expiry of `expire_ms`; true when every master
+    /// was swept.
     pub async fn sweep_fences(&self, expire_ms: u64) -> bool {
         let sweeps = self.masters.iter().map(|m| sweep_fences(m, expire_ms));
         futures_util::future::join_all(sweeps)
