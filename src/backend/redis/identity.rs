@@ -224,6 +224,8 @@ impl Inner {
             Verdict::Current | Verdict::New => {
                 id.marked_run = Some(run.to_owned());
                 id.marker_pending = false;
+                // Any recorded quarantine of this run is over: a record seen later is news.
+                id.recorded_run = None;
                 return None;
             }
             Verdict::Recorded if id.recorded_run.as_deref() == Some(run) => return None,
@@ -709,6 +711,11 @@ mod tests {
         assert_eq!(m.reason(), Some("recorded"));
         // Heard again, the same record is no news.
         assert!(m.observe(&recorded).is_none());
+        // Once it is over and the marker is back, a new record of the same run (a flush another
+        // proxy saw first) holds it out again.
+        assert!(m.observe(&seen("c", Verdict::Current)).is_none());
+        assert!(m.observe(&seen("c", Verdict::Recorded)).is_some());
+        assert!(!m.votes());
     }
 
     #[test]
