@@ -1,11 +1,10 @@
 //! Command-line flags. Each overrides the matching key of the configuration file.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::config::{Config, ConfigError, MasterAddr, Secret};
+use crate::config::{ClientAuth, Config, ConfigError, Listen, MasterAddr, Secret};
 
 /// Default configuration file, used when it exists and `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "config.toml";
@@ -18,9 +17,36 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Address to listen on [default: 127.0.0.1:7379]
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: Option<SocketAddr>,
+    /// Address of the plain listener; `none` turns it off (with --tls-listen)
+    /// [default: 127.0.0.1:7379]
+    #[arg(long, value_name = "HOST:PORT", env = "REDLOCK_PROXY_LISTEN")]
+    pub listen: Option<Listen>,
+
+    /// Address of a TLS listener, beside the plain one or instead of it (--listen none)
+    #[arg(long, value_name = "HOST:PORT", env = "REDLOCK_PROXY_TLS_LISTEN")]
+    pub tls_listen: Option<Listen>,
+
+    /// PEM certificate chain the TLS listener presents (re-read on SIGHUP)
+    #[arg(long, value_name = "PATH", env = "REDLOCK_PROXY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file (re-read on SIGHUP)
+    #[arg(long, value_name = "PATH", env = "REDLOCK_PROXY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM certificate authorities that TLS clients' certificates must chain to (re-read on
+    /// SIGHUP)
+    #[arg(long, value_name = "PATH", env = "REDLOCK_PROXY_TLS_CA_CERT_FILE")]
+    pub tls_ca_cert_file: Option<PathBuf>,
+
+    /// Whether TLS clients must present a certificate [default: yes with --tls-ca-cert-file,
+    /// else no]
+    #[arg(
+        long,
+        value_name = "no|optional|yes",
+        env = "REDLOCK_PROXY_TLS_AUTH_CLIENTS"
+    )]
+    pub tls_auth_clients: Option<ClientAuth>,
 
     /// `no` lets the proxy listen on a non-loopback address without a password
     /// [default: yes]
@@ -69,21 +95,39 @@ pub struct Cli {
 
     /// PEM file of the certificate authorities that rediss:// masters' certificates must chain
     /// to [default: the system's trusted roots]
-    #[arg(long, value_name = "PATH")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDLOCK_PROXY_BACKEND_TLS_CA_CERT_FILE"
+    )]
     pub backend_tls_ca_cert_file: Option<PathBuf>,
 
     /// PEM client certificate for rediss:// masters that ask for one (with
     /// --backend-tls-key-file)
-    #[arg(long, value_name = "PATH", requires = "backend_tls_key_file")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDLOCK_PROXY_BACKEND_TLS_CERT_FILE",
+        requires = "backend_tls_key_file"
+    )]
     pub backend_tls_cert_file: Option<PathBuf>,
 
     /// PEM private key of --backend-tls-cert-file
-    #[arg(long, value_name = "PATH", requires = "backend_tls_cert_file")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDLOCK_PROXY_BACKEND_TLS_KEY_FILE",
+        requires = "backend_tls_cert_file"
+    )]
     pub backend_tls_key_file: Option<PathBuf>,
 
     /// Name sent to rediss:// masters (SNI) and checked against their certificates
     /// [default: each master's host]
-    #[arg(long, value_name = "NAME")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "REDLOCK_PROXY_BACKEND_TLS_SERVER_NAME"
+    )]
     pub backend_tls_server_name: Option<String>,
 
     /// Validate the configuration, print the effective one, and exit (0 valid, 1 invalid)
@@ -107,6 +151,22 @@ impl Cli {
         };
         if let Some(listen) = self.listen {
             config.server.listen = listen;
+        }
+        let server = &mut config.server;
+        if let Some(listen) = self.tls_listen {
+            server.tls_listen = listen;
+        }
+        for (flag, key) in [
+            (&self.tls_cert_file, &mut server.tls_cert_file),
+            (&self.tls_key_file, &mut server.tls_key_file),
+            (&self.tls_ca_cert_file, &mut server.tls_ca_cert_file),
+        ] {
+            if let Some(path) = flag {
+                *key = path.display().to_string();
+            }
+        }
+        if let Some(auth) = self.tls_auth_clients {
+            server.tls_auth_clients = Some(auth);
         }
         if !self.backends.is_empty() {
             config.backend.masters = self.backends.clone();
@@ -190,7 +250,7 @@ mod tests {
             "redis://:pw@127.0.0.1:7001/2",
         ]);
         let c = cli.load_config().unwrap();
-        assert_eq!(c.server.listen.port(), 2);
+        assert_eq!(c.server.listen.0.unwrap().port(), 2);
         assert_eq!(c.redlock.max_ttl_ms, 1000);
         assert_eq!(c.backend.masters.len(), 2);
         assert_eq!(c.backend.masters[1].db, 2);

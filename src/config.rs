@@ -51,8 +51,23 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address the proxy listens on.
-    pub listen: SocketAddr,
+    /// Address of the plain (cleartext) listener; `""` (or `"none"`) turns it off, leaving
+    /// only `tls_listen`.
+    pub listen: Listen,
+    /// Address of the TLS listener (Redis's `tls-port`); `""`: none.
+    pub tls_listen: Listen,
+    /// PEM certificate chain the TLS listener presents (Redis's `tls-cert-file`); re-read on
+    /// SIGHUP.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`; re-read on SIGHUP.
+    pub tls_key_file: String,
+    /// PEM certificate authorities that client certificates must chain to (Redis's
+    /// `tls-ca-cert-file`); re-read on SIGHUP.
+    pub tls_ca_cert_file: String,
+    /// Whether TLS clients must present a certificate signed by `tls_ca_cert_file`: `yes`,
+    /// `optional` (checked when given) or `no`. Unset: `yes` when a CA file is given, as Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_auth_clients: Option<ClientAuth>,
     /// Refuse to start on a non-loopback address without `requirepass`: anyone who can reach
     /// the port could read any holder's token and release any lock.
     pub protected_mode: bool,
@@ -301,7 +316,12 @@ pub struct LogConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7379)),
+            listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 7379)))),
+            tls_listen: Listen(None),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_cert_file: String::new(),
+            tls_auth_clients: None,
             protected_mode: true,
             requirepass: Secret::default(),
             requirepass_file: String::new(),
@@ -406,16 +426,59 @@ impl Config {
             return bad("backend.health_timeout_ms must be between 10 and 600000".into());
         }
         let password = !s.requirepass.is_empty() || !s.requirepass_file.is_empty();
-        if s.protected_mode && !password && !s.listen.ip().is_loopback() {
+        // A TLS listener that requires client certificates keeps strangers out by itself.
+        let certified = s.tls_auth_clients() == ClientAuth::Yes;
+        let exposed = [(s.listen, false), (s.tls_listen, certified)]
+            .into_iter()
+            .filter_map(|(listen, certified)| listen.0.filter(|_| !certified))
+            .find(|addr| !addr.ip().is_loopback());
+        if let Some(addr) = exposed
+            && s.protected_mode
+            && !password
+        {
             return bad(format!(
-                "protected mode: listening on {} (not a loopback address) without a password \
+                "protected mode: listening on {addr} (not a loopback address) without a password \
                  would let anyone who reaches the port read any lock's token and release any \
                  lock. Either set a password (requirepass, requirepass_file, \
-                 REDLOCK_PROXY_REQUIREPASS or --requirepass-file), or, if the network itself keeps \
-                 strangers out, start with --protected-mode no (protected_mode = false in \
-                 [server])",
+                 REDLOCK_PROXY_REQUIREPASS or --requirepass-file), require client certificates \
+                 on a TLS listener (tls_auth_clients = \"yes\"), or, if the network itself \
+                 keeps strangers out, start with --protected-mode no (protected_mode = false in \
+                 [server])"
+            ));
+        }
+        if s.listen.0.is_none() && s.tls_listen.0.is_none() {
+            return bad(
+                "server.listen and server.tls_listen are both off: nothing to serve".into(),
+            );
+        }
+        if s.listen.0.is_some() && s.listen == s.tls_listen {
+            return bad(format!(
+                "server.listen and server.tls_listen are the same address ({})",
                 s.listen
             ));
+        }
+        let tls_files = [&s.tls_cert_file, &s.tls_key_file, &s.tls_ca_cert_file];
+        if s.tls_listen.0.is_some() {
+            if s.tls_cert_file.is_empty() || s.tls_key_file.is_empty() {
+                return bad(
+                    "server.tls_listen needs tls_cert_file and tls_key_file (the certificate \
+                     and key the listener presents)"
+                        .into(),
+                );
+            }
+        } else if tls_files.iter().any(|f| !f.is_empty()) || s.tls_auth_clients.is_some() {
+            return bad(
+                "server.tls_* is set but tls_listen is not: name the TLS listener's address \
+                 (--tls-listen HOST:PORT)"
+                    .into(),
+            );
+        }
+        if s.tls_auth_clients() != ClientAuth::No && s.tls_ca_cert_file.is_empty() {
+            return bad(
+                "server.tls_auth_clients needs tls_ca_cert_file: the CA that client \
+                 certificates must chain to"
+                    .into(),
+            );
         }
         if s.max_auth_failures == 0 {
             return bad("server.max_auth_failures must be at least 1".into());
@@ -587,6 +650,72 @@ impl Config {
     pub fn master_deadline(&self) -> Duration {
         Duration::from_millis(self.redlock.master_deadline_ms)
     }
+}
+
+impl ServerConfig {
+    /// Whether TLS clients must present a certificate: as set, else `yes` when a CA file is
+    /// given (as Redis) and `no` without one.
+    pub fn tls_auth_clients(&self) -> ClientAuth {
+        self.tls_auth_clients
+            .unwrap_or(if self.tls_ca_cert_file.is_empty() {
+                ClientAuth::No
+            } else {
+                ClientAuth::Yes
+            })
+    }
+}
+
+/// A listener's address, or none: `HOST:PORT`, or `""` / `"none"` for off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Listen, String> {
+        match s {
+            "" | "none" => Ok(Listen(None)),
+            _ => s.parse().map(|a| Listen(Some(a))).map_err(|_| {
+                format!("{s:?} is not a listen address: HOST:PORT with an IP address, or none")
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Listen, String> {
+        s.parse()
+    }
+}
+
+impl From<Listen> for String {
+    fn from(l: Listen) -> String {
+        l.to_string()
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `tls_auth_clients`: whether TLS clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Certificates are neither asked for nor checked.
+    No,
+    /// A certificate, when given, must chain to the CA; a client may connect without one.
+    Optional,
+    /// Every client must present a certificate that chains to the CA.
+    Yes,
 }
 
 /// One master's address, parsed from `HOST:PORT` or `redis[s]://[user:pass@]HOST:PORT[/db]`.
@@ -877,6 +1006,51 @@ mod tests {
         c.server.listen = "[::1]:7379".parse().unwrap();
         c.server.protected_mode = true;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_listener_keys_are_checked_together() {
+        let mut c = Config::default();
+        c.server.tls_listen = "127.0.0.1:7380".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("needs tls_cert_file"), "{e}");
+        c.server.tls_cert_file = "cert.pem".into();
+        c.server.tls_key_file = "key.pem".into();
+        c.validate().unwrap();
+        assert_eq!(c.server.tls_auth_clients(), ClientAuth::No);
+        // A CA means client certificates are required, unless said otherwise.
+        c.server.tls_ca_cert_file = "ca.pem".into();
+        assert_eq!(c.server.tls_auth_clients(), ClientAuth::Yes);
+        c.server.tls_auth_clients = Some(ClientAuth::Optional);
+        assert_eq!(c.server.tls_auth_clients(), ClientAuth::Optional);
+        c.server.tls_ca_cert_file.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("needs tls_ca_cert_file"), "{e}");
+        c.server.tls_auth_clients = None;
+        // Only TLS: the plain listener off.
+        c.server.listen = "none".parse().unwrap();
+        c.validate().unwrap();
+        c.server.tls_listen = Listen(None);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nothing to serve"), "{e}");
+        c.server.listen = Config::default().server.listen;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tls_listen is not"), "{e}");
+        // A public TLS listener that requires certificates needs no password; one that does
+        // not, does.
+        let mut c = Config::default();
+        c.server.tls_listen = "0.0.0.0:7380".parse().unwrap();
+        c.server.tls_cert_file = "cert.pem".into();
+        c.server.tls_key_file = "key.pem".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("protected mode"), "{e}");
+        c.server.tls_ca_cert_file = "ca.pem".into();
+        c.validate().unwrap();
+        let text = c.to_toml();
+        let back = Config::parse(&text).unwrap();
+        assert_eq!(back.server.tls_listen, c.server.tls_listen);
+        assert_eq!(back.server.listen, c.server.listen);
+        assert!(Config::parse("[server]\nlisten = \"nowhere\"\n").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `redlock-proxy`: flags → configuration → logging → the open-files limit → local masters if
-//! none are configured → serve until SIGINT/SIGTERM → drain → exit 0.
+//! none are configured → serve until SIGINT/SIGTERM (SIGHUP re-reads the TLS listener's files)
+//! → drain → exit 0.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use redlock_proxy::config::Config;
 use redlock_proxy::embedded::{self, RedisServer};
 use redlock_proxy::redlock::quorum::quorum;
 use redlock_proxy::server::Proxy;
+use redlock_proxy::server::tls::ServerTls;
 
 // Every request allocates a few small buffers and futures; mimalloc's thread-local size classes
 // serve them much faster than glibc's allocator (redis-benchmark LOCK: about 40% more per
@@ -34,6 +36,10 @@ fn main() -> ExitCode {
     if cli.check_config {
         // The TLS files are read now too, so a bad one fails the check, not the start.
         if let Err(e) = BackendTls::new(&config.backend) {
+            eprintln!("redlock-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+        if let Err(e) = ServerTls::new(&config.server) {
             eprintln!("redlock-proxy: {e}");
             return ExitCode::FAILURE;
         }
@@ -117,14 +123,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let tls_listen = proxy.tls_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(
             listen = %proxy.local_addr(),
+            tls_listen,
             masters = ?masters,
             quorum = quorum(n),
             "redlock-proxy {} ready",
             env!("CARGO_PKG_VERSION")
         );
-        wait_for_signal().await;
+        wait_for_signal(&proxy).await;
         info!("shutting down: no new connections; finishing in-flight commands");
         proxy.shutdown(grace).await;
         ExitCode::SUCCESS
@@ -196,17 +204,22 @@ fn raise_open_files_limit(config: &Config) {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGINT or SIGTERM; on each SIGHUP, re-reads what can change without a restart.
+async fn wait_for_signal(proxy: &Proxy) {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    let (Ok(mut term), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot catch SIGTERM or SIGHUP: only SIGINT stops the proxy cleanly");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hangup.recv() => proxy.reload(),
         }
     }
 }

@@ -31,8 +31,12 @@ pub struct Stats {
     pub timed_out_clients: AtomicU64,
     /// Logs failed AUTHs.
     pub auth_failure_log: LogLimit,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
     /// Logs failed accepts (out of file descriptors, mostly).
     pub accept_error_log: LogLimit,
+    /// Logs failed TLS handshakes.
+    pub tls_error_log: LogLimit,
 }
 
 impl Stats {

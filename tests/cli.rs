@@ -51,6 +51,12 @@ async fn version_and_help() {
     for flag in [
         "--config <PATH>",
         "--listen <HOST:PORT>",
+        "--tls-listen <HOST:PORT>",
+        "--tls-cert-file <PATH>",
+        "--tls-key-file <PATH>",
+        "--tls-ca-cert-file <PATH>",
+        "--tls-auth-clients <no|optional|yes>",
+        "REDLOCK_PROXY_TLS_LISTEN",
         "--backend <ADDR>",
         "--max-ttl-ms <N>",
         "--requirepass <PASSWORD>",
@@ -60,6 +66,66 @@ async fn version_and_help() {
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
+}
+
+/// The TLS listener's settings come from flags or their environment variables, and
+/// `--check-config` reads the files, so a bad one fails the check.
+#[tokio::test]
+async fn tls_listener_settings_from_the_environment() {
+    let dir = TempDir::new();
+    let ca = support::test_ca("check CA");
+    let (cert, key) = support::signed_cert(&ca, false);
+    let cert = dir.write("cert.pem", &cert);
+    let key = dir.write("key.pem", &key);
+    let ca = dir.write("ca.pem", &ca.pem());
+    let check = |env: &[(&str, &std::path::Path)]| {
+        let mut cmd = bin(&dir, &["--check-config", "--backend", "127.0.0.1:7000"]);
+        cmd.env("REDLOCK_PROXY_LISTEN", "none")
+            .env("REDLOCK_PROXY_TLS_LISTEN", "127.0.0.1:7390")
+            .env("REDLOCK_PROXY_TLS_KEY_FILE", &key)
+            .env("REDLOCK_PROXY_TLS_AUTH_CLIENTS", "optional");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let mut cmd = check(&[
+        ("REDLOCK_PROXY_TLS_CERT_FILE", &cert),
+        ("REDLOCK_PROXY_TLS_CA_CERT_FILE", &ca),
+    ]);
+    let out = support::run_bounded(&mut cmd, b"", WITHIN).await;
+    assert!(out.status.success(), "{out:?}");
+    let shown = Config::parse(&stdout(&out)).unwrap();
+    assert_eq!(shown.server.listen.0, None);
+    assert_eq!(
+        shown.server.tls_listen.0,
+        Some("127.0.0.1:7390".parse().unwrap())
+    );
+    assert_eq!(
+        shown.server.tls_auth_clients(),
+        redlock_proxy::config::ClientAuth::Optional
+    );
+    // A file that holds no certificate fails the check, named.
+    let mut cmd = check(&[
+        ("REDLOCK_PROXY_TLS_CERT_FILE", &key),
+        ("REDLOCK_PROXY_TLS_CA_CERT_FILE", &ca),
+    ]);
+    let out = support::run_bounded(&mut cmd, b"", WITHIN).await;
+    assert!(!out.status.success(), "{out:?}");
+    let why = stderr(&out);
+    assert!(
+        why.contains("key.pem") && why.contains("no PEM certificate"),
+        "{why}"
+    );
+    // Optional client certificates need the CA.
+    let out = support::run_bounded(
+        &mut check(&[("REDLOCK_PROXY_TLS_CERT_FILE", &cert)]),
+        b"",
+        WITHIN,
+    )
+    .await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr(&out).contains("needs tls_ca_cert_file"), "{out:?}");
 }
 
 #[tokio::test]

@@ -491,6 +491,34 @@ async fn redis_py_asyncio_resp2() {
     redis_py("asyncio", Some(2)).await;
 }
 
+/// redis-py with `ssl=True` through the proxy's TLS listener, verifying its certificate.
+#[tokio::test]
+async fn redis_py_over_tls() {
+    let python = python();
+    let dir = support::TempDir::new();
+    let ca = support::test_ca("redlock-proxy test CA");
+    let (cert, key) = support::signed_cert(&ca, false);
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let cert_file = dir.write("cert.pem", &cert);
+    let key_file = dir.write("key.pem", &key);
+    let masters = support::masters(3);
+    let p = support::proxy_with(&masters, |c| {
+        c.redlock.master_deadline_ms = 1_000;
+        c.server.tls_listen = "127.0.0.1:0".parse().unwrap();
+        c.server.tls_cert_file = cert_file.display().to_string();
+        c.server.tls_key_file = key_file.display().to_string();
+    })
+    .await;
+    let args = [
+        "--port".to_owned(),
+        p.tls_addr.unwrap().port().to_string(),
+        "--ca".to_owned(),
+        ca_file.display().to_string(),
+    ];
+    let out = run_script(python, "redis_py_tls.py", &args, &[]).await;
+    out.assert_passed(REDIS_PY, &["ping", "lock_held_release", "lock_command"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Node.js
 

@@ -1,8 +1,14 @@
-//! TLS to the masters, against real processes: three `redis-server`s that listen only on a TLS
-//! port, with a certificate from a CA made at test time, the default user off and an ACL user
-//! whose password holds a `/`. The proxy binary, given `rediss://` URLs and the CA, locks through
-//! them; given another CA it refuses them, and with a wrong password or a user without the
-//! permissions it needs, it says why in its log and in `INFO masters`.
+//! TLS on both sides, against real processes.
+//!
+//! To the masters: three `redis-server`s that listen only on a TLS port, with a certificate
+//! from a CA made at test time, the default user off and an ACL user whose password holds a
+//! `/`. The proxy binary, given `rediss://` URLs and the CA, locks through them; given another
+//! CA it refuses them, and with a wrong password or a user without the permissions it needs, it
+//! says why in its log and in `INFO masters`.
+//!
+//! To the clients: the proxy's TLS listener serves `redis-cli --tls` and the `redis` crate,
+//! requires client certificates when given a CA, and swaps its certificate on SIGHUP while
+//! open connections keep theirs.
 
 mod support;
 
@@ -12,13 +18,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Conn, TempDir, flatten, text};
+use support::{Conn, TempDir, flatten, signed_cert, test_ca, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redlock-proxy");
 /// Bound on a server or the proxy starting, and on waiting for what the log or INFO says.
@@ -32,18 +37,14 @@ struct Pki {
     ca: String,
     cert: String,
     key: String,
-    /// Another CA, which signed nothing here.
+    /// A client certificate the CA signed.
+    client_cert: String,
+    client_key: String,
+    /// Another CA, and a server certificate for 127.0.0.1 it signed.
     stranger: String,
+    stranger_cert: String,
+    stranger_key: String,
     _dir: TempDir,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
 fn path(p: PathBuf) -> String {
@@ -52,17 +53,20 @@ fn path(p: PathBuf) -> String {
 
 fn pki() -> Pki {
     let dir = TempDir::new();
-    let ca_issuer = ca("redlock-proxy test CA");
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca_issuer)
-        .unwrap();
+    let ca_issuer = test_ca("redlock-proxy test CA");
+    let stranger = test_ca("some other CA");
+    let (cert, key) = signed_cert(&ca_issuer, false);
+    let (client_cert, client_key) = signed_cert(&ca_issuer, true);
+    let (stranger_cert, stranger_key) = signed_cert(&stranger, false);
     Pki {
         ca: path(dir.write("ca.pem", &ca_issuer.pem())),
-        cert: path(dir.write("server.pem", &cert.pem())),
-        key: path(dir.write("server.key", &key.serialize_pem())),
-        stranger: path(dir.write("stranger.pem", &ca("some other CA").pem())),
+        cert: path(dir.write("server.pem", &cert)),
+        key: path(dir.write("server.key", &key)),
+        client_cert: path(dir.write("client.pem", &client_cert)),
+        client_key: path(dir.write("client.key", &client_key)),
+        stranger: path(dir.write("stranger.pem", &stranger.pem())),
+        stranger_cert: path(dir.write("stranger-server.pem", &stranger_cert)),
+        stranger_key: path(dir.write("stranger-server.key", &stranger_key)),
         _dir: dir,
     }
 }
@@ -138,55 +142,115 @@ impl Drop for TlsRedis {
     }
 }
 
-/// True when a TLS handshake with the server on `port`, verified against `ca`, succeeds and a
-/// `PING` gets a reply (`NOAUTH`, with the default user off, is a reply). Bounded.
-async fn answers_over_tls(port: u16, ca: &str) -> bool {
-    {
-        let probe = async {
-            let mut roots = rustls::RootCertStore::empty();
+/// A TLS connection to `port` on 127.0.0.1, trusting the CAs in `cas` and presenting
+/// `client` (certificate and key files) if given; `None` if the handshake fails. Bounded.
+async fn tls_dial(
+    port: u16,
+    cas: &[&str],
+    client: Option<(&str, &str)>,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let dial = async {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in cas {
             for cert in CertificateDer::pem_file_iter(ca).unwrap() {
                 roots.add(cert.unwrap()).unwrap();
             }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.ok()?;
-            let name = ServerName::try_from("127.0.0.1").unwrap();
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            let mut tls = connector.connect(name, tcp).await.ok()?;
-            tls.write_all(b"PING\r\n").await.ok()?;
-            tls.flush().await.ok()?;
-            let mut reply = [0u8; 1];
-            tls.read_exact(&mut reply).await.ok()?;
-            Some(reply[0] == b'+' || reply[0] == b'-')
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(cert)
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect(),
+                    rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
+                )
+                .unwrap(),
         };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), probe).await,
-            Ok(Some(true))
-        )
+        let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.ok()?;
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        connector.connect(name, tcp).await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), dial)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Sends `PING` over `tls`, reads the one-line reply and returns its first byte (`+`, or `-`
+/// for an error such as `NOAUTH`), or `None` if the connection fails. Bounded.
+async fn ping(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> Option<u8> {
+    let exchange = async {
+        tls.write_all(b"PING\r\n").await.ok()?;
+        tls.flush().await.ok()?;
+        let mut line = Vec::new();
+        while line.last() != Some(&b'\n') {
+            line.push(tls.read_u8().await.ok()?);
+        }
+        Some(line[0])
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// True when a TLS handshake with the server on `port`, verified against `ca`, succeeds and a
+/// `PING` gets a reply (`NOAUTH`, with the default user off, is a reply). Bounded.
+async fn answers_over_tls(port: u16, ca: &str) -> bool {
+    match tls_dial(port, &[ca], None).await {
+        Some(mut tls) => matches!(ping(&mut tls).await, Some(b'+' | b'-')),
+        None => false,
     }
 }
 
-/// The proxy binary on a free loopback port, its log in a file; killed on drop.
+/// The proxy binary on free loopback ports, its log in a file; killed on drop.
 struct Proxy {
     child: tokio::process::Child,
+    /// The plain listener's address, or the TLS one's when there is no plain listener.
     addr: SocketAddr,
+    /// The TLS listener's, when there is one.
+    tls: Option<SocketAddr>,
     dir: TempDir,
 }
 
 impl Proxy {
     /// Starts the binary with `args` and waits (bounded) until it accepts connections.
     async fn start(args: &[String]) -> Proxy {
+        Proxy::spawn(args, None).await
+    }
+
+    /// Starts it with a TLS listener on a free port too, and the plain listener if `plain`,
+    /// else `--listen none`.
+    async fn start_tls(args: &[String], plain: bool) -> Proxy {
+        let tls = SocketAddr::from((Ipv4Addr::LOCALHOST, support::free_port()));
+        let mut args = args.to_vec();
+        args.extend(["--tls-listen".to_owned(), tls.to_string()]);
+        Proxy::spawn(&args, Some((tls, plain))).await
+    }
+
+    async fn spawn(args: &[String], tls: Option<(SocketAddr, bool)>) -> Proxy {
         let dir = TempDir::new();
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(args)
             .arg("--new-deployment")
             .current_dir(&dir.0)
             .env_remove("RUST_LOG");
-        let (mut child, addr) = support::spawn_listening(&mut cmd, &dir);
+        let (mut child, addr) = match tls {
+            Some((tls, false)) => (
+                support::spawn_logged(cmd.args(["--listen", "none"]), &dir),
+                tls,
+            ),
+            _ => support::spawn_listening(&mut cmd, &dir),
+        };
+        let tls = tls.map(|(addr, _)| addr);
         let started = Instant::now();
         while TcpStream::connect(addr).await.is_err() {
             if let Some(status) = child.try_wait().unwrap() {
@@ -199,7 +263,12 @@ impl Proxy {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Proxy { child, addr, dir }
+        Proxy {
+            child,
+            addr,
+            tls,
+            dir,
+        }
     }
 
     fn log(&self) -> String {
@@ -305,4 +374,271 @@ async fn a_wrong_password_is_refused_in_words() {
     // A user that may log in but not load scripts: the master's NOPERM, in words.
     let mut p = Proxy::start(&args(&servers, "noscript", PASSWORD_IN_URL, &pki.ca)).await;
     p.wait_refused("SCRIPT LOAD refused: NOPERM").await;
+}
+
+/// `redis-cli -h 127.0.0.1 -p port` with `tls` options and `cmd`; its stdout and stderr,
+/// trimmed, and whether it exited 0. Bounded.
+async fn redis_cli(port: u16, tls: &[&str], cmd: &[&str]) -> (String, bool) {
+    let run = tokio::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(tls)
+        .args(cmd)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WITHIN, run)
+        .await
+        .expect("redis-cli finished")
+        .expect("redis-cli is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (text.trim().to_owned(), out.status.success())
+}
+
+/// A `redis` crate connection to the TLS listener on `port`, trusting `pki`'s CA, with the
+/// client certificate if `certified`.
+async fn redis_crate(
+    port: u16,
+    pki: &Pki,
+    certified: bool,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let read = |p: &str| std::fs::read(p).unwrap();
+    let certs = redis::TlsCertificates {
+        client_tls: certified.then(|| redis::ClientTlsConfig {
+            client_cert: read(&pki.client_cert),
+            client_key: read(&pki.client_key),
+        }),
+        root_cert: Some(read(&pki.ca)),
+    };
+    let client = redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/"), certs)?;
+    tokio::time::timeout(WITHIN, client.get_multiplexed_async_connection())
+        .await
+        .expect("the connection attempt ended")
+}
+
+/// LOCK, held, UNLOCK through a `redis` crate connection.
+async fn lock_cycle(c: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let token: String = redis::cmd("LOCK")
+        .arg(key)
+        .arg(10_000)
+        .query_async(c)
+        .await
+        .unwrap();
+    assert_eq!(token.len(), 32, "{token}");
+    let held: Option<String> = redis::cmd("LOCK")
+        .arg(key)
+        .arg(10_000)
+        .query_async(c)
+        .await
+        .unwrap();
+    assert_eq!(held, None);
+    let released: i64 = redis::cmd("UNLOCK")
+        .arg(key)
+        .arg(&token)
+        .query_async(c)
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+}
+
+/// Masters' flags plus the TLS listener's certificate.
+fn listener_args(servers: &[TlsRedis], pki: &Pki) -> Vec<String> {
+    let mut args = args(servers, "app", PASSWORD_IN_URL, &pki.ca);
+    args.extend(["--tls-cert-file".to_owned(), pki.cert.clone()]);
+    args.extend(["--tls-key-file".to_owned(), pki.key.clone()]);
+    args
+}
+
+/// Retries `LOCK` through `c` (bounded) until the masters vote.
+async fn wait_voting(c: &mut redis::aio::MultiplexedConnection) {
+    let started = Instant::now();
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("masters")
+            .query_async(c)
+            .await
+            .unwrap();
+        if info.contains("masters_voting:3\r\n") {
+            return;
+        }
+        assert!(started.elapsed() < WITHIN, "masters never voted:\n{info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn clients_lock_through_the_tls_listener() {
+    let pki = pki();
+    let servers = three(&pki).await;
+    let p = Proxy::start_tls(&listener_args(&servers, &pki), true).await;
+    p.wait_info("masters_voting:3", |i| i.contains("masters_voting:3\r\n"))
+        .await;
+    let port = p.tls.unwrap().port();
+    let tls = ["--tls", "--cacert", pki.ca.as_str()];
+    let (token, ok) = redis_cli(port, &tls, &["LOCK", "orders:42", "10000"]).await;
+    assert!(ok && token.len() == 32, "{token}\n{}", p.log());
+    let (held, ok) = redis_cli(port, &tls, &["LOCK", "orders:42", "10000"]).await;
+    assert!(ok && held.is_empty(), "{held}");
+    let (released, ok) = redis_cli(port, &tls, &["UNLOCK", "orders:42", &token]).await;
+    assert!(ok && released == "1", "{released}");
+
+    let mut c = redis_crate(port, &pki, false).await.unwrap();
+    lock_cycle(&mut c, "orders:43").await;
+    // Pipelined beyond one TLS record, both ways: every reply comes back, in order.
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("ECHO").arg(format!("{i:0>40}"));
+    }
+    let echoed: Vec<String> = pipe.query_async(&mut c).await.unwrap();
+    assert_eq!(echoed.len(), 2000);
+    assert!(
+        echoed
+            .iter()
+            .enumerate()
+            .all(|(i, e)| *e == format!("{i:0>40}"))
+    );
+
+    // The plain listener serves beside it; clear text on the TLS port is a failed handshake,
+    // counted.
+    let mut plain = Conn::connect(p.addr).await;
+    assert_eq!(text(&plain.call(&["PING"]).await), "PONG");
+    let mut stray = TcpStream::connect(p.tls.unwrap()).await.unwrap();
+    stray.write_all(b"PING\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WITHIN, stray.read_to_end(&mut rest)).await;
+    let started = Instant::now();
+    loop {
+        let stats = text(&plain.call(&["INFO", "stats"]).await);
+        if stats.contains("tls_handshake_failures:1\r\n") {
+            break;
+        }
+        assert!(started.elapsed() < WITHIN, "{stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(p.log().contains("TLS handshake failed"), "{}", p.log());
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_with_a_ca() {
+    let pki = pki();
+    let servers = three(&pki).await;
+    let mut args = listener_args(&servers, &pki);
+    args.extend(["--tls-ca-cert-file".to_owned(), pki.ca.clone()]);
+    // TLS only: no plain listener.
+    let p = Proxy::start_tls(&args, false).await;
+    let port = p.addr.port();
+    let mut c = redis_crate(port, &pki, true).await.unwrap();
+    wait_voting(&mut c).await;
+    lock_cycle(&mut c, "orders:44").await;
+    let with_cert = [
+        "--tls",
+        "--cacert",
+        &pki.ca,
+        "--cert",
+        &pki.client_cert,
+        "--key",
+        &pki.client_key,
+    ];
+    let (token, ok) = redis_cli(port, &with_cert, &["LOCK", "orders:45", "10000"]).await;
+    assert!(ok && token.len() == 32, "{token}\n{}", p.log());
+    // Without a certificate: refused, by redis-cli and by the redis crate.
+    let without = ["--tls", "--cacert", pki.ca.as_str()];
+    let (out, _) = redis_cli(port, &without, &["LOCK", "orders:46", "10000"]).await;
+    assert!(
+        out.len() != 32 && !out.is_empty(),
+        "a client without a certificate got: {out:?}"
+    );
+    let refused = match redis_crate(port, &pki, false).await {
+        Err(_) => true,
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_err(),
+    };
+    assert!(refused, "the redis crate got in without a certificate");
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!info.contains("tls_handshake_failures:0\r\n"), "{info}");
+    assert!(p.log().contains("TLS handshake failed"), "{}", p.log());
+
+    // `optional`: with or without a certificate.
+    args.extend(["--tls-auth-clients".to_owned(), "optional".to_owned()]);
+    let p = Proxy::start_tls(&args, false).await;
+    let mut c = redis_crate(p.addr.port(), &pki, false).await.unwrap();
+    wait_voting(&mut c).await;
+    lock_cycle(&mut c, "orders:47").await;
+    let mut c = redis_crate(p.addr.port(), &pki, true).await.unwrap();
+    lock_cycle(&mut c, "orders:48").await;
+}
+
+/// The first certificate in a PEM file.
+fn first_cert(path: &str) -> CertificateDer<'static> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+/// The certificate the server presented on `tls`.
+fn presented(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_certificate_and_keeps_open_connections() {
+    let pki = pki();
+    let servers = three(&pki).await;
+    let files = TempDir::new();
+    let cert = path(files.write("cert.pem", &std::fs::read_to_string(&pki.cert).unwrap()));
+    let key = path(files.write("key.pem", &std::fs::read_to_string(&pki.key).unwrap()));
+    let mut args = args(&servers, "app", PASSWORD_IN_URL, &pki.ca);
+    args.extend(["--tls-cert-file".to_owned(), cert.clone()]);
+    args.extend(["--tls-key-file".to_owned(), key.clone()]);
+    let p = Proxy::start_tls(&args, true).await;
+    let port = p.tls.unwrap().port();
+    let both = [pki.ca.as_str(), pki.stranger.as_str()];
+    let mut old = tls_dial(port, &both, None).await.expect("handshake");
+    assert_eq!(presented(&old), first_cert(&pki.cert));
+    assert_eq!(ping(&mut old).await, Some(b'+'));
+
+    let hangup = |p: &Proxy| {
+        let pid = p.child.id().unwrap() as libc::pid_t;
+        // SAFETY: sends a signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+    let wait_log = |p: &Proxy, what: &str, times: usize| {
+        let started = Instant::now();
+        loop {
+            if p.log().matches(what).count() >= times {
+                return;
+            }
+            assert!(started.elapsed() < WITHIN, "no {what:?} in\n{}", p.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::fs::copy(&pki.stranger_cert, &cert).unwrap();
+    std::fs::copy(&pki.stranger_key, &key).unwrap();
+    hangup(&p);
+    wait_log(&p, "the TLS listener re-read", 1);
+    let new = tls_dial(port, &both, None).await.expect("handshake");
+    assert_eq!(presented(&new), first_cert(&pki.stranger_cert));
+    // A client that trusts only the old CA no longer gets in; the old connection lives on.
+    assert!(tls_dial(port, &[&pki.ca], None).await.is_none());
+    assert_eq!(ping(&mut old).await, Some(b'+'));
+
+    // A bad file: the certificate in force stays, and the log says why.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    hangup(&p);
+    wait_log(&p, "keeps its previous certificate", 1);
+    assert!(p.log().contains("no PEM certificate"), "{}", p.log());
+    let again = tls_dial(port, &both, None).await.expect("handshake");
+    assert_eq!(presented(&again), first_cert(&pki.stranger_cert));
+    assert_eq!(ping(&mut old).await, Some(b'+'));
 }

@@ -106,6 +106,7 @@ fn stats(shared: &Shared, out: &mut String) {
             &s.output_limit_closes,
         ),
         ("total_error_replies", &s.error_replies),
+        ("tls_handshake_failures", &s.tls_handshake_failures),
         ("locks_granted", &l.granted),
         ("locks_refused", &l.refused),
         ("locks_released", &l.released),

@@ -1,8 +1,9 @@
-//! The running proxy: connections to the masters, the accept loop with its connection limit
-//! and TCP keepalive on every client socket, and graceful shutdown (stop accepting → sessions
-//! answer what they have read → masters' connections close).
+//! The running proxy: connections to the masters, the listeners (plain and TLS) with one
+//! connection limit and TCP keepalive on every client socket, and graceful shutdown (stop
+//! accepting → sessions answer what they have read → masters' connections close).
 
 pub mod session;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,15 +24,47 @@ use crate::cmd::Shared;
 use crate::config::Config;
 use crate::locks::Locks;
 use crate::stats::{LOG_EVERY, Stats};
+use tls::{ServerTls, TlsClient};
 
 /// How long the masters' connections get to close after the sessions are done.
 const BACKEND_CLOSE: Duration = Duration::from_secs(1);
+
+/// The listening sockets a proxy serves: plain, TLS, or both.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Cleartext RESP.
+    pub plain: Option<TcpListener>,
+    /// RESP over TLS, with the certificate `[server] tls_*` names.
+    pub tls: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    pub async fn bind(config: &Config) -> io::Result<Listeners> {
+        let bind = |listen: crate::config::Listen| async move {
+            match listen.0 {
+                Some(addr) => TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))),
+                None => Ok(None),
+            }
+        };
+        Ok(Listeners {
+            plain: bind(config.server.listen).await?,
+            tls: bind(config.server.tls_listen).await?,
+        })
+    }
+}
 
 /// A started proxy. Dropping it leaves its tasks running; call [`Proxy::shutdown`].
 #[derive(Debug)]
 pub struct Proxy {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    /// The TLS listener's certificate, re-read by [`Proxy::reload`].
+    tls: Option<Arc<ServerTls>>,
     /// Stops the accept loop and tells sessions to finish.
     clients_stop: CancellationToken,
     /// The accept loop and every session, so shutdown can wait for them.
@@ -42,19 +75,50 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds `config.server.listen` and starts serving.
+    /// Binds `config.server.listen` and `tls_listen` and starts serving.
     pub async fn start(config: Config) -> io::Result<Proxy> {
-        let listener = TcpListener::bind(config.server.listen).await?;
-        Proxy::start_on(config, listener)
+        let listeners = Listeners::bind(&config).await?;
+        Proxy::start_with(config, listeners)
     }
 
-    /// Starts serving on `listener` (tests bind `127.0.0.1:0`). `config` must be validated and
-    /// name at least one master. Fails when the backend's TLS files cannot be used.
+    /// Starts serving plain RESP on `listener` (tests bind `127.0.0.1:0`); see
+    /// [`Proxy::start_with`].
     pub fn start_on(config: Config, listener: TcpListener) -> io::Result<Proxy> {
-        let local_addr = listener.local_addr()?;
+        Proxy::start_with(
+            config,
+            Listeners {
+                plain: Some(listener),
+                tls: None,
+            },
+        )
+    }
+
+    /// Starts serving on `listeners`. `config` must be validated and name at least one master,
+    /// and name the TLS files when there is a TLS listener. Fails when a TLS file cannot be
+    /// used.
+    pub fn start_with(config: Config, listeners: Listeners) -> io::Result<Proxy> {
         let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let tls_addr = listeners
+            .tls
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let local_addr = match &listeners.plain {
+            Some(plain) => plain.local_addr()?,
+            None => tls_addr.ok_or_else(|| invalid("no listener to serve on".to_owned()))?,
+        };
+        let server_tls = match &listeners.tls {
+            Some(_) => Some(Arc::new(
+                ServerTls::new(&config.server)
+                    .map_err(invalid)?
+                    .ok_or_else(|| {
+                        invalid("a TLS listener needs [server] tls_listen".to_owned())
+                    })?,
+            )),
+            None => None,
+        };
         // Once for all connections to all masters.
-        let tls = BackendTls::new(&config.backend).map_err(invalid)?;
+        let tls = BackendTls::new(&config.backend).map_err(|e| invalid(e.to_string()))?;
         let backend_stop = CancellationToken::new();
         let backend = TaskTracker::new();
         let policy = Quarantine {
@@ -81,7 +145,7 @@ impl Proxy {
                 _ => Ok(None),
             })
             .collect::<Result<_, _>>()
-            .map_err(invalid)?;
+            .map_err(|e| invalid(e.to_string()))?;
         let masters: Vec<Member> = config
             .backend
             .masters
@@ -125,15 +189,25 @@ impl Proxy {
         }
         let clients_stop = CancellationToken::new();
         let sessions = TaskTracker::new();
-        sessions.spawn(accept_loop(
-            listener,
-            shared.clone(),
-            clients_stop.clone(),
-            sessions.clone(),
-        ));
+        // One connection limit over both listeners.
+        let slots = Arc::new(Semaphore::new(shared.config.server.max_clients));
+        for (listener, tls) in [(listeners.plain, None), (listeners.tls, server_tls.clone())] {
+            if let Some(listener) = listener {
+                sessions.spawn(accept_loop(
+                    listener,
+                    tls,
+                    slots.clone(),
+                    shared.clone(),
+                    clients_stop.clone(),
+                    sessions.clone(),
+                ));
+            }
+        }
         Ok(Proxy {
             shared,
             local_addr,
+            tls_addr,
+            tls: server_tls,
             clients_stop,
             sessions,
             backend_stop,
@@ -141,9 +215,29 @@ impl Proxy {
         })
     }
 
-    /// The address clients connect to.
+    /// The address clients connect to: the plain listener's, or the TLS one's when there is
+    /// no plain listener.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TLS listener's address, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// What SIGHUP does: re-reads the TLS listener's certificate, key and CA. New connections
+    /// get the new ones and open connections keep theirs; if a file cannot be used, the old
+    /// ones stay and the log says why.
+    pub fn reload(&self) {
+        let Some(tls) = &self.tls else {
+            info!("SIGHUP: no TLS listener, nothing to re-read");
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: the TLS listener re-read {}", tls.files()),
+            Err(e) => warn!("SIGHUP: {e}; the TLS listener keeps its previous certificate"),
+        }
     }
 
     /// The state every session shares.
@@ -215,13 +309,16 @@ async fn sweep_fences(locks: Arc<Locks>, idle_ms: u64, stop: CancellationToken) 
     }
 }
 
+/// Accepts clients on `listener` until `stop`: plain RESP, or TLS with `tls`. Every client
+/// takes one of `slots` for as long as it is connected.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    slots: Arc<Semaphore>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     sessions: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.server.max_clients));
     let keepalive = keepalive(shared.config.server.tcp_keepalive_secs);
     loop {
         let accepted = tokio::select! {
@@ -253,20 +350,58 @@ async fn accept_loop(
         Stats::bump(&shared.stats.connections_received);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             Stats::bump(&shared.stats.rejected_connections);
-            sessions.spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            });
+            // A TLS client could not read the error in clear text: it is only closed.
+            if tls.is_none() {
+                sessions.spawn(async move {
+                    let _ = stream
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                });
+            }
             continue;
         };
         let shared = shared.clone();
         let stop = stop.clone();
-        sessions.spawn(async move {
-            let _connected = Connected::new(&shared.stats);
-            session::run(stream, addr, shared.clone(), stop).await;
-            drop(slot);
-        });
+        match &tls {
+            None => sessions.spawn(async move {
+                let _connected = Connected::new(&shared.stats);
+                session::run(stream, addr, shared.clone(), stop).await;
+                drop(slot);
+            }),
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                sessions.spawn(async move {
+                    let _connected = Connected::new(&shared.stats);
+                    let handshake = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => return handshake_failed(&shared, addr, &e.to_string()),
+                            Err(_) => return handshake_failed(&shared, addr, "timed out"),
+                        },
+                    };
+                    session::run(TlsClient::new(stream), addr, shared.clone(), stop).await;
+                    drop(slot);
+                })
+            }
+        };
+    }
+}
+
+/// How long a TLS client gets to finish its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Counts a TLS handshake that failed (a client without the certificate required, a client
+/// that speaks clear text to the TLS port) and says why, at most once per period.
+fn handshake_failed(shared: &Shared, addr: SocketAddr, why: &str) {
+    Stats::bump(&shared.stats.tls_handshake_failures);
+    if let Some(unlogged) = shared.stats.tls_error_log.allow(Instant::now()) {
+        warn!(
+            client = %addr,
+            "TLS handshake failed: {why} ({unlogged} more failures in the {} s before, not logged)",
+            LOG_EVERY.as_secs()
+        );
     }
 }
 

@@ -28,12 +28,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::tls::Transport;
 use crate::cmd::{self, Client, Outcome, ReplyFuture, Shared};
 use crate::error::Error;
 use crate::protocol::{self, Limits, Protocol, Reply};
@@ -147,30 +147,30 @@ impl Queue {
     }
 
     /// Writes what the socket takes now, without waiting; false when the client is gone.
-    fn flush(&mut self, stream: &TcpStream) -> bool {
+    fn flush<S: Transport>(&mut self, stream: &mut S) -> bool {
         while !self.wbuf.is_empty() {
-            match stream.try_write(&self.wbuf) {
+            match stream.try_write_now(&self.wbuf) {
                 Ok(0) => return false,
                 Ok(n) if n == self.wbuf.len() => self.wbuf.clear(),
                 Ok(n) => self.wbuf.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => return false,
             }
         }
-        true
+        stream.push_out().is_ok()
     }
 }
 
 /// Serves `stream` until the client leaves, sends QUIT, breaks the protocol, queues more than
 /// the hard output limit, or `shutdown` — in which case requests already read are answered
 /// (waits with null, at once) before closing.
-pub async fn run(
-    mut stream: TcpStream,
+pub async fn run<S: Transport>(
+    mut stream: S,
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     let mut client = Client::new(shared.next_client_id(), addr, &shared);
     serve(&mut stream, &mut client, &shared, &shutdown).await;
     let _ = stream.shutdown().await;
@@ -178,8 +178,8 @@ pub async fn run(
     client.close().await;
 }
 
-async fn serve(
-    stream: &mut TcpStream,
+async fn serve<S: Transport>(
+    stream: &mut S,
     client: &mut Client,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
@@ -295,7 +295,7 @@ async fn serve(
         }
         let mut gone = false;
         tokio::select! {
-            ready = stream.readable(), if can_read => {
+            ready = readable(stream), if can_read => {
                 if ready.is_err() {
                     gone = true;
                 } else {
@@ -303,10 +303,9 @@ async fn serve(
                     if rbuf.capacity() - rbuf.len() < room / 4 {
                         rbuf.reserve(room);
                     }
-                    // `read_buf` rather than `try_read_buf`: a short read tells tokio the socket
-                    // is drained, which saves a system call that would only say so. It is
-                    // polled once: readiness can be stale, and replies must not wait on a read.
-                    match stream.read_buf(&mut rbuf).now_or_never() {
+                    // Polled once (see `Transport::read_now`): readiness can be stale, and
+                    // replies must not wait on a read.
+                    match stream.read_now(&mut rbuf) {
                         // The client is gone (a keepalive found it dead, say) or half-closed:
                         // answer what it sent, then close.
                         Some(Ok(0)) | Some(Err(_)) => gone = true,
@@ -315,7 +314,7 @@ async fn serve(
                     }
                 }
             }
-            written = stream.writable(), if !q.wbuf.is_empty() => {
+            written = stream.tcp().writable(), if !q.wbuf.is_empty() || stream.unsent() => {
                 if written.is_err() || !q.flush(stream) {
                     return;
                 }
@@ -323,7 +322,7 @@ async fn serve(
             Some(done) = q.in_flight.next(), if !q.in_flight.is_empty() => {
                 q.take(done, stats);
             }
-            ready = stream.ready(Interest::READABLE), if watch && !unread => {
+            ready = stream.tcp().ready(Interest::READABLE), if watch && !unread => {
                 match ready {
                     Ok(r) if !r.is_read_closed() => unread = true,
                     _ => gone = true,
@@ -331,6 +330,7 @@ async fn serve(
             }
             _ = tokio::time::sleep(CLOSE_CHECK), if watch && unread => {
                 gone = stream
+                    .tcp()
                     .ready(Interest::READABLE)
                     .now_or_never()
                     .is_some_and(|r| r.map_or(true, |r| r.is_read_closed()));
@@ -422,14 +422,23 @@ impl Deadlines {
 }
 
 /// Reads whatever the socket already holds, without waiting, up to `limit` bytes.
-fn drain_readable(stream: &TcpStream, rbuf: &mut BytesMut, limit: usize) {
+fn drain_readable<S: Transport>(stream: &mut S, rbuf: &mut BytesMut, limit: usize) {
     while rbuf.len() < limit {
         rbuf.reserve(READ_CHUNK);
-        match stream.try_read_buf(rbuf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        match stream.read_now(rbuf) {
+            Some(Ok(0)) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
         }
     }
+}
+
+/// Ready when a read may make progress: the socket is readable, or the connection holds data
+/// it already received.
+async fn readable<S: Transport>(stream: &S) -> io::Result<()> {
+    if stream.buffered() {
+        return Ok(());
+    }
+    stream.tcp().readable().await
 }
 
 /// Answers a fatal protocol error; the connection closes after it.

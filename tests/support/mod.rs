@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use redlock_proxy::config::Config;
 use redlock_proxy::embedded::{self, RedisServer};
-use redlock_proxy::server::Proxy;
+use redlock_proxy::server::{Listeners, Proxy};
 
 /// How long any single reply may take in a test before it fails.
 pub const REPLY_WITHIN: Duration = Duration::from_secs(5);
@@ -46,7 +46,16 @@ pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)
     // Only masters the proxy trusts as new can be expected to vote at once.
     let trusted = config.backend.fresh_at_start;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = Proxy::start_on(config, listener).unwrap();
+    // A TLS listener too when the tweak names one (`127.0.0.1:0` for any free port).
+    let tls = match config.server.tls_listen.0 {
+        Some(addr) => Some(TcpListener::bind(addr).await.unwrap()),
+        None => None,
+    };
+    let listeners = Listeners {
+        plain: Some(listener),
+        tls,
+    };
+    let proxy = Proxy::start_with(config, listeners).unwrap();
     let live: Vec<bool> = masters.iter().map(|m| m.pid().is_some()).collect();
     if trusted && live.iter().all(|l| *l) {
         assert!(
@@ -56,6 +65,7 @@ pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)
     }
     TestProxy {
         addr: proxy.local_addr(),
+        tls_addr: proxy.tls_addr(),
         proxy: Some(proxy),
     }
 }
@@ -86,6 +96,8 @@ pub async fn proxy_for_restarts(masters: &[RedisServer]) -> TestProxy {
 pub struct TestProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// Where TLS clients connect, if the configuration names a TLS listener.
+    pub tls_addr: Option<SocketAddr>,
     proxy: Option<Proxy>,
 }
 
@@ -372,16 +384,44 @@ pub fn spawn_listening(
     cmd: &mut tokio::process::Command,
     dir: &TempDir,
 ) -> (tokio::process::Child, SocketAddr) {
-    use std::process::Stdio;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = spawn_logged(cmd.args(["--listen", &addr.to_string()]), dir);
+    (child, addr)
+}
+
+/// Spawns `cmd` with its stderr into `stderr.log` in `dir`, killed on drop.
+pub fn spawn_logged(cmd: &mut tokio::process::Command, dir: &TempDir) -> tokio::process::Child {
+    use std::process::Stdio;
     let log = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
-    let child = cmd
-        .args(["--listen", &addr.to_string()])
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
-    (child, addr)
+        .unwrap()
+}
+
+/// A certificate authority made now, for TLS tests.
+pub fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A certificate for 127.0.0.1 that `issuer` signed, for a server or (`client`) for a client,
+/// and its key, as PEM.
+pub fn signed_cert(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    client: bool,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    if client {
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    }
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
 }

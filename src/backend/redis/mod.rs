@@ -30,7 +30,7 @@ pub mod scripts;
 mod tls;
 
 pub use identity::Quarantine;
-pub use tls::{BackendTls, MasterTls, TlsError};
+pub use tls::{BackendTls, MasterTls, Stream, TlsError, pem_certs, pem_key};
 
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};

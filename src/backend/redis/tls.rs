@@ -85,11 +85,10 @@ impl BackendTls {
             builder.with_no_client_auth()
         } else {
             let certs = read_certs(&cfg.tls_cert_file)?;
-            let key =
-                PrivateKeyDer::from_pem_file(&cfg.tls_key_file).map_err(|e| TlsError::File {
-                    path: cfg.tls_key_file.clone(),
-                    why: format!("no private key read: {e}"),
-                })?;
+            let key = pem_key(&cfg.tls_key_file).map_err(|why| TlsError::File {
+                path: cfg.tls_key_file.clone(),
+                why,
+            })?;
             builder.with_client_auth_cert(certs, key)?
         };
         let server_name = match cfg.tls_server_name.as_str() {
@@ -129,7 +128,7 @@ pub struct MasterTls {
 
 impl MasterTls {
     /// Runs the TLS handshake over a connected socket; the certificate is verified here.
-    pub(super) async fn connect(&self, tcp: TcpStream) -> io::Result<Stream> {
+    pub async fn connect(&self, tcp: TcpStream) -> io::Result<Stream> {
         let stream = self.connector.0.connect(self.name.clone(), tcp).await?;
         Ok(Stream::Tls(Box::new(stream)))
     }
@@ -166,26 +165,37 @@ fn roots(ca_file: &str) -> Result<RootCertStore, TlsError> {
 
 /// Every certificate in a PEM file; at least one.
 fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bad = |why: String| TlsError::File {
+    pem_certs(path).map_err(|why| TlsError::File {
         path: path.to_owned(),
         why,
-    };
+    })
+}
+
+/// Every certificate in the PEM file at `path`, at least one; else why not.
+pub fn pem_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(bad("no PEM certificate in it".into()));
+        return Err("no PEM certificate in it".into());
     }
     Ok(certs)
+}
+
+/// The first private key in the PEM file at `path`; else why not.
+pub fn pem_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("no private key read: {e}"))
 }
 
 /// A connection to a master, plain or TLS. Chosen once when it is dialled; the busy path
 /// ([`Link::carry`](super::link::Link)) splits each kind its own way, so a plain connection
 /// runs exactly as it would without TLS support.
 #[derive(Debug)]
-pub(super) enum Stream {
+pub enum Stream {
+    /// Clear text.
     Plain(TcpStream),
+    /// TLS, its handshake done.
     Tls(Box<TlsStream<TcpStream>>),
 }
 

@@ -36,6 +36,10 @@ pub struct Args {
     /// Runtime threads; 1 is a single-threaded runtime (leaves the most CPU to the server)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
+    /// Connect over TLS, verifying the server's certificate (for the --addr host) against the
+    /// CA in this PEM file
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca_cert_file: Option<String>,
     /// Password sent with AUTH on every connection, for a server with requirepass
     #[arg(long, env = "LOCKBENCH_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,

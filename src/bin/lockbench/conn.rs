@@ -3,9 +3,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use redlock_proxy::backend::redis::{MasterTls, Stream};
 use redlock_proxy::protocol::client::{self, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,6 +23,9 @@ const MAX_REPLY: usize = 64 * 1024;
 /// Room made in the read buffer before each read, so a read is never a few bytes.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Set once from `--tls-ca-cert-file`: every connection is TLS, verified against that CA.
+pub static TLS: OnceLock<MasterTls> = OnceLock::new();
+
 /// The first address `addr` (HOST:PORT) resolves to.
 pub async fn resolve(addr: &str) -> Option<SocketAddr> {
     tokio::net::lookup_host(addr).await.ok()?.next()
@@ -28,7 +33,7 @@ pub async fn resolve(addr: &str) -> Option<SocketAddr> {
 
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
@@ -41,6 +46,14 @@ impl Conn {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
+        let stream = match TLS.get() {
+            None => Stream::Plain(stream),
+            Some(tls) => timeout(CONNECT_TIMEOUT, tls.connect(stream))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??,
+        };
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -68,6 +81,7 @@ impl Conn {
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use redlock_proxy::backend::redis::Stream;
 use redlock_proxy::protocol::client::Frame;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::args::Args;
@@ -16,7 +16,7 @@ const IDLE_CONNECT_PARALLELISM: usize = 256;
 
 #[derive(Debug)]
 pub struct Idle {
-    pub open: Vec<TcpStream>,
+    pub open: Vec<Stream>,
     pub failed: u64,
 }
 

@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use redlock_proxy::backend::redis::{BackendTls, MasterTls};
+use redlock_proxy::config::{BackendConfig, MasterAddr};
 use tokio::time::Instant;
 
 use args::{Args, Mode};
@@ -64,11 +66,36 @@ fn main() -> ExitCode {
     runtime.block_on(run(args))
 }
 
+/// TLS to the server at `addr`, whose certificate must chain to the CA in `ca`: the proxy's
+/// own TLS client for masters, given the server as a `rediss://` master.
+fn server_tls(addr: &str, ca: &str) -> Result<MasterTls, String> {
+    let server: MasterAddr = format!("rediss://{addr}").parse()?;
+    let backend = BackendConfig {
+        masters: vec![server.clone()],
+        tls_ca_cert_file: ca.to_owned(),
+        ..BackendConfig::default()
+    };
+    let tls = BackendTls::new(&backend).map_err(|e| e.to_string())?;
+    let tls = tls.ok_or("no TLS configuration")?;
+    tls.for_master(&server).map_err(|e| e.to_string())
+}
+
 async fn run(args: Args) -> ExitCode {
     let Some(addr) = conn::resolve(&args.addr).await else {
         eprintln!("lockbench: cannot resolve {}", args.addr);
         return ExitCode::FAILURE;
     };
+    if let Some(ca) = &args.tls_ca_cert_file {
+        match server_tls(&args.addr, ca) {
+            Ok(tls) => {
+                let _ = conn::TLS.set(tls);
+            }
+            Err(e) => {
+                eprintln!("lockbench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let args = Arc::new(args);
     if args.mode == Mode::WaitLatency {
         return wait::run(addr, &args).await;
