@@ -123,10 +123,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let tls_listen = proxy.tls_addr().map(|a| a.to_string()).unwrap_or_default();
+        let shown = |addr: Option<std::net::SocketAddr>| {
+            addr.map_or_else(|| "none".to_owned(), |a| a.to_string())
+        };
         info!(
-            listen = %proxy.local_addr(),
-            tls_listen,
+            listen = %shown(proxy.plain_addr()),
+            tls_listen = %shown(proxy.tls_addr()),
             masters = ?masters,
             quorum = quorum(n),
             "redlock-proxy {} ready",

@@ -62,6 +62,8 @@ impl Listeners {
 pub struct Proxy {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    /// There is a plain listener (at `local_addr`).
+    plain: bool,
     tls_addr: Option<SocketAddr>,
     /// The TLS listener's certificate, re-read by [`Proxy::reload`].
     tls: Option<Arc<ServerTls>>,
@@ -103,6 +105,7 @@ impl Proxy {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
+        let plain = listeners.plain.is_some();
         let local_addr = match &listeners.plain {
             Some(plain) => plain.local_addr()?,
             None => tls_addr.ok_or_else(|| invalid("no listener to serve on".to_owned()))?,
@@ -206,6 +209,7 @@ impl Proxy {
         Ok(Proxy {
             shared,
             local_addr,
+            plain,
             tls_addr,
             tls: server_tls,
             clients_stop,
@@ -224,6 +228,11 @@ impl Proxy {
     /// The TLS listener's address, if there is one.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The plain listener's address, if there is one.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        Some(self.local_addr).filter(|_| self.plain)
     }
 
     /// What SIGHUP does: re-reads the TLS listener's certificate, key and CA. New connections
@@ -397,11 +406,14 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 fn handshake_failed(shared: &Shared, addr: SocketAddr, why: &str) {
     Stats::bump(&shared.stats.tls_handshake_failures);
     if let Some(unlogged) = shared.stats.tls_error_log.allow(Instant::now()) {
-        warn!(
-            client = %addr,
-            "TLS handshake failed: {why} ({unlogged} more failures in the {} s before, not logged)",
-            LOG_EVERY.as_secs()
-        );
+        let more = match unlogged {
+            0 => String::new(),
+            n => format!(
+                " ({n} more in the {} s before, not logged)",
+                LOG_EVERY.as_secs()
+            ),
+        };
+        warn!(client = %addr, "TLS handshake failed: {why}{more}");
     }
 }
 
