@@ -642,3 +642,49 @@ async fn sighup_swaps_the_certificate_and_keeps_open_connections() {
     assert_eq!(presented(&again), first_cert(&pki.stranger_cert));
     assert_eq!(ping(&mut old).await, Some(b'+'));
 }
+
+/// A TLS client that stops reading cannot hold its connection open once the session ends
+/// (here by `idle_timeout_ms`): closing TLS is a write, and it is bounded.
+#[tokio::test]
+async fn a_tls_client_that_stops_reading_is_closed() {
+    let dir = TempDir::new();
+    let ca = test_ca("close CA");
+    let (cert, key) = signed_cert(&ca, false);
+    let ca_file = path(dir.write("ca.pem", &ca.pem()));
+    let cert_file = path(dir.write("cert.pem", &cert));
+    let key_file = path(dir.write("key.pem", &key));
+    let masters = support::masters(3);
+    let p = support::proxy_with(&masters, |c| {
+        c.server.tls_listen = "127.0.0.1:0".parse().unwrap();
+        c.server.tls_cert_file = cert_file.clone();
+        c.server.tls_key_file = key_file.clone();
+        c.server.idle_timeout_ms = 300;
+    })
+    .await;
+    let mut tls = tls_dial(p.tls_addr.unwrap().port(), &[&ca_file], None)
+        .await
+        .expect("handshake");
+    // Replies of about 8 MB in all, never read: the socket buffers fill and the proxy's
+    // writes block.
+    let request = "*2\r\n$4\r\nECHO\r\n$65536\r\n".to_owned() + &"x".repeat(65536) + "\r\n";
+    for _ in 0..128 {
+        let write = tls.write_all(request.as_bytes());
+        if tokio::time::timeout(Duration::from_secs(1), write)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut plain = p.conn().await;
+    let started = Instant::now();
+    loop {
+        let clients = text(&plain.call(&["INFO", "clients"]).await);
+        if clients.contains("connected_clients:1\r\n") {
+            break;
+        }
+        assert!(started.elapsed() < WITHIN, "still connected:\n{clients}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tls);
+}

@@ -45,6 +45,8 @@ const FIRST_READ: usize = 4 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Replies buffered before the session writes them out and dispatches more.
 const WRITE_HIGH: usize = 256 * 1024;
+/// How long closing a connection may wait on the client (a TLS close is a write).
+const CLOSE_WITHIN: Duration = Duration::from_secs(1);
 /// While the session does not read a client that has sent more, how often it looks whether
 /// the client has closed its side meanwhile.
 const CLOSE_CHECK: Duration = Duration::from_millis(100);
@@ -173,7 +175,9 @@ pub async fn run<S: Transport>(
     let _ = stream.tcp().set_nodelay(true);
     let mut client = Client::new(shared.next_client_id(), addr, &shared);
     serve(&mut stream, &mut client, &shared, &shutdown).await;
-    let _ = stream.shutdown().await;
+    // Bounded: closing TLS writes, and a client that stopped reading must not hold the
+    // connection open.
+    let _ = tokio::time::timeout(CLOSE_WITHIN, stream.shutdown()).await;
     // However the connection ended, the locks it kept alive end with it.
     client.close().await;
 }
@@ -278,7 +282,7 @@ async fn serve<S: Transport>(
         }
         // Done when nothing more can arrive, nothing is in flight and all is written: with room
         // in flight, the dispatch loop above already took every whole request in the buffer.
-        if !reading && q.in_flight.is_empty() && q.wbuf.is_empty() {
+        if !reading && q.in_flight.is_empty() && q.wbuf.is_empty() && !stream.unsent() {
             return;
         }
         let can_read = reading && room(&q);
