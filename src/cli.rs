@@ -130,6 +130,11 @@ pub struct Cli {
     )]
     pub backend_tls_server_name: Option<String>,
 
+    /// Accept any certificate rediss:// masters present (encrypted, but not authenticated:
+    /// anyone on the path can pose as a master). For self-signed test masters only
+    #[arg(long, env = "REDLOCK_PROXY_BACKEND_TLS_INSECURE")]
+    pub backend_tls_insecure: bool,
+
     /// Validate the configuration, print the effective one, and exit (0 valid, 1 invalid)
     #[arg(long)]
     pub check_config: bool,
@@ -205,6 +210,9 @@ impl Cli {
         }
         if let Some(name) = &self.backend_tls_server_name {
             tls.tls_server_name = name.clone();
+        }
+        if self.backend_tls_insecure {
+            tls.tls_insecure = true;
         }
         config.read_secret_files()?;
         if self.new_deployment {

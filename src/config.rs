@@ -186,6 +186,10 @@ pub struct BackendConfig {
     /// The name sent (SNI) to `rediss://` masters and checked against their certificates.
     /// Empty: each master's host from its address.
     pub tls_server_name: String,
+    /// Accept any certificate a `rediss://` master presents: the traffic is encrypted but
+    /// anyone on the path can pose as a master. For tests and self-signed masters only; logged
+    /// as a warning at every start.
+    pub tls_insecure: bool,
     /// Deadline for opening a connection and its handshake.
     pub connect_timeout_ms: u64,
     /// First delay before reconnecting to a master that went away; doubles up to the maximum.
@@ -369,6 +373,7 @@ impl Default for BackendConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_server_name: String::new(),
+            tls_insecure: false,
             connect_timeout_ms: 1_000,
             reconnect_min_ms: 50,
             reconnect_max_ms: 2_000,
@@ -595,10 +600,18 @@ impl Config {
             &b.tls_server_name,
         ]
         .iter()
-        .any(|v| !v.is_empty());
+        .any(|v| !v.is_empty())
+            || b.tls_insecure;
         if tls_set && !b.masters.iter().any(|m| m.tls) {
             return bad(
                 "backend.tls_* is set but no master uses TLS: name them as rediss://HOST:PORT"
+                    .into(),
+            );
+        }
+        if b.tls_insecure && !b.tls_ca_cert_file.is_empty() {
+            return bad(
+                "backend.tls_insecure and backend.tls_ca_cert_file contradict each other: with \
+                 the masters' CA, leave tls_insecure off"
                     .into(),
             );
         }

@@ -363,6 +363,20 @@ async fn an_untrusted_certificate_is_refused() {
     let mut p = Proxy::start(&args(&servers, "app", PASSWORD_IN_URL, &pki.stranger)).await;
     p.wait_refused("TLS handshake failed: invalid peer certificate: UnknownIssuer")
         .await;
+    // Unless verification is turned off, which works and says so.
+    let mut insecure: Vec<String> = servers
+        .iter()
+        .flat_map(|s| ["--backend".to_owned(), s.url("app", PASSWORD_IN_URL)])
+        .collect();
+    insecure.push("--backend-tls-insecure".to_owned());
+    let p = Proxy::start(&insecure).await;
+    p.wait_info("masters_voting:3", |i| i.contains("masters_voting:3\r\n"))
+        .await;
+    let log = p.log();
+    assert!(
+        log.contains("WARN") && log.contains("certificates are NOT verified"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

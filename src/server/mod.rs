@@ -130,6 +130,13 @@ impl Proxy {
             fresh_at_start: config.backend.fresh_at_start,
             allow_evicting: config.backend.allow_evicting_masters,
         };
+        if config.backend.tls_insecure {
+            warn!(
+                "backend.tls_insecure is set: the masters' certificates are NOT verified; the \
+                 traffic is encrypted, but anyone on the path can pose as a master and read \
+                 every lock's token"
+            );
+        }
         if policy.allow_evicting {
             warn!(
                 "allow_evicting_masters is set: masters that may evict keys vote, and a lock key \

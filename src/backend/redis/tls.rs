@@ -2,9 +2,10 @@
 //! `[backend] tls_*` keys and shared by every connection, and the stream a connection runs
 //! over, plain or TLS, chosen once when it is dialled.
 //!
-//! The master's certificate is always verified, against the configured CA file or else the
-//! system's trusted roots: managed Redis services present certificates from public CAs, and a
-//! private deployment names its own CA. rustls does the protocol and the verification; nothing
+//! The master's certificate is verified, against the configured CA file or else the system's
+//! trusted roots: managed Redis services present certificates from public CAs, and a private
+//! deployment names its own CA. Only `tls_insecure`, an explicit choice warned of at every
+//! start, turns that off. rustls does the protocol and the verification; nothing
 //! here parses certificates beyond reading PEM files.
 
 use std::fmt;
@@ -13,9 +14,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::{ClientConfig, RootCertStore};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -74,13 +77,18 @@ impl BackendTls {
         if !cfg.masters.iter().any(|m| m.tls) {
             return Ok(None);
         }
-        let roots = roots(&cfg.tls_ca_cert_file)?;
         // Named explicitly rather than taken from the process default, so no other crate's
         // choice of provider can change or break it.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = if cfg.tls_insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        } else {
+            builder.with_root_certificates(roots(&cfg.tls_ca_cert_file)?)
+        };
         let config = if cfg.tls_cert_file.is_empty() {
             builder.with_no_client_auth()
         } else {
@@ -131,6 +139,57 @@ impl MasterTls {
     pub async fn connect(&self, tcp: TcpStream) -> io::Result<Stream> {
         let stream = self.connector.0.connect(self.name.clone(), tcp).await?;
         Ok(Stream::Tls(Box::new(stream)))
+    }
+}
+
+/// `tls_insecure`: any certificate is taken as the master's. The handshake's signatures are
+/// still checked (the session is encrypted to whoever holds the certificate's key); who that
+/// is, is not.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
