@@ -7,9 +7,16 @@
 //! inside the validity the grant promised (`end <= start + promised_validity`); a client that
 //! overran its validity gets no guarantee, so its hold proves nothing either way.
 //!
-//! A **violation** is two counted holds of the same key, by different tokens, whose intervals
-//! share a stretch of positive length. Touching intervals (`a.end == b.start`) are not an
-//! overlap: the first holder was done before the second began.
+//! What may overlap depends on the hold's [`Kind`]:
+//! - **exclusive** (a mutex): nothing. Two counted holds of one key, by different tokens,
+//!   whose intervals share a stretch of positive length are a violation;
+//! - **shared** (a read lock): other shared holds, never an exclusive one;
+//! - **permits(n)** (a counting semaphore): at most n holds of the key at any instant. A hold
+//!   that starts while n others are active is a violation.
+//!
+//! Holds of different kinds on one key that overlap are a violation too (exclusive with
+//! anything, permits with anything but permits), except shared with shared. Touching intervals
+//! (`a.end == b.start`) are not an overlap: the first holder was done before the second began.
 //!
 //! The caller decides how `promised_validity_ms` is measured; it must never exceed what the
 //! lock service promised, or the checker could blame the service for a client's overrun.
@@ -23,6 +30,30 @@
 //! without a fence take no part.
 
 use std::collections::BTreeMap;
+
+/// What a hold excludes. The tool's clients record exclusive holds; the other kinds are the
+/// models counting semaphores and read/write locks will be checked against (tested here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub enum Kind {
+    /// A mutex: no other hold of the key at the same time.
+    #[default]
+    Exclusive,
+    /// A read lock: other shared holds only.
+    Shared,
+    /// One of the key's n permits: at most n holds at once.
+    Permits(u32),
+}
+
+impl Kind {
+    /// Whether `self` may be held while `other` is.
+    fn admits(self, other: Kind) -> bool {
+        matches!(
+            (self, other),
+            (Kind::Shared, Kind::Shared) | (Kind::Permits(_), Kind::Permits(_))
+        )
+    }
+}
 
 /// One client's use of one granted lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +76,8 @@ pub struct Hold {
     pub end_us: u64,
     /// A fencing token, when the lock service hands one out.
     pub fence: Option<u64>,
+    /// What it excludes.
+    pub kind: Kind,
 }
 
 impl Hold {
@@ -84,13 +117,16 @@ impl FenceRegression {
     }
 }
 
-/// Two counted holds of one key that overlapped.
+/// Counted holds of one key that overlapped where their kinds forbid it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     /// The hold that started first (or, at equal starts, the one listed first).
     pub first: Hold,
     /// The hold that started while `first` was still held.
     pub second: Hold,
+    /// How many holds of the key were active when `second` started, itself included: 2 for
+    /// a pair of excluding holds; for permits, more than the permits.
+    pub holders: usize,
 }
 
 impl Violation {
@@ -173,11 +209,28 @@ pub fn check(holds: &[Hold]) -> Report {
             // Each active a has a.start <= b.start < a.end, so the shared stretch is
             // [b.start, min(a.end, b.end)): positive exactly when b itself has positive length.
             if b.end_us > b.start_us {
-                for &a in &active {
-                    if a.token != b.token {
+                let others = || active.iter().filter(|a| a.token != b.token);
+                // Pairs whose kinds exclude each other.
+                for &a in others().filter(|a| !a.kind.admits(b.kind) || !b.kind.admits(a.kind)) {
+                    report.violations.push(Violation {
+                        first: a.clone(),
+                        second: b.clone(),
+                        holders: 2,
+                    });
+                }
+                // More holders than permits: the most holders at once are reached at some
+                // hold's start, so checking each start finds every excess.
+                if let Kind::Permits(n) = b.kind {
+                    let holders = 1 + others()
+                        .filter(|a| matches!(a.kind, Kind::Permits(_)))
+                        .count();
+                    if holders > n as usize
+                        && let Some(first) = others().find(|a| matches!(a.kind, Kind::Permits(_)))
+                    {
                         report.violations.push(Violation {
-                            first: a.clone(),
+                            first: (*first).clone(),
                             second: b.clone(),
+                            holders,
                         });
                     }
                 }
@@ -260,6 +313,7 @@ mod tests {
             promised_validity_ms: validity_ms,
             end_us: end_ms * 1_000,
             fence: None,
+            kind: Kind::Exclusive,
         }
     }
 
@@ -434,6 +488,7 @@ mod tests {
                     promised_validity_ms: validity,
                     end_us: start + len,
                     fence: None,
+                    kind: Kind::Exclusive,
                 })
                 .collect()
         })
@@ -597,6 +652,7 @@ mod tests {
                             1 | 2 => Some(fence),
                             _ => Some(sent / 1_000 + fence / 20),
                         },
+                        kind: Kind::Exclusive,
                     },
                 )
                 .collect()
@@ -663,6 +719,7 @@ mod tests {
                     promised_validity_ms: validity_ms,
                     end_us: start + len,
                     fence: None,
+                    kind: Kind::Exclusive,
                 });
                 t = t.max(start + len);
             }
@@ -677,5 +734,162 @@ mod tests {
         assert_eq!(unordered(&report), expected);
         assert_eq!(report.counted() + report.not_counted(), 5_000);
         assert!(report.not_counted() > 0);
+    }
+
+    /// Holds as `holds` reads them, all of `kind`.
+    fn of_kind(spec: &str, kind: Kind) -> Vec<Hold> {
+        holds(spec)
+            .into_iter()
+            .map(|h| Hold { kind, ..h })
+            .collect()
+    }
+
+    #[test]
+    fn readers_share_and_a_writer_excludes_them() {
+        let mut h = of_kind("r1 0..100, r2 50..150, r3 60..70", Kind::Shared);
+        assert!(check(&h).is_safe());
+        // A writer while readers hold: one violation per reader it overlaps.
+        h.push(hold("k", "w", 65, 80, 500));
+        assert_eq!(
+            pairs(&check(&h)),
+            vec![
+                ("r1".to_owned(), "w".to_owned()),
+                ("r2".to_owned(), "w".to_owned()),
+                ("r3".to_owned(), "w".to_owned()),
+            ]
+        );
+        // A reader while a writer holds.
+        let mut h = vec![hold("k", "w", 0, 100, 500)];
+        h.extend(of_kind("r 50..60", Kind::Shared));
+        assert_eq!(pairs(&check(&h)), vec![("w".to_owned(), "r".to_owned())]);
+        // After each other: fine.
+        let mut h = of_kind("r 0..50", Kind::Shared);
+        h.push(hold("k", "w", 50, 100, 500));
+        h.extend(of_kind("r2 100..150", Kind::Shared));
+        assert!(check(&h).is_safe());
+    }
+
+    #[test]
+    fn permits_bound_the_holders_at_once() {
+        // Two permits: three holds, never more than two at once.
+        let ok = of_kind("a 0..100, b 50..150, c 100..200", Kind::Permits(2));
+        assert!(check(&ok).is_safe(), "{:?}", check(&ok).violations);
+        // A third while two hold: one violation, naming three holders.
+        let bad = of_kind("a 0..100, b 50..150, c 60..70", Kind::Permits(2));
+        let r = check(&bad);
+        assert_eq!(r.violations.len(), 1);
+        assert_eq!(r.violations[0].holders, 3);
+        assert_eq!(r.violations[0].second.token, "c");
+        // Permits and a mutex on one key never overlap.
+        let mut mixed = of_kind("a 0..100", Kind::Permits(5));
+        mixed.push(hold("k", "m", 10, 20, 500));
+        assert_eq!(
+            pairs(&check(&mixed)),
+            vec![("a".to_owned(), "m".to_owned())]
+        );
+    }
+
+    /// What the holders of one key may take at once: each master admits up to `limit`.
+    struct Master {
+        held: Vec<(String, u64)>,
+    }
+
+    /// A semaphore of `limit` permits over `masters.len()` masters, as the naive design takes
+    /// it: each master keeps a counting set and admits while it holds fewer than `limit`; a
+    /// client holds when a majority admitted it. The one returned is the hold, if granted.
+    fn naive_acquire(
+        masters: &mut [Master],
+        order: &[usize],
+        token: &str,
+        now: u64,
+        limit: usize,
+    ) -> bool {
+        let quorum = masters.len() / 2 + 1;
+        let mut yes = 0;
+        for &m in order {
+            let master = &mut masters[m];
+            master.held.retain(|(_, end)| *end > now);
+            if master.held.len() < limit {
+                master.held.push((token.to_owned(), u64::MAX));
+                yes += 1;
+            }
+            if yes == quorum {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The checker catches the naive per-master counting semaphore: with 3 masters and 2
+    /// permits, three clients that each reach a different pair of masters ({A,B}, {B,C},
+    /// {C,A}) are all admitted at once.
+    #[test]
+    fn naive_per_master_counting_is_caught() {
+        let mut masters: Vec<Master> = (0..3).map(|_| Master { held: Vec::new() }).collect();
+        let mut history = Vec::new();
+        for (i, order) in [[0, 1, 2], [1, 2, 0], [2, 0, 1]].iter().enumerate() {
+            let token = format!("c{i}");
+            if naive_acquire(&mut masters, order, &token, i as u64, 2) {
+                history.push(Hold {
+                    kind: Kind::Permits(2),
+                    ..hold("sem", &token, i as u64, 100, 500)
+                });
+            }
+        }
+        assert_eq!(history.len(), 3, "the naive design admitted all three");
+        let r = check(&history);
+        assert!(!r.is_safe());
+        assert_eq!(r.violations[0].holders, 3);
+    }
+
+    /// The design that cannot exceed its permits: n slot mutexes, each granted by a quorum;
+    /// quorum intersection keeps any slot to one holder, so n slots bound the holders by n.
+    /// Random arrival orders over the same masters never get past the checker.
+    #[test]
+    fn slot_mutexes_stay_within_their_permits() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        for _ in 0..200 {
+            let permits = rng.random_range(1..4usize);
+            // slots[s][m]: who holds slot s on master m, and until when.
+            let mut slots = vec![vec![None::<(String, u64)>; 3]; permits];
+            let mut history = Vec::new();
+            for i in 0..12u64 {
+                let now = i * 10;
+                let end = now + rng.random_range(5..60);
+                let token = format!("c{i}");
+                let order: Vec<usize> = {
+                    let mut o = vec![0, 1, 2];
+                    for j in (1..3).rev() {
+                        o.swap(j, rng.random_range(0..=j));
+                    }
+                    o.truncate(rng.random_range(2..=3));
+                    o
+                };
+                for slot in &mut slots {
+                    let mut yes = Vec::new();
+                    for &m in &order {
+                        let free = slot[m].as_ref().is_none_or(|(_, until)| *until <= now);
+                        if free {
+                            slot[m] = Some((token.clone(), end));
+                            yes.push(m);
+                        }
+                    }
+                    if yes.len() >= 2 {
+                        history.push(Hold {
+                            kind: Kind::Permits(permits as u32),
+                            ..hold("sem", &token, now, end, 500)
+                        });
+                        break;
+                    }
+                    // Not granted: give back what it took.
+                    for m in yes {
+                        slot[m] = None;
+                    }
+                }
+            }
+            let r = check(&history);
+            assert!(r.is_safe(), "{permits} permits: {:?}", r.violations);
+        }
     }
 }

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use redlock_proxy::protocol::client::Frame;
 
-use crate::checker::Hold;
+use crate::checker::{Hold, Kind};
 use crate::clock::now_us;
 use crate::conn::Conn;
 
@@ -173,6 +173,7 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
                     promised_validity_ms: promised,
                     end_us: end,
                     fence,
+                    kind: Kind::Exclusive,
                 };
                 shared
                     .holds

@@ -113,9 +113,13 @@ impl Summary<'_> {
             self.violating_holds()
         );
         for v in r.violations.iter().take(SHOWN) {
+            let holders = match v.holders {
+                2 => String::new(),
+                n => format!(", {n} holders at once"),
+            };
             let _ = writeln!(
                 out,
-                "  key {}: overlap {:.1} ms\n    {}\n    {}",
+                "  key {}: overlap {:.1} ms{holders}\n    {}\n    {}",
                 v.key(),
                 v.overlap_us() as f64 / 1e3,
                 describe(&v.first),
@@ -350,6 +354,7 @@ mod tests {
             promised_validity_ms: 500,
             end_us: end_ms * 1_000,
             fence,
+            kind: crate::checker::Kind::Exclusive,
         }
     }
 
