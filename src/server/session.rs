@@ -147,9 +147,13 @@ impl Queue {
     }
 
     /// Writes what the socket takes now, without waiting; false when the client is gone.
-    fn flush(&mut self, stream: &TcpStream) -> bool {
+    fn flush(&mut self, stream: &TcpStream, stats: &Stats) -> bool {
         while !self.wbuf.is_empty() {
-            match stream.try_write(&self.wbuf) {
+            let written = stream.try_write(&self.wbuf);
+            if let Ok(n) = written {
+                Stats::add(&stats.net_output_bytes, n);
+            }
+            match written {
                 Ok(0) => return false,
                 Ok(n) if n == self.wbuf.len() => self.wbuf.clear(),
                 Ok(n) => self.wbuf.advance(n),
@@ -269,7 +273,7 @@ async fn serve(
             overflow(client, shared, q.queued());
             return;
         }
-        if !q.flush(stream) {
+        if !q.flush(stream, stats) {
             return;
         }
         // The write made room: dispatch what is left in the buffer.
@@ -310,13 +314,16 @@ async fn serve(
                         // The client is gone (a keepalive found it dead, say) or half-closed:
                         // answer what it sent, then close.
                         Some(Ok(0)) | Some(Err(_)) => gone = true,
-                        Some(Ok(_)) => deadlines.heard(),
+                        Some(Ok(n)) => {
+                            Stats::add(&stats.net_input_bytes, n);
+                            deadlines.heard();
+                        }
                         None => {}
                     }
                 }
             }
             written = stream.writable(), if !q.wbuf.is_empty() => {
-                if written.is_err() || !q.flush(stream) {
+                if written.is_err() || !q.flush(stream, stats) {
                     return;
                 }
             }
