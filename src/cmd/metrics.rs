@@ -21,7 +21,7 @@ const LOCK_COMMANDS: &[&str] = &[
     "lock", LOCK_WAIT, "unlock", "extend", "set", "del", "eval", "evalsha",
 ];
 
-/// The `command` label of each index [`Timer`] counts under: the table's commands in order,
+/// The `command` label of each index a request is counted under: the table's commands in order,
 /// then `lock_wait`.
 pub fn labels() -> Vec<&'static str> {
     COMMANDS.iter().map(|s| s.name).chain([LOCK_WAIT]).collect()
