@@ -574,3 +574,81 @@ fn masters(shared: &Shared, out: &mut Out) -> fmt::Result {
             .map(|(s, addr)| (vec![("master", *addr)], ConstGauge::new(s.conns_up as i64))),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Member;
+    use crate::backend::mem::{MemMaster, Mode};
+    use crate::config::Config;
+    use crate::locks::Locks;
+
+    fn state(masters: &[MemMaster]) -> State {
+        let members = masters.iter().cloned().map(Member::Mem).collect();
+        let locks = Arc::new(Locks::new(members, Duration::from_millis(50), "redlock:"));
+        let shared = Arc::new(Shared::new(Config::default(), locks, 0));
+        let mut registry = Registry::with_prefix("redlock_proxy");
+        registry.register_collector(Box::new(Scrape(shared.clone())));
+        State {
+            shared,
+            registry,
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn ready_while_a_quorum_votes_and_not_once_shutting_down() {
+        let masters: Vec<MemMaster> = (0..3).map(|_| MemMaster::new()).collect();
+        let s = state(&masters);
+        assert_eq!(
+            readiness(&s),
+            (true, "ready: 3 of 3 masters vote, 2 needed\n".into())
+        );
+        masters[0].set_mode(Mode::Down);
+        assert!(readiness(&s).0);
+        masters[1].set_mode(Mode::Down);
+        assert_eq!(
+            readiness(&s),
+            (false, "not ready: 1 of 3 masters vote, 2 needed\n".into())
+        );
+        masters[1].set_mode(Mode::Healthy);
+        assert!(readiness(&s).0);
+        s.stopping.cancel();
+        assert_eq!(readiness(&s), (false, "not ready: shutting down\n".into()));
+    }
+
+    #[test]
+    fn the_exposition_names_every_family_once_with_its_type() {
+        let masters: Vec<MemMaster> = (0..3).map(|_| MemMaster::new()).collect();
+        let s = state(&masters);
+        masters[2].set_mode(Mode::Down);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &s.registry).unwrap();
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        let mut names: Vec<&str> = types.iter().map(|t| t.split(' ').next().unwrap()).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "a family twice: {types:?}");
+        for want in [
+            "redlock_proxy_lock_requests_total counter",
+            "redlock_proxy_masters_voting gauge",
+            "redlock_proxy_net_input_bytes_total counter",
+            "redlock_proxy_master_deadline_seconds gauge",
+            "redlock_proxy_master_state gauge",
+        ] {
+            assert!(types.contains(&want), "no {want}: {types:?}");
+        }
+        assert!(
+            text.contains("\nredlock_proxy_masters_voting 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redlock_proxy_master_state{master=\"memory\",state=\"down\"} 1"),
+            "{text}"
+        );
+    }
+}
