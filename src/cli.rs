@@ -1,10 +1,11 @@
 //! Command-line flags. Each overrides the matching key of the configuration file.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::config::{ClientAuth, Config, ConfigError, Listen, MasterAddr, Secret};
+use crate::config::{ClientAuth, Config, ConfigError, Listen, LogFormat, MasterAddr, Secret};
 
 /// Default configuration file, used when it exists and `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "config.toml";
@@ -144,6 +145,15 @@ pub struct Cli {
     /// that was flushed it lets a live lock be granted twice
     #[arg(long)]
     pub new_deployment: bool,
+
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
+    /// HTTP on this address [default: off]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log lines as human-readable text or as JSON objects [default: text]
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<LogFormat>,
 }
 
 impl Cli {
@@ -213,6 +223,12 @@ impl Cli {
         }
         if self.backend_tls_insecure {
             tls.tls_insecure = true;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics.listen = Some(addr);
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
         }
         config.read_secret_files()?;
         if self.new_deployment {
@@ -328,6 +344,30 @@ mod tests {
         std::fs::write(&client, "").unwrap();
         assert!(cli.load_config().unwrap_err().to_string().contains("empty"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn metrics_and_log_format_flags_set_their_keys() {
+        let cli = Cli::parse_from([
+            "redlock-proxy",
+            "--metrics-listen",
+            "127.0.0.1:9379",
+            "--log-format",
+            "json",
+        ]);
+        let c = cli.load_config().unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9379".parse().unwrap()));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["redlock-proxy", "--log-format", "xml"]).is_err());
+        let same = Cli::parse_from([
+            "redlock-proxy",
+            "--listen",
+            "127.0.0.1:7379",
+            "--metrics-listen",
+            "127.0.0.1:7379",
+        ]);
+        let e = same.load_config().unwrap_err().to_string();
+        assert!(e.contains("an address of its own"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Prometheus metrics, health and readiness listener.
+    pub metrics: MetricsConfig,
 }
 
 /// `[server]`
@@ -315,6 +317,40 @@ pub struct EmbeddedConfig {
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `redlock_proxy=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// How each log line is written.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("expected text or json, got {s:?}")),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where the HTTP listener serves `/metrics`, `/healthz` and `/readyz`; none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -399,6 +435,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -620,6 +657,14 @@ impl Config {
             if !seen.insert((m.host.as_str(), m.port, m.db)) {
                 return bad(format!("master {m} is listed twice: it would vote twice"));
             }
+        }
+        if let Some(metrics) = self.metrics.listen
+            && [s.listen.0, s.tls_listen.0].contains(&Some(metrics))
+        {
+            return bad(format!(
+                "metrics.listen is {metrics}, as a client listener is: the metrics listener \
+                 needs an address of its own"
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(format!(

@@ -9,18 +9,21 @@
 //! ```text
 //! main.rs        flags → validated Config → logging → local masters if none → serve until signal
 //! cli.rs         the command line, over the configuration file
+//! logging.rs     text or JSON log lines; SIGHUP reloads the filter
 //! embedded/      mod.rs: local redis-server masters (the default, and the tests' masters);
 //!                forward.rs: a switchable loopback TCP forwarder, the stand-in for a DNS name
 //!                that a failover moves (the tests' and the torture tool's)
 //!        │
 //! server/        mod.rs: accept loop, connection limit, TCP keepalive, shutdown and drain;
 //!                session.rs: one connection: pipelined reads, concurrent dispatch, in-order
-//!                replies, the caps before AUTH, the idle and authentication deadlines
+//!                replies, the caps before AUTH, the idle and authentication deadlines;
+//!                metrics.rs: the HTTP listener for operators (/metrics, /healthz, /readyz)
 //!        │
 //! cmd/           one file per command (parse argv → call the lock service → reply); mod.rs: the
 //!                one name → command table, dispatch, per-connection Client and process-wide
 //!                Shared state, and `reply`, where results and errors become replies;
-//!                lock_scripts.rs: client libraries' lock scripts known by SHA1
+//!                lock_scripts.rs: client libraries' lock scripts known by SHA1;
+//!                metrics.rs: each request's command, latency and outcome, counted
 //! error.rs       typed errors of a command and their Redis-style error replies
 //!        │
 //! locks/         the lock service, generic over Master; mod.rs: acquire / release / extend /
@@ -48,6 +51,7 @@
 //!                client.rs (commands out, replies in: for masters and the tools)
 //! config.rs      sections with named defaults, validated once at load
 //! stats.rs       the server's counters for INFO; LogLimit, for events a client can repeat
+//! metrics.rs     lock-free latency histograms and per-command counters, read at scrape time
 //!
 //! bin/lockbench/ the load generator; bin/torture/ the fault-injection tool and its history
 //!                checker: binaries of this crate that talk RESP through protocol::client
@@ -67,6 +71,8 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod locks;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod redlock;
 pub mod server;

@@ -1,19 +1,18 @@
 //! `redlock-proxy`: flags → configuration → logging → the open-files limit → local masters if
-//! none are configured → serve until SIGINT/SIGTERM (SIGHUP re-reads the TLS listener's files)
-//! → drain → exit 0.
+//! none are configured → serve until SIGINT/SIGTERM → drain → exit 0. SIGHUP re-reads the TLS
+//! listener's files and the log filter from the configuration file.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 use redlock_proxy::backend::redis::BackendTls;
 use redlock_proxy::cli::Cli;
 use redlock_proxy::config::Config;
 use redlock_proxy::embedded::{self, RedisServer};
+use redlock_proxy::logging;
 use redlock_proxy::redlock::quorum::quorum;
 use redlock_proxy::server::Proxy;
 use redlock_proxy::server::tls::ServerTls;
@@ -52,13 +51,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let log = logging::init(&config.log);
 
     if cli.new_deployment {
         warn!(
@@ -108,6 +101,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        logging::reload_on_hangup(log, move || cli.load_config());
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let masters: Vec<String> = config
             .backend

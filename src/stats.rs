@@ -29,6 +29,10 @@ pub struct Stats {
     pub auth_failures: AtomicU64,
     /// Connections closed by `idle_timeout_ms` or `auth_timeout_ms`.
     pub timed_out_clients: AtomicU64,
+    /// Bytes read from clients.
+    pub net_input_bytes: AtomicU64,
+    /// Bytes written to clients.
+    pub net_output_bytes: AtomicU64,
     /// Logs failed AUTHs.
     pub auth_failure_log: LogLimit,
     /// TLS handshakes that failed or timed out.
@@ -43,6 +47,11 @@ impl Stats {
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Reads `counter`.

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     // imports nothing; the configuration checks TTLs with it.
     ("protocol", 0),
     ("stats", 0),
+    ("metrics", 0),
     ("config", 0),
     ("redlock::quorum", 0),
     ("backend", 1),
@@ -26,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("server", 5),
     // Used by `main.rs` (and tests) only.
     ("cli", 6),
+    ("logging", 6),
     ("embedded", 6),
 ];
 

@@ -11,6 +11,7 @@ use futures_util::future::Either;
 use super::mem::MemMaster;
 use super::redis::RedisMaster;
 use super::{Ask, BackendError, FencePage, KeyState, Master, MasterStatus, Votes};
+use crate::metrics::Histogram;
 
 /// One Redlock member.
 #[derive(Debug, Clone)]
@@ -37,6 +38,22 @@ impl Member {
         match self {
             Member::Redis(m) => m.status(),
             Member::Mem(m) => m.status(),
+        }
+    }
+
+    /// Its requests' round trips; `None` for a master in memory, which has none.
+    pub fn round_trip(&self) -> Option<&Histogram> {
+        match self {
+            Member::Redis(m) => Some(m.round_trip()),
+            Member::Mem(_) => None,
+        }
+    }
+
+    /// Fence repairs completed on it.
+    pub fn fence_repairs(&self) -> u64 {
+        match self {
+            Member::Redis(m) => m.fence_repairs(),
+            Member::Mem(_) => 0,
         }
     }
 }

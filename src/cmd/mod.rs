@@ -19,6 +19,7 @@ mod info;
 mod lock;
 mod lock_scripts;
 mod lockttl;
+pub mod metrics;
 mod ping;
 mod pttl;
 mod quit;
@@ -201,6 +202,8 @@ pub struct Shared {
     /// Port the proxy listens on, for `INFO`.
     pub port: u16,
     next_client_id: AtomicU64,
+    /// Each command's latency and outcomes, for the metrics listener.
+    pub requests: crate::metrics::Requests,
 }
 
 impl Shared {
@@ -219,6 +222,7 @@ impl Shared {
             run_id,
             port,
             next_client_id: AtomicU64::new(1),
+            requests: crate::metrics::Requests::new(metrics::labels()),
         }
     }
 
@@ -306,17 +310,36 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
 /// Runs one request. Checks follow Redis's order: unknown command, arity, authentication.
 pub fn dispatch(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Outcome {
     Stats::bump(&shared.stats.commands_processed);
-    let result = match lookup(&argv[0]) {
+    let spec = lookup(&argv[0]);
+    let timer = spec.map(|spec| metrics::Timer::start(spec, &argv));
+    let result = match spec {
         None => Err(Error::unknown_command(&argv)),
         Some(spec) if !arity_ok(spec.arity, argv.len()) => Err(Error::WrongArity(spec.name)),
         Some(spec) if !client.authenticated && !spec.no_auth => Err(Error::NoAuth),
         Some(spec) => (spec.run)(argv, client, shared),
     };
+    let done = |outcome| {
+        if let Some(timer) = timer {
+            timer.done(shared, outcome);
+        }
+    };
     match result {
-        Ok(Outcome::Reply(r)) => Outcome::Reply(reply(Ok(r), &shared.stats)),
-        Ok(Outcome::Close(r)) => Outcome::Close(reply(Ok(r), &shared.stats)),
-        Ok(later @ Outcome::Later(_)) => later,
-        Err(e) => Outcome::Reply(reply(Err(e), &shared.stats)),
+        Ok(Outcome::Reply(r)) => {
+            done(metrics::of_reply(&r));
+            Outcome::Reply(reply(Ok(r), &shared.stats))
+        }
+        Ok(Outcome::Close(r)) => {
+            done(metrics::of_reply(&r));
+            Outcome::Close(reply(Ok(r), &shared.stats))
+        }
+        Ok(Outcome::Later(fut)) => match timer {
+            Some(timer) => Outcome::Later(timer.later(fut, shared)),
+            None => Outcome::Later(fut),
+        },
+        Err(e) => {
+            done(metrics::of_error(&e));
+            Outcome::Reply(reply(Err(e), &shared.stats))
+        }
     }
 }
 

@@ -184,6 +184,11 @@ impl<M: Master> LockService<M> {
         self.waiters.len()
     }
 
+    /// Waits under way on this proxy now (blocked `LOCK ... WAIT`s).
+    pub fn waiting(&self) -> usize {
+        self.waiters.waiting()
+    }
+
     /// Wakes this proxy's waiters on the lock whose name on the masters is `key`: a master
     /// announced its release.
     pub fn released(&self, key: &[u8]) {

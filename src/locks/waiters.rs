@@ -73,6 +73,12 @@ impl Waiters {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    /// Waits under way now, over all keys. Takes each key's queue lock in turn: for reports,
+    /// not for the lock path.
+    pub fn waiting(&self) -> usize {
+        self.keys.iter().map(|q| q.order().len()).sum()
+    }
 }
 
 /// A place in a key's queue; leaving (granted, timed out, ended, or the future dropped) frees it.

@@ -2,6 +2,7 @@
 //! connection limit and TCP keepalive on every client socket, and graceful shutdown (stop
 //! accepting → sessions answer what they have read → masters' connections close).
 
+pub mod metrics;
 pub mod session;
 pub mod tls;
 
@@ -74,6 +75,8 @@ pub struct Proxy {
     /// Stops the masters' connections, after the sessions no longer need them.
     backend_stop: CancellationToken,
     backend: TaskTracker,
+    /// Where the metrics listener serves, when `metrics.listen` is set.
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Proxy {
@@ -122,6 +125,8 @@ impl Proxy {
         };
         // Once for all connections to all masters.
         let tls = BackendTls::new(&config.backend).map_err(|e| invalid(e.to_string()))?;
+        // Bound before anything starts, so an address in use fails the start cleanly.
+        let metrics_listener = config.metrics.listen.map(metrics::bind).transpose()?;
         let backend_stop = CancellationToken::new();
         let backend = TaskTracker::new();
         let policy = Quarantine {
@@ -198,6 +203,22 @@ impl Proxy {
             ));
         }
         let clients_stop = CancellationToken::new();
+        // Stops with the masters' connections, so it answers (not ready) through the drain.
+        let metrics_addr = match metrics_listener {
+            Some(listener) => {
+                let bound = listener.local_addr()?;
+                metrics::spawn(
+                    listener,
+                    shared.clone(),
+                    clients_stop.clone(),
+                    backend_stop.clone(),
+                    &backend,
+                );
+                info!("metrics, /healthz and /readyz on http://{bound}");
+                Some(bound)
+            }
+            None => None,
+        };
         let sessions = TaskTracker::new();
         // One connection limit over both listeners.
         let slots = Arc::new(Semaphore::new(shared.config.server.max_clients));
@@ -223,7 +244,13 @@ impl Proxy {
             sessions,
             backend_stop,
             backend,
+            metrics_addr,
         })
+    }
+
+    /// Where the metrics listener serves, if it was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The address clients connect to: the plain listener's, or the TLS one's when there is
@@ -247,7 +274,7 @@ impl Proxy {
     /// ones stay and the log says why.
     pub fn reload(&self) {
         let Some(tls) = &self.tls else {
-            info!("SIGHUP: no TLS listener, nothing to re-read");
+            tracing::debug!("SIGHUP: no TLS listener to re-read");
             return;
         };
         match tls.reload() {

@@ -149,9 +149,13 @@ impl Queue {
     }
 
     /// Writes what the socket takes now, without waiting; false when the client is gone.
-    fn flush<S: Transport>(&mut self, stream: &mut S) -> bool {
+    fn flush<S: Transport>(&mut self, stream: &mut S, stats: &Stats) -> bool {
         while !self.wbuf.is_empty() {
-            match stream.try_write_now(&self.wbuf) {
+            let written = stream.try_write_now(&self.wbuf);
+            if let Ok(n) = written {
+                Stats::add(&stats.net_output_bytes, n);
+            }
+            match written {
                 Ok(0) => return false,
                 Ok(n) if n == self.wbuf.len() => self.wbuf.clear(),
                 Ok(n) => self.wbuf.advance(n),
@@ -273,7 +277,7 @@ async fn serve<S: Transport>(
             overflow(client, shared, q.queued());
             return;
         }
-        if !q.flush(stream) {
+        if !q.flush(stream, stats) {
             return;
         }
         // The write made room: dispatch what is left in the buffer.
@@ -313,13 +317,16 @@ async fn serve<S: Transport>(
                         // The client is gone (a keepalive found it dead, say) or half-closed:
                         // answer what it sent, then close.
                         Some(Ok(0)) | Some(Err(_)) => gone = true,
-                        Some(Ok(_)) => deadlines.heard(),
+                        Some(Ok(n)) => {
+                            Stats::add(&stats.net_input_bytes, n);
+                            deadlines.heard();
+                        }
                         None => {}
                     }
                 }
             }
             written = stream.tcp().writable(), if !q.wbuf.is_empty() || stream.unsent() => {
-                if written.is_err() || !q.flush(stream) {
+                if written.is_err() || !q.flush(stream, stats) {
                     return;
                 }
             }

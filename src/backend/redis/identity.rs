@@ -182,6 +182,7 @@ impl Inner {
     /// Its fence counters were repaired.
     pub(super) fn fences_repaired(&self) {
         self.identity().fences_lost = false;
+        self.fence_repairs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The lineage check's `ARGV[3]` for `run`: `2` when the operator says no master loses a

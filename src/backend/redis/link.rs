@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use socket2::{SockRef, TcpKeepalive};
@@ -174,6 +174,9 @@ struct Waiter {
 /// What a reply read from the master answers, in the order the requests were written.
 #[derive(Debug)]
 enum Awaiting {
+    /// The requests after it, up to the next one, were written at this instant: their round
+    /// trips are timed from it.
+    Batch(Instant),
     /// A request.
     Reply(Waiter),
     /// The `EXISTS` of the run marker written after a batch with checked requests.
@@ -389,6 +392,7 @@ impl Link {
                 buf.clear();
                 {
                     let mut queue = pending.lock().expect("pending queue poisoned");
+                    queue.push_back(Awaiting::Batch(Instant::now()));
                     let mut next = Some(first);
                     let mut checked = false;
                     while let Some(Request { bytes, mut waiter }) = next {
@@ -414,17 +418,34 @@ impl Link {
         let reader = async {
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
             let mut held = Held::default();
+            let mut sent = Instant::now();
             loop {
                 make_room(&mut buf);
                 if rd.read_buf(&mut buf).await? == 0 {
                     return Err(LinkError::Closed);
                 }
                 while let Some(frame) = client::decode_reply(&mut buf)? {
-                    let next = pending.lock().expect("pending queue poisoned").pop_front();
+                    let next = {
+                        let mut queue = pending.lock().expect("pending queue poisoned");
+                        loop {
+                            match queue.pop_front() {
+                                Some(Awaiting::Batch(at)) => sent = at,
+                                next => break next,
+                            }
+                        }
+                    };
                     match next.ok_or(LinkError::Unrequested)? {
-                        Awaiting::Reply(waiter) if waiter.checked => held.0.push((waiter, frame)),
-                        Awaiting::Reply(waiter) => waiter.answer(frame),
+                        Awaiting::Reply(waiter) => {
+                            master.round_trip.observe(sent.elapsed());
+                            if waiter.checked {
+                                held.0.push((waiter, frame));
+                            } else {
+                                waiter.answer(frame);
+                            }
+                        }
                         Awaiting::MarkerCheck => held.release(&frame, master),
+                        // Taken out by the loop above.
+                        Awaiting::Batch(_) => {}
                     }
                 }
             }

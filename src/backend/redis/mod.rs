@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{BackendError, MasterStatus, Names};
 use crate::config::{BackendConfig, MasterAddr};
+use crate::metrics::Histogram;
 use crate::protocol::client::Frame;
 use identity::Identity;
 use link::{Conn, Link, ReplyTo};
@@ -80,6 +81,10 @@ struct Inner {
     redial: Notify,
     /// Why the last attempt to connect failed, for INFO; cleared when a connection opens.
     last_error: Mutex<Option<String>>,
+    /// Time from writing a request to reading its reply, for the metrics.
+    round_trip: Histogram,
+    /// Fence repairs completed on it (it had restarted empty), for the metrics.
+    fence_repairs: AtomicU64,
 }
 
 impl Inner {
@@ -106,6 +111,8 @@ impl Inner {
             check_now: Notify::new(),
             redial: Notify::new(),
             last_error: Mutex::new(None),
+            round_trip: Histogram::default(),
+            fence_repairs: AtomicU64::new(0),
         }
     }
 }
@@ -156,6 +163,16 @@ impl RedisMaster {
     /// The address it was started with.
     pub fn addr(&self) -> &MasterAddr {
         &self.0.addr
+    }
+
+    /// Its requests' round trips.
+    pub fn round_trip(&self) -> &Histogram {
+        &self.0.round_trip
+    }
+
+    /// Fence repairs completed on it.
+    pub fn fence_repairs(&self) -> u64 {
+        self.0.fence_repairs.load(Ordering::Relaxed)
     }
 
     /// A snapshot of its health.
