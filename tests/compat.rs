@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use redis_protocol::resp3::types::OwnedFrame;
 use redlock_proxy::config::Config;
-use redlock_proxy::embedded::RedisServer;
 use support::{Conn, TestProxy};
 use tokio::io::AsyncReadExt;
 
@@ -305,28 +304,9 @@ fn tail(stdout: &str, stderr: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Running the client scripts
 
-/// Three masters and two proxies over them.
-struct Cluster {
-    a: TestProxy,
-    b: TestProxy,
-    _masters: Vec<RedisServer>,
-}
+use support::Cluster;
 
 impl Cluster {
-    async fn start() -> Cluster {
-        let masters = support::masters(3);
-        // Client compatibility is under test, not latency: on a loaded machine the in-process
-        // proxies can be descheduled past the default 50 ms master deadline (NOQUORUM).
-        let deadline = |c: &mut Config| c.redlock.master_deadline_ms = 1_000;
-        let a = support::proxy_with(&masters, deadline).await;
-        let b = support::proxy_with(&masters, deadline).await;
-        Cluster {
-            a,
-            b,
-            _masters: masters,
-        }
-    }
-
     /// The proxies as the scripts take them.
     fn args(&self) -> Vec<String> {
         vec![

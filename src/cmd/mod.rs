@@ -5,6 +5,7 @@
 //! [`Error`], becomes the reply the client gets.
 
 mod auth;
+mod blpop;
 mod client;
 mod command;
 mod config;
@@ -26,6 +27,7 @@ mod reset;
 mod script;
 mod select;
 mod set;
+pub mod subscribe;
 mod unlock;
 
 use std::future::Future;
@@ -59,6 +61,12 @@ pub static COMMANDS: &[&Spec] = &[
     &eval::EVALSHA,
     &eval::EVAL,
     &script::SPEC,
+    &blpop::SPEC,
+    &subscribe::SUBSCRIBE,
+    &subscribe::UNSUBSCRIBE,
+    &subscribe::SSUBSCRIBE,
+    &subscribe::SUNSUBSCRIBE,
+    &subscribe::PSUBSCRIBE,
     &hello::SPEC,
     &auth::SPEC,
     &select::SPEC,
@@ -257,6 +265,8 @@ pub struct Client {
     /// Its handle on the lock service, with the locks kept alive while it lives
     /// (`LOCK ... SESSION`).
     pub locks: LocksSession,
+    /// The lock channels it listens on (`SUBSCRIBE`), and their messages.
+    pub subscriptions: subscribe::Subscriptions,
 }
 
 impl Client {
@@ -279,6 +289,7 @@ impl Client {
                     waits: shared.config.server.max_waits_per_client,
                 },
             ),
+            subscriptions: subscribe::Subscriptions::default(),
         }
     }
 
@@ -310,6 +321,17 @@ pub fn dispatch(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> 
         None => Err(Error::unknown_command(&argv)),
         Some(spec) if !arity_ok(spec.arity, argv.len()) => Err(Error::WrongArity(spec.name)),
         Some(spec) if !client.authenticated && !spec.no_auth => Err(Error::NoAuth),
+        Some(spec)
+            if client.proto == Protocol::Resp2
+                && !client.subscriptions.is_empty()
+                && !subscribe::allowed_while_subscribed(spec.name) =>
+        {
+            Err(Error::Request(format!(
+                "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
+                 RESET are allowed in this context",
+                spec.name
+            )))
+        }
         Some(spec) => (spec.run)(argv, client, shared),
     };
     match result {

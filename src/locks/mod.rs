@@ -295,6 +295,26 @@ impl<M: Master> LockService<M> {
         Ok(extended)
     }
 
+    /// Replaces the token of `key` in `db` with `new_token` and sets its TTL to `ttl_ms`, if it
+    /// holds `token`: true when a quorum did in time. Not granted, the lock may be held with
+    /// either token on each master until it expires: nobody else can take it meanwhile, and a
+    /// release must name the token a quorum holds (see [`LockService::inspect`]).
+    pub async fn swap(
+        &self,
+        db: u32,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> Result<bool, Error> {
+        let key = self.keys.key(db, key);
+        let swapped = self.redlock.swap(&key, token, new_token, ttl_ms).await?;
+        if swapped.is_some() {
+            Stats::bump(&self.stats.extended);
+        }
+        Ok(swapped.is_some())
+    }
+
     /// Who holds `key` in `db` as a quorum sees it; `None` when no quorum holds one token.
     pub async fn inspect(&self, db: u32, key: &[u8]) -> Result<Option<Holder>, Error> {
         let key = self.keys.key(db, key);
