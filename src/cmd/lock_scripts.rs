@@ -762,8 +762,8 @@ pub fn run(
                 };
                 if count > 1 {
                     let fewer = redisson_token(count - 1, owner);
-                    let swapped = locks.swap(db, key, &holder.token, &fewer, lease).await?;
-                    return Ok(if swapped {
+                    let swapped = swap_or_undo(&locks, db, key, &holder.token, &fewer, lease);
+                    return Ok(if swapped.await? {
                         Reply::Integer(0)
                     } else {
                         Reply::Null
@@ -905,7 +905,7 @@ async fn redisson_lock(
             )),
             Some(count) => {
                 let more = redisson_token(count + 1, owner);
-                if locks.swap(db, key, &holder.token, &more, lease).await? {
+                if swap_or_undo(locks, db, key, &holder.token, &more, lease).await? {
                     Ok(Taken::Yes(-1))
                 } else {
                     Ok(held_for(locks.inspect(db, key).await?))
@@ -914,6 +914,24 @@ async fn redisson_lock(
             None => Ok(held_for(Some(holder))),
         },
     }
+}
+
+/// Swaps `key`'s token `from` for `to` (a Redisson hold count changing); when no quorum did
+/// in time, puts `from` back where `to` landed, so the count the client was told stands.
+async fn swap_or_undo(
+    locks: &Locks,
+    db: u32,
+    key: &[u8],
+    from: &[u8],
+    to: &[u8],
+    lease: u64,
+) -> Result<bool, Error> {
+    if locks.swap(db, key, from, to, lease).await? {
+        return Ok(true);
+    }
+    // Best effort: a master that keeps `to` still keeps everyone else out until it expires.
+    let _ = locks.swap(db, key, to, from, lease).await;
+    Ok(false)
 }
 
 /// Redisson's watchdog: extends `key` to `lease` if `owner` holds it.

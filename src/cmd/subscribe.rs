@@ -184,6 +184,7 @@ fn subscribe(
     }
     let (subscribed, _, message) = kind.words();
     let mut replies = Vec::with_capacity(named.len());
+    let mut readiness = Vec::new();
     for (channel, locks) in named {
         if !client
             .subscriptions
@@ -206,7 +207,10 @@ fn subscribe(
                     .locks
                     .watch_releases(client.db, lock, stop.clone(), released);
                 match watching {
-                    Ok(watching) => drop(tokio::spawn(watching)),
+                    Ok((watch, ready)) => {
+                        drop(tokio::spawn(watch));
+                        readiness.push(ready.ready());
+                    }
                     Err(e) => {
                         stop.cancel();
                         return Err(e.into());
@@ -224,7 +228,12 @@ fn subscribe(
             Reply::Integer(client.subscriptions.count(kind)),
         ]));
     }
-    Ok(Reply::Sequence(replies).into())
+    // Confirmed once every release from now on will be heard: a client that looks at the lock
+    // after its confirmation cannot miss the release that follows.
+    Ok(Outcome::later(async move {
+        futures_util::future::join_all(readiness).await;
+        Ok(Reply::Sequence(replies))
+    }))
 }
 
 fn unsubscribe(argv: &[Bytes], client: &mut Client, kind: Kind) -> Reply {

@@ -23,7 +23,7 @@ use crate::stats::Stats;
 use keys::Schema;
 use waiters::Waiters;
 
-pub use session::{Limits, Session};
+pub use session::{Limits, Session, Watching};
 
 /// The lock service as the proxy runs it: over [`Member`]s, real masters or in-memory ones.
 pub type Locks = LockService<Member>;

@@ -70,6 +70,18 @@ impl Drop for Place {
     }
 }
 
+/// Resolves once a watch ([`Session::watch_releases`]) hears every release from then on (or
+/// has ended).
+#[derive(Debug)]
+pub struct Watching(tokio::sync::oneshot::Receiver<()>);
+
+impl Watching {
+    /// Waits until the watch hears every release, or has ended.
+    pub async fn ready(self) {
+        let _ = self.0.await;
+    }
+}
+
 /// One connection's handle on the lock service; clones share its session locks.
 #[derive(Debug)]
 pub struct Session<M> {
@@ -256,20 +268,22 @@ impl<M: Master> Session<M> {
 
     /// Calls `released` on every release of `key` in `db` through any proxy, until `until` is
     /// cancelled or the connection's waits end (a client library's subscription to a lock's
-    /// channel). It counts as one of the connection's waits while it runs; refused at once when
-    /// the connection is at that cap.
+    /// channel): the watch to run, and what tells when every release from then on is heard.
+    /// It counts as one of the connection's waits while it runs; refused at once when the
+    /// connection is at that cap.
     pub fn watch_releases(
         &self,
         db: u32,
         key: Bytes,
         until: CancellationToken,
         released: impl FnMut() + Send + 'static,
-    ) -> Result<impl Future<Output = ()> + Send + 'static, Error> {
+    ) -> Result<(impl Future<Output = ()> + Send + 'static, Watching), Error> {
         let place = Place::take(&self.waiting, self.limits.waits).ok_or(Error::TooManyWaits {
             max: self.limits.waits,
         })?;
         let (service, waits) = (self.service.clone(), self.waits.clone());
-        Ok(async move {
+        let (ready, watching) = tokio::sync::oneshot::channel();
+        let watch = async move {
             let _place = place;
             let lock = service.keys.lock(db, &key);
             let until = async {
@@ -279,7 +293,7 @@ impl<M: Master> Session<M> {
                 }
             };
             let stop = CancellationToken::new();
-            let watching = service.watch_lock_releases(&lock, &stop, released);
+            let watching = service.watch_lock_releases(&lock, &stop, ready, released);
             tokio::pin!(watching);
             tokio::select! {
                 _ = &mut watching => {}
@@ -288,7 +302,8 @@ impl<M: Master> Session<M> {
                     watching.await;
                 }
             }
-        })
+        };
+        Ok((watch, Watching(watching)))
     }
 
     /// Stops every keeper and releases every session lock still held, on all masters.

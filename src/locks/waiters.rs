@@ -358,11 +358,14 @@ impl<M: Master> LockService<M> {
     }
 
     /// Calls `released` on every release of `lock` through any proxy, until `until` is
-    /// cancelled. Takes nothing; a lock that expires without a release is not reported.
+    /// cancelled; `ready` is sent once every release from then on will be heard (this proxy is
+    /// named in the lock's marker on the masters). Takes nothing; a lock that expires without
+    /// a release is not reported.
     pub(super) async fn watch_lock_releases(
         &self,
         lock: &LockKey,
         until: &CancellationToken,
+        ready: tokio::sync::oneshot::Sender<()>,
         mut released: impl FnMut() + Send,
     ) {
         let mut ticket = Ticket::watch(self, lock);
@@ -370,11 +373,15 @@ impl<M: Master> LockService<M> {
             let ticket = &ticket;
             let mut mark = Mark { until: None };
             let mut seen = ticket.queue.releases.load(Ordering::Acquire);
+            let mut ready = Some(ready);
             loop {
                 let notified = ticket.queue.changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 mark.renew(ticket).await;
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
                 if ticket.queue.releases.load(Ordering::Acquire) != seen {
                     released();
                     // Every master that released it announces it: the copies follow within
