@@ -405,6 +405,18 @@ async fn redisson(protocol: u8) {
         30_000,
     )
     .await;
+    // getHoldCount() and isHeldByCurrentThread() read the lock's hash.
+    b.roundtrip(&["HGET", "orders", owner_a], b"$1\r\n2\r\n")
+        .await;
+    b.roundtrip(&["HGET", "orders", owner_b], null(protocol))
+        .await;
+    b.roundtrip(&["HEXISTS", "orders", owner_a], b":1\r\n")
+        .await;
+    b.roundtrip(&["HEXISTS", "orders", owner_b], b":0\r\n")
+        .await;
+    // isLocked() and remainTimeToLive().
+    b.roundtrip(&["EXISTS", "orders"], b":1\r\n").await;
+    int_in(&mut b, &["PTTL", "orders"], 20_000, 30_000).await;
     // The watchdog: single and batched renewals.
     a.roundtrip(
         &["EVALSHA", RENEW, "1", "orders", "30000", owner_a],

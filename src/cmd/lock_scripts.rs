@@ -836,7 +836,7 @@ fn redisson_token(count: u64, owner: &[u8]) -> Bytes {
 }
 
 /// How many times `owner` holds a lock whose token is `token`; `None` when someone else does.
-fn redisson_holds(token: &[u8], owner: &[u8]) -> Option<u64> {
+pub(super) fn redisson_holds(token: &[u8], owner: &[u8]) -> Option<u64> {
     let colon = token.iter().position(|&b| b == b':')?;
     let (count, rest) = (&token[..colon], &token[colon + 1..]);
     if rest != owner {

@@ -16,6 +16,7 @@ mod exists;
 mod extend;
 mod get;
 mod hello;
+mod hget;
 mod info;
 mod lock;
 mod lock_scripts;
@@ -62,6 +63,8 @@ pub static COMMANDS: &[&Spec] = &[
     &eval::EVAL,
     &script::SPEC,
     &blpop::SPEC,
+    &hget::HGET,
+    &hget::HEXISTS,
     &subscribe::SUBSCRIBE,
     &subscribe::UNSUBSCRIBE,
     &subscribe::SSUBSCRIBE,
