@@ -591,6 +591,31 @@ async fn redisson_fenced_lock() {
         &["Redisson", "lockAndGetToken"],
     )
     .await;
+    // The plain lock() of a FencedLock takes a fence too, and is reentrant.
+    let plain = |owner| {
+        let sha = "46b5551ba403d6152a7a6eca122e08728d6c8c66";
+        [
+            "EVALSHA",
+            sha,
+            "2",
+            "plain",
+            "redisson_lock_token:{plain}",
+            "30000",
+            owner,
+        ]
+    };
+    a.roundtrip(&plain(owner_a), b"_\r\n").await;
+    a.roundtrip(&plain(owner_a), b"_\r\n").await;
+    int_in(&mut b, &plain(owner_b), 20_000, 30_000).await;
+    b.roundtrip(&["HGET", "plain", owner_a], b"$1\r\n2\r\n")
+        .await;
+    // Redisson's sentinel, cluster and replicated modes: refused, saying what to use.
+    err_with(
+        &mut b,
+        &["WAIT", "1", "1000"],
+        &["Redisson", "useSingleServer"],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ mod select;
 mod set;
 pub mod subscribe;
 mod unlock;
+mod wait;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub static COMMANDS: &[&Spec] = &[
     &blpop::SPEC,
     &hget::HGET,
     &hget::HEXISTS,
+    &wait::WAIT,
+    &wait::WAITAOF,
     &subscribe::SUBSCRIBE,
     &subscribe::UNSUBSCRIBE,
     &subscribe::SSUBSCRIBE,
