@@ -746,36 +746,23 @@ pub fn run(
         }
         Op::RedissonUnlock { free_is_released } => {
             let lease = ttl(1)?;
+            // Since 3.24 the unlock names a latch, KEYS[3], kept for ARGV[5] ms: a retried
+            // unlock gets the first one's answer instead of acting again.
+            let latch = match (&keys[..], &args[..]) {
+                ([_, _, latch], [.., timeout]) if args.len() == 5 => {
+                    parse_ttl_ms(timeout, cmd, shared)
+                        .ok()
+                        .map(|ms| (latch.clone(), ms))
+                }
+                _ => None,
+            };
             Outcome::later(async move {
                 let (key, owner) = (&keys[0], &args[2]);
-                let holder = locks.inspect(db, key).await?;
-                let Some(holder) = holder else {
-                    return Ok(if free_is_released {
-                        Reply::Integer(1)
-                    } else {
-                        Reply::Null
-                    });
+                let how = Unlock {
+                    free_is_released,
+                    lease,
                 };
-                let count = match redisson_holds(&holder.token, owner) {
-                    Some(count) => count,
-                    None => return Ok(Reply::Null),
-                };
-                if count > 1 {
-                    let fewer = redisson_token(count - 1, owner);
-                    let swapped = swap_or_undo(&locks, db, key, &holder.token, &fewer, lease);
-                    return Ok(if swapped.await? {
-                        Reply::Integer(0)
-                    } else {
-                        Reply::Null
-                    });
-                }
-                // The release is announced: Redisson's subscribers hear "0" from the proxy.
-                let released = locks.release(db, key, &holder.token).await?;
-                Ok(if released {
-                    Reply::Integer(1)
-                } else {
-                    Reply::Null
-                })
+                redisson_unlock(&locks, db, key, owner, how, latch).await
             })
         }
         Op::RedissonRenew => {
@@ -914,6 +901,64 @@ async fn redisson_lock(
             None => Ok(held_for(Some(holder))),
         },
     }
+}
+
+/// How a Redisson unlock answers.
+#[derive(Debug, Clone, Copy)]
+struct Unlock {
+    /// A lock nobody holds counts as released (the oldest script).
+    free_is_released: bool,
+    /// The lease left to a lock still held.
+    lease: u64,
+}
+
+/// Redisson's unlock by `owner`: one hold fewer (by a quorum swap), or the release when it was
+/// the last; the answer is kept in `latch` (key, ms), itself a lock, for a retry to find.
+async fn redisson_unlock(
+    locks: &Locks,
+    db: u32,
+    key: &[u8],
+    owner: &[u8],
+    how: Unlock,
+    latch: Option<(Bytes, u64)>,
+) -> Result<Reply, Error> {
+    let latched = async {
+        match &latch {
+            Some((latch, _)) => locks.inspect(db, latch).await,
+            None => Ok(None),
+        }
+    };
+    let (holder, latched) = futures_util::join!(locks.inspect(db, key), latched);
+    if let Some(latched) = latched? {
+        if let Some(answer) = std::str::from_utf8(&latched.token)
+            .ok()
+            .and_then(|t| t.parse().ok())
+        {
+            return Ok(Reply::Integer(answer));
+        }
+    }
+    let answer = match holder? {
+        None => how.free_is_released.then_some(1),
+        Some(holder) => match redisson_holds(&holder.token, owner) {
+            None => None,
+            Some(count) if count > 1 => {
+                let fewer = redisson_token(count - 1, owner);
+                let swapped = swap_or_undo(locks, db, key, &holder.token, &fewer, how.lease);
+                swapped.await?.then_some(0)
+            }
+            // The release is announced: Redisson's subscribers hear "0" from the proxy.
+            Some(_) => locks.release(db, key, &holder.token).await?.then_some(1),
+        },
+    };
+    let Some(answer) = answer else {
+        return Ok(Reply::Null);
+    };
+    if let Some((latch, ms)) = latch {
+        // Only a retry reads it: failing to keep it costs that retry a nil, never a lock.
+        let token = Bytes::from(answer.to_string());
+        let _ = locks.acquire(db, &latch, token, Acquire::once(ms)).await;
+    }
+    Ok(Reply::Integer(answer))
 }
 
 /// Swaps `key`'s token `from` for `to` (a Redisson hold count changing); when no quorum did
