@@ -274,7 +274,7 @@ async fn redlock_rb_resp3() {
 // RedLock.net: SCRIPT LOAD once per endpoint, SET ... EX|PX ... NX, then EVALSHA
 
 async fn redlock_net(protocol: u8) {
-    let (_cluster, mut a, mut b) = two(protocol).await;
+    let (cluster, mut a, mut b) = two(protocol).await;
     let unlock_lf = body("RedLock.net", "Unlock.lua (LF)");
     let extend_lf = body("RedLock.net", "Extend.lua (LF)");
     let (unlock, extend) = (sha1(&unlock_lf), sha1(&extend_lf));
@@ -292,6 +292,11 @@ async fn redlock_net(protocol: u8) {
         crlf
     );
     let key = "redlock:{invoice-7}";
+    // StackExchange.Redis's configuration channel: accepted on its subscription connection.
+    let mut sub = conn(&cluster.a, protocol).await;
+    let channel = "__Booksleeve_MasterChanged";
+    let confirmed = support::flatten(&sub.call(&["SUBSCRIBE", channel]).await);
+    assert_eq!(confirmed, format!("subscribe {channel} 1"));
     a.roundtrip(&["SET", key, "id-a", "EX", "30", "NX"], b"+OK\r\n")
         .await;
     b.roundtrip(&["SET", key, "id-b", "PX", "30500", "NX"], null(protocol))

@@ -151,9 +151,18 @@ impl Drop for Subscriptions {
     }
 }
 
-/// The lock names a Redisson channel speaks for: `{X}` stands for lock `X`, and for lock `{X}`
-/// (a name with a brace gets no braces added).
+/// StackExchange.Redis (under RedLock.net) subscribes to its configuration channel on
+/// connect, and only listens: in Redis a message comes when a client publishes a master change,
+/// and through the proxy nobody can publish, so it is accepted and never fed.
+const STACKEXCHANGE_CHANNEL: &[u8] = b"__Booksleeve_MasterChanged";
+
+/// The lock names a channel speaks for: a Redisson channel's `{X}` stands for lock `X`, and for
+/// lock `{X}` (a name with a brace gets no braces added); StackExchange.Redis's configuration
+/// channel, none. `None` for a channel the proxy does not serve.
 fn redisson_locks(channel: &[u8]) -> Option<Vec<Bytes>> {
+    if channel == STACKEXCHANGE_CHANNEL {
+        return Some(Vec::new());
+    }
     let rest = channel.strip_prefix(REDISSON_CHANNEL)?;
     if rest.is_empty() {
         return None;
@@ -297,5 +306,6 @@ mod tests {
         assert_eq!(names, vec![Bytes::from("a{b}")]);
         assert!(redisson_locks(b"redisson_lock__channel:").is_none());
         assert!(redisson_locks(b"news").is_none());
+        assert_eq!(redisson_locks(b"__Booksleeve_MasterChanged"), Some(vec![]));
     }
 }
