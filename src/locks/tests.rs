@@ -223,17 +223,17 @@ async fn a_lost_session_lock_is_reported_not_acted_on() {
     assert!(session.inspect(0, key).await.is_ok());
 }
 
+/// Takes `key` in database 0 with `t` as `how` says: true when granted.
+async fn takes(locks: &LockService<MemMaster>, key: &[u8], t: &'static str, how: Acquire) -> bool {
+    let granted = locks.acquire(0, key, token(t), how).await;
+    granted.unwrap().is_some()
+}
+
 #[tokio::test(start_paused = true)]
 async fn swap_replaces_only_the_token_it_names() {
     let (locks, masters) = service(3);
     let how = Acquire::once(1_000);
-    assert!(
-        locks
-            .acquire(0, b"k", token("1:o"), how)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(takes(&locks, b"k", "1:o", how).await);
     assert!(!locks.swap(0, b"k", b"1:x", b"2:x", 5_000).await.unwrap());
     assert!(locks.swap(0, b"k", b"1:o", b"2:o", 5_000).await.unwrap());
     assert!(
@@ -251,13 +251,7 @@ async fn swap_replaces_only_the_token_it_names() {
 async fn a_watcher_wakes_on_release_and_takes_nothing() {
     let (locks, _) = service(3);
     let how = Acquire::once(10_000);
-    assert!(
-        locks
-            .acquire(0, b"k", token("a"), how)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(takes(&locks, b"k", "a", how).await);
     let session = Session::new(locks.clone());
     let started = tokio::time::Instant::now();
     let free = tokio::spawn(session.await_free(0, Bytes::from_static(b"k"), None));
@@ -269,13 +263,7 @@ async fn a_watcher_wakes_on_release_and_takes_nothing() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(locks.waiting_keys(), 0);
     // Held until its end: the wait runs out.
-    assert!(
-        locks
-            .acquire(0, b"k", token("b"), how)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(takes(&locks, b"k", "b", how).await);
     let wait = Some(Duration::from_millis(300));
     assert!(
         !session
@@ -301,13 +289,7 @@ async fn a_release_watcher_hears_each_release() {
     ready.ready().await;
     for (i, t) in ["a", "b"].into_iter().enumerate() {
         let how = Acquire::once(10_000);
-        assert!(
-            locks
-                .acquire(0, b"k", token(t), how)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(takes(&locks, b"k", t, how).await);
         assert!(locks.release(0, b"k", t.as_bytes()).await.unwrap());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(count(&heard), i as u64 + 1);
