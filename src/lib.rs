@@ -20,7 +20,8 @@
 //! cmd/           one file per command (parse argv → call the lock service → reply); mod.rs: the
 //!                one name → command table, dispatch, per-connection Client and process-wide
 //!                Shared state, and `reply`, where results and errors become replies;
-//!                lock_scripts.rs: client libraries' lock scripts known by SHA1;
+//!                lock_scripts.rs: client libraries' lock scripts known by SHA1; redisson.rs:
+//!                Redisson's reentrant lock, its hold count in the token;
 //!                blpop.rs, subscribe.rs: the libraries' own waits (a signal list, a lock
 //!                channel), fed by the proxy's release announcements
 //! error.rs       typed errors of a command and their Redis-style error replies

@@ -1,14 +1,14 @@
 //! `HGET key field` and `HEXISTS key field` on a Redisson lock: how Redisson's
 //! `getHoldCount()` and `isHeldByCurrentThread()` read the hash its locks are, with the owner
 //! (`<uuid>:<threadId>`) as the field. The proxy keeps the hold count in the lock's token (see
-//! `lock_scripts`), so these answer from the token a quorum holds: the count, or 1/0. A lock that
+//! `redisson`), so these answer from the token a quorum holds: the count, or 1/0. A lock that
 //! is not a Redisson lock holds no fields. The proxy stores no other hashes.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::lock_scripts::redisson_holds;
+use super::redisson;
 use super::{ArgDoc, Client, Outcome, Shared, Spec};
 use crate::error::Error;
 use crate::protocol::Reply;
@@ -42,7 +42,7 @@ fn holds(
     let (db, locks) = (client.db, client.locks.service().clone());
     Ok(Outcome::later(async move {
         let holder = locks.inspect(db, &argv[1]).await?;
-        let count = holder.and_then(|h| redisson_holds(&h.token, &argv[2]));
+        let count = holder.and_then(|h| redisson::holds(&h.token, &argv[2]));
         Ok(match (exists, count) {
             (true, count) => Reply::Integer(i64::from(count.is_some())),
             (false, Some(count)) => Reply::bulk(count.to_string()),

@@ -5,15 +5,14 @@
 //! python-redis-lock's `reset_all`) are known too, and refused with an error that names the
 //! library and what to use instead.
 //!
-//! The libraries' own data models are kept as far as a Redlock lock can hold them: a Redisson
-//! lock's reentrancy count lives in its token (`<count>:<uuid>:<threadId>`), changed only by a
-//! quorum swap, so the lock is never free between two holds of its owner.
+//! Redisson's reentrant lock has a room of its own, `redisson`.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 
+use super::redisson::{self, Fence, Taken, Unlock};
 use super::{Client, Outcome, Shared, parse_int, parse_ttl_ms, ttl_ms_in_range};
 use crate::error::Error;
 use crate::locks::{self, Acquire, Locks};
@@ -726,7 +725,7 @@ pub fn run(
             let lease = ttl(0)?;
             Outcome::later(async move {
                 let how = if fenced { Fence::Silent } else { Fence::None };
-                let taken = redisson_lock(&locks, db, &keys[0], &args[1], lease, how).await?;
+                let taken = redisson::lock(&locks, db, &keys[0], &args[1], lease, how).await?;
                 Ok(match taken {
                     Taken::Yes(_) => Reply::Null,
                     Taken::HeldFor(ms) => Reply::Integer(ms),
@@ -737,7 +736,7 @@ pub fn run(
             let lease = ttl(0)?;
             Outcome::later(async move {
                 let how = Fence::Token;
-                let taken = redisson_lock(&locks, db, &keys[0], &args[1], lease, how).await?;
+                let taken = redisson::lock(&locks, db, &keys[0], &args[1], lease, how).await?;
                 Ok(Reply::Array(match taken {
                     Taken::Yes(fence) => vec![Reply::Integer(-1), Reply::Integer(fence)],
                     Taken::HeldFor(ms) => vec![Reply::Integer(ms), Reply::Integer(-1)],
@@ -762,13 +761,13 @@ pub fn run(
                     free_is_released,
                     lease,
                 };
-                redisson_unlock(&locks, db, key, owner, how, latch).await
+                redisson::unlock(&locks, db, key, owner, how, latch).await
             })
         }
         Op::RedissonRenew => {
             let lease = ttl(0)?;
             Outcome::later(async move {
-                let renewed = redisson_renew(&locks, db, &keys[0], &args[1], lease).await?;
+                let renewed = redisson::renew(&locks, db, &keys[0], &args[1], lease).await?;
                 Ok(Reply::Integer(i64::from(renewed)))
             })
         }
@@ -778,7 +777,7 @@ pub fn run(
                 let renewals = keys
                     .iter()
                     .zip(&args[1..])
-                    .map(|(key, owner)| redisson_renew(&locks, db, key, owner, lease));
+                    .map(|(key, owner)| redisson::renew(&locks, db, key, owner, lease));
                 let mut replies = Vec::with_capacity(keys.len());
                 for renewed in join_all(renewals).await {
                     replies.push(Reply::Integer(i64::from(renewed?)));
@@ -812,187 +811,6 @@ async fn extend_or_acquire(
         .acquire(db, key, token.clone(), Acquire::once(ttl_ms))
         .await?;
     Ok(granted.is_some())
-}
-
-/// A Redisson lock's token: its owner (`<uuid>:<threadId>`) and how many times it holds it.
-fn redisson_token(count: u64, owner: &[u8]) -> Bytes {
-    let mut token = count.to_string().into_bytes();
-    token.push(b':');
-    token.extend_from_slice(owner);
-    token.into()
-}
-
-/// How many times `owner` holds a lock whose token is `token`; `None` when someone else does.
-pub(super) fn redisson_holds(token: &[u8], owner: &[u8]) -> Option<u64> {
-    let colon = token.iter().position(|&b| b == b':')?;
-    let (count, rest) = (&token[..colon], &token[colon + 1..]);
-    if rest != owner {
-        return None;
-    }
-    std::str::from_utf8(count).ok()?.parse().ok()
-}
-
-/// Whether a Redisson acquire takes a fence, and what its reply says of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fence {
-    None,
-    /// Taken with a first hold, not reported (FencedLock's plain `lock()`).
-    Silent,
-    /// Taken and reported (FencedLock's `lockAndGetToken()`).
-    Token,
-}
-
-/// What a Redisson acquire got.
-enum Taken {
-    /// Held by the owner now; the fence when one was reported.
-    Yes(i64),
-    /// Held by someone else, for about this many ms more.
-    HeldFor(i64),
-}
-
-/// What Redisson's clients wait when a lock is held but no quorum agrees on its holder (an
-/// acquire or a swap that missed a quorum, until it expires): they retry after it.
-const REDISSON_UNSETTLED_MS: i64 = 100;
-
-/// Redisson's tryLock: a first hold takes the lock with token `1:<owner>` (and a fence when
-/// asked); the owner's next holds raise the count by a quorum swap, so the lock stays held
-/// throughout.
-async fn redisson_lock(
-    locks: &Locks,
-    db: u32,
-    key: &[u8],
-    owner: &[u8],
-    lease: u64,
-    fence: Fence,
-) -> Result<Taken, Error> {
-    let held_for = |h: Option<locks::Holder>| match h {
-        Some(h) => Taken::HeldFor(i64::try_from(h.validity_ms).unwrap_or(i64::MAX)),
-        None => Taken::HeldFor(REDISSON_UNSETTLED_MS),
-    };
-    match locks.inspect(db, key).await? {
-        None => {
-            let how = Acquire {
-                fence: fence != Fence::None,
-                ..Acquire::once(lease)
-            };
-            let token = redisson_token(1, owner);
-            match locks.acquire(db, key, token, how).await? {
-                Some(granted) => {
-                    let fence = granted.fence.map_or(-1, |f| i64::try_from(f).unwrap_or(-1));
-                    Ok(Taken::Yes(fence))
-                }
-                None => Ok(held_for(locks.inspect(db, key).await?)),
-            }
-        }
-        Some(holder) => match redisson_holds(&holder.token, owner) {
-            Some(_) if fence == Fence::Token => Err(Error::Request(
-                "Redisson FencedLock taken again by its holder: the proxy grants a fence only \
-                 with a first hold; unlock it first, or use lock() for a reentrant hold"
-                    .into(),
-            )),
-            Some(count) => {
-                let more = redisson_token(count + 1, owner);
-                if swap_or_undo(locks, db, key, &holder.token, &more, lease).await? {
-                    Ok(Taken::Yes(-1))
-                } else {
-                    Ok(held_for(locks.inspect(db, key).await?))
-                }
-            }
-            None => Ok(held_for(Some(holder))),
-        },
-    }
-}
-
-/// How a Redisson unlock answers.
-#[derive(Debug, Clone, Copy)]
-struct Unlock {
-    /// A lock nobody holds counts as released (the oldest script).
-    free_is_released: bool,
-    /// The lease left to a lock still held.
-    lease: u64,
-}
-
-/// Redisson's unlock by `owner`: one hold fewer (by a quorum swap), or the release when it was
-/// the last; the answer is kept in `latch` (key, ms), itself a lock, for a retry to find.
-async fn redisson_unlock(
-    locks: &Locks,
-    db: u32,
-    key: &[u8],
-    owner: &[u8],
-    how: Unlock,
-    latch: Option<(Bytes, u64)>,
-) -> Result<Reply, Error> {
-    let latched = async {
-        match &latch {
-            Some((latch, _)) => locks.inspect(db, latch).await,
-            None => Ok(None),
-        }
-    };
-    let (holder, latched) = futures_util::join!(locks.inspect(db, key), latched);
-    if let Some(latched) = latched? {
-        if let Some(answer) = std::str::from_utf8(&latched.token)
-            .ok()
-            .and_then(|t| t.parse().ok())
-        {
-            return Ok(Reply::Integer(answer));
-        }
-    }
-    let answer = match holder? {
-        None => how.free_is_released.then_some(1),
-        Some(holder) => match redisson_holds(&holder.token, owner) {
-            None => None,
-            Some(count) if count > 1 => {
-                let fewer = redisson_token(count - 1, owner);
-                let swapped = swap_or_undo(locks, db, key, &holder.token, &fewer, how.lease);
-                swapped.await?.then_some(0)
-            }
-            // The release is announced: Redisson's subscribers hear "0" from the proxy.
-            Some(_) => locks.release(db, key, &holder.token).await?.then_some(1),
-        },
-    };
-    let Some(answer) = answer else {
-        return Ok(Reply::Null);
-    };
-    if let Some((latch, ms)) = latch {
-        // Only a retry reads it: failing to keep it costs that retry a nil, never a lock.
-        let token = Bytes::from(answer.to_string());
-        let _ = locks.acquire(db, &latch, token, Acquire::once(ms)).await;
-    }
-    Ok(Reply::Integer(answer))
-}
-
-/// Swaps `key`'s token `from` for `to` (a Redisson hold count changing); when no quorum did
-/// in time, puts `from` back where `to` landed, so the count the client was told stands.
-async fn swap_or_undo(
-    locks: &Locks,
-    db: u32,
-    key: &[u8],
-    from: &[u8],
-    to: &[u8],
-    lease: u64,
-) -> Result<bool, Error> {
-    if locks.swap(db, key, from, to, lease).await? {
-        return Ok(true);
-    }
-    // Best effort: a master that keeps `to` still keeps everyone else out until it expires.
-    let _ = locks.swap(db, key, to, from, lease).await;
-    Ok(false)
-}
-
-/// Redisson's watchdog: extends `key` to `lease` if `owner` holds it.
-async fn redisson_renew(
-    locks: &Locks,
-    db: u32,
-    key: &[u8],
-    owner: &[u8],
-    lease: u64,
-) -> Result<bool, Error> {
-    match locks.inspect(db, key).await? {
-        Some(h) if redisson_holds(&h.token, owner).is_some() => {
-            Ok(locks.extend(db, key, &h.token, lease).await?)
-        }
-        _ => Ok(false),
-    }
 }
 
 #[cfg(test)]
@@ -1033,16 +851,6 @@ mod tests {
                 e["name"]
             );
         }
-    }
-
-    #[test]
-    fn redisson_tokens_count_the_owners_holds() {
-        let t = redisson_token(2, b"8f1c:1");
-        assert_eq!(&t[..], b"2:8f1c:1");
-        assert_eq!(redisson_holds(&t, b"8f1c:1"), Some(2));
-        assert_eq!(redisson_holds(&t, b"8f1c:2"), None);
-        assert_eq!(redisson_holds(b"plain-token", b"8f1c:1"), None);
-        assert_eq!(redisson_holds(b"x:8f1c:1", b"8f1c:1"), None);
     }
 
     #[test]

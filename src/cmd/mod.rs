@@ -24,6 +24,7 @@ mod lockttl;
 mod ping;
 mod pttl;
 mod quit;
+mod redisson;
 mod reset;
 mod script;
 mod select;
