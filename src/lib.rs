@@ -22,15 +22,18 @@
 //! cmd/           one file per command (parse argv → call the lock service → reply); mod.rs: the
 //!                one name → command table, dispatch, per-connection Client and process-wide
 //!                Shared state, and `reply`, where results and errors become replies;
-//!                lock_scripts.rs: client libraries' lock scripts known by SHA1;
+//!                lock_scripts.rs: client libraries' lock scripts known by SHA1; redisson.rs:
+//!                Redisson's reentrant lock, its hold count in the token;
+//!                blpop.rs, subscribe.rs: the libraries' own waits (a signal list, a lock
+//!                channel), fed by the proxy's release announcements;
 //!                metrics.rs: each request's command, latency and outcome, counted
 //! error.rs       typed errors of a command and their Redis-style error replies
 //!        │
 //! locks/         the lock service, generic over Master; mod.rs: acquire / release / extend /
-//!                inspect / force-release, typed results and errors, counters;
+//!                swap / inspect / force-release, typed results and errors, counters;
 //!                keys.rs: the key schema, every name the proxy writes on a master;
-//!                waiters.rs: LOCK ... WAIT queues; session.rs: a connection's handle, and its
-//!                LOCK ... SESSION keepers; tests.rs: the service over in-memory masters
+//!                waiters.rs: LOCK ... WAIT queues and release watchers; session.rs: a
+//!                connection's handle, and its LOCK ... SESSION keepers; tests.rs: the service over in-memory masters
 //!        │
 //! redlock/       mod.rs: one Redlock round over N masters (acquire, fenced acquire, release,
 //!                extend, inspect, fence repair); quorum.rs: the arithmetic (pure,

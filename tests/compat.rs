@@ -1,5 +1,7 @@
-//! Compatibility suite: real client libraries, at the versions pinned in `tests/compat/`
-//! (`requirements.txt`, `package.json`, `package-lock.json`), run against two proxies over the
+//! Compatibility suite: real client libraries (redis-py, node-redlock, ioredis, node-redis, and
+//! the lock libraries python-redis-lock, pottery, aioredlock and redis-semaphore), at the
+//! versions pinned in `tests/compat/` (`requirements.txt`, `package.json`,
+//! `package-lock.json`), run against two proxies over the
 //! same three masters, so a lock taken through one proxy must be seen and refused through the
 //! other. Each client script asserts its own outcomes and prints `ok <check>` per check; the
 //! tests here also require every expected check, the pinned version and a clean exit.
@@ -24,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use redis_protocol::resp3::types::OwnedFrame;
 use redlock_proxy::config::Config;
-use redlock_proxy::embedded::RedisServer;
 use support::{Conn, TestProxy};
 use tokio::io::AsyncReadExt;
 
@@ -34,6 +35,10 @@ const IOREDIS: &str = "6.0.0";
 const NODE_REDIS: &str = "6.3.1";
 const REDLOCK5: &str = "5.0.0-beta.2";
 const REDLOCK4: &str = "4.2.0";
+const PYTHON_REDIS_LOCK: &str = "4.0.1";
+const POTTERY: &str = "3.0.1";
+const AIOREDLOCK: &str = "0.7.3";
+const REDIS_SEMAPHORE: &str = "5.8.0";
 
 /// `[redlock] default_ttl_ms` of the test proxies: the TTL of `SET key token NX`.
 fn default_ttl_ms() -> i64 {
@@ -305,28 +310,9 @@ fn tail(stdout: &str, stderr: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Running the client scripts
 
-/// Three masters and two proxies over them.
-struct Cluster {
-    a: TestProxy,
-    b: TestProxy,
-    _masters: Vec<RedisServer>,
-}
+use support::Cluster;
 
 impl Cluster {
-    async fn start() -> Cluster {
-        let masters = support::masters(3);
-        // Client compatibility is under test, not latency: on a loaded machine the in-process
-        // proxies can be descheduled past the default 50 ms master deadline (NOQUORUM).
-        let deadline = |c: &mut Config| c.redlock.master_deadline_ms = 1_000;
-        let a = support::proxy_with(&masters, deadline).await;
-        let b = support::proxy_with(&masters, deadline).await;
-        Cluster {
-            a,
-            b,
-            _masters: masters,
-        }
-    }
-
     /// The proxies as the scripts take them.
     fn args(&self) -> Vec<String> {
         vec![
@@ -585,6 +571,102 @@ async fn node_redis_lock_commands() {
     out.assert_passed(
         &format!("redis {NODE_REDIS}"),
         &["handshake", "lock_unlock", "set_px_nx", "set_ex_nx"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The other lock libraries that install here (issue 16; the rest are replayed in locklibs.rs)
+
+/// `tests/compat/locklibs.py --lib lib`, in `protocol` (None: redis-py's default, RESP3).
+async fn python_locklib(lib: &str, protocol: Option<u8>) -> ScriptOutput {
+    let python = python();
+    let cluster = Cluster::start().await;
+    let mut args = cluster.args();
+    args.extend(["--lib".into(), lib.into()]);
+    if let Some(p) = protocol {
+        args.extend(["--protocol".into(), p.to_string()]);
+    }
+    run_script(python, "locklibs.py", &args, &[]).await
+}
+
+const PYTHON_REDIS_LOCK_CHECKS: &[&str] = &[
+    "acquire",
+    "contention",
+    "extend",
+    "not_owner",
+    "reset",
+    "context_manager",
+    "auto_renewal",
+];
+
+async fn python_redis_lock(protocol: Option<u8>) {
+    let out = python_locklib("python-redis-lock", protocol).await;
+    out.assert_passed(
+        &format!("python-redis-lock {PYTHON_REDIS_LOCK}"),
+        PYTHON_REDIS_LOCK_CHECKS,
+    );
+    // Woken by the release through the other proxy (the script requires under a second; its
+    // own timeout, the lock's expiry, is 20 s).
+    assert!(
+        out.stdout.contains("ok woken_by_release "),
+        "{}",
+        out.context()
+    );
+}
+
+#[tokio::test]
+async fn python_redis_lock_default_resp3() {
+    python_redis_lock(None).await;
+}
+
+#[tokio::test]
+async fn python_redis_lock_resp2() {
+    python_redis_lock(Some(2)).await;
+}
+
+const POTTERY_CHECKS: &[&str] = &["acquire", "contention", "locked", "extend", "release"];
+
+#[tokio::test]
+async fn pottery_redlock_default_resp3() {
+    let out = python_locklib("pottery", None).await;
+    out.assert_passed(&format!("pottery {POTTERY}"), POTTERY_CHECKS);
+}
+
+#[tokio::test]
+async fn pottery_redlock_resp2() {
+    let out = python_locklib("pottery", Some(2)).await;
+    out.assert_passed(&format!("pottery {POTTERY}"), POTTERY_CHECKS);
+}
+
+#[tokio::test]
+async fn aioredlock() {
+    let out = python_locklib("aioredlock", None).await;
+    if let Some(skip) = out.stdout.lines().find(|l| l.starts_with("skip ")) {
+        // aioredlock 0.7 runs on Python 3.11 at most.
+        eprintln!("aioredlock not run: {skip}");
+        return;
+    }
+    out.assert_passed(
+        &format!("aioredlock {AIOREDLOCK}"),
+        &["acquire", "contention", "extend", "release"],
+    );
+}
+
+#[tokio::test]
+async fn redis_semaphore_mutex() {
+    node_modules();
+    let cluster = Cluster::start().await;
+    let out = run_node("redis_semaphore.js", &cluster.args()).await;
+    out.assert_passed(
+        &format!("redis-semaphore {REDIS_SEMAPHORE}"),
+        &[
+            "acquire",
+            "contention",
+            "refresh",
+            "release",
+            "redlock_mutex",
+            "semaphore_refused",
+        ],
     );
 }
 
@@ -954,9 +1036,20 @@ fn pins_match_the_documented_versions() {
     let docs = read("docs/clients.md");
     assert!(requirements.contains(&format!("redis=={REDIS_PY}\n")));
     for (name, version) in [
+        ("python-redis-lock", PYTHON_REDIS_LOCK),
+        ("pottery", POTTERY),
+        ("aioredlock", AIOREDLOCK),
+    ] {
+        assert!(
+            requirements.contains(&format!("{name}=={version}")),
+            "requirements.txt pins {name} {version}"
+        );
+    }
+    for (name, version) in [
         ("ioredis", IOREDIS),
         ("redis", NODE_REDIS),
         ("redlock", REDLOCK5),
+        ("redis-semaphore", REDIS_SEMAPHORE),
     ] {
         assert!(
             package.contains(&format!("\"{name}\": \"{version}\"")),
@@ -964,13 +1057,23 @@ fn pins_match_the_documented_versions() {
         );
     }
     assert!(package.contains(&format!("\"redlock4\": \"npm:redlock@{REDLOCK4}\"")));
-    for version in [IOREDIS, NODE_REDIS, REDLOCK5, REDLOCK4] {
+    for version in [IOREDIS, NODE_REDIS, REDLOCK5, REDLOCK4, REDIS_SEMAPHORE] {
         assert!(
             lock.contains(&format!("\"version\": \"{version}\"")),
             "package-lock.json has {version}"
         );
     }
-    for version in [REDIS_PY, IOREDIS, NODE_REDIS, REDLOCK5, REDLOCK4] {
+    for version in [
+        REDIS_PY,
+        IOREDIS,
+        NODE_REDIS,
+        REDLOCK5,
+        REDLOCK4,
+        PYTHON_REDIS_LOCK,
+        POTTERY,
+        AIOREDLOCK,
+        REDIS_SEMAPHORE,
+    ] {
         assert!(
             docs.contains(version),
             "docs/clients.md names version {version}"

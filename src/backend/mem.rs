@@ -81,6 +81,23 @@ impl Keyspace {
         }
     }
 
+    /// Replaces `key`'s token with `new_token`, expiring at `expires`, if it holds `token`: true
+    /// when swapped.
+    pub fn swap(
+        &mut self,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        expires: Instant,
+        now: Instant,
+    ) -> bool {
+        let held = self.holds(key, token, now);
+        if held {
+            self.put(key, new_token, expires);
+        }
+        held
+    }
+
     /// `key`'s token and remaining TTL, or `None` when it is absent.
     pub fn inspect(&self, key: &[u8], now: Instant) -> Option<KeyState> {
         self.get(key, now).map(|(token, expires)| KeyState {
@@ -349,6 +366,16 @@ impl Master for MemMaster {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         reply(self.apply(|m, now| m.extend(key, token, after(now, ttl_ms), now)))
+    }
+
+    fn swap(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.swap(key, token, new_token, after(now, ttl_ms), now)))
     }
 
     fn inspect(

@@ -112,6 +112,16 @@ impl Master for Member {
         each!(self, m => m.extend(key, token, ttl_ms))
     }
 
+    fn swap(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.swap(key, token, new_token, ttl_ms))
+    }
+
     fn inspect(
         &self,
         key: &[u8],

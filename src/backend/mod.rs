@@ -78,6 +78,17 @@ pub enum Ask<'a> {
         /// TTL in ms.
         ttl_ms: u64,
     },
+    /// [`Master::swap`].
+    Swap {
+        /// Lock key.
+        key: &'a [u8],
+        /// The token it must hold.
+        token: &'a [u8],
+        /// The token it holds after.
+        new_token: &'a [u8],
+        /// TTL in ms.
+        ttl_ms: u64,
+    },
     /// [`Master::acquire_fenced`].
     AcquireFenced {
         /// Lock key.
@@ -100,6 +111,7 @@ impl Ask<'_> {
             Ask::Acquire { key, .. }
             | Ask::Release { key, .. }
             | Ask::Extend { key, .. }
+            | Ask::Swap { key, .. }
             | Ask::AcquireFenced { key, .. } => key,
         }
     }
@@ -268,6 +280,16 @@ pub trait Master: Send + Sync + 'static {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
 
+    /// Replaces the key's token with `new_token` and sets its TTL to `ttl_ms`, only if it holds
+    /// `token`: true when swapped. (A reentrant lock counts its holds in its token.)
+    fn swap(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
+
     /// The key's token and remaining TTL, read atomically; `None` when the key is absent.
     fn inspect(
         &self,
@@ -332,6 +354,12 @@ pub trait Master: Send + Sync + 'static {
             Ask::Acquire { key, token, ttl_ms } => Box::pin(self.acquire(key, token, ttl_ms)),
             Ask::Release { key, marker, token } => Box::pin(self.release(key, marker, token)),
             Ask::Extend { key, token, ttl_ms } => Box::pin(self.extend(key, token, ttl_ms)),
+            Ask::Swap {
+                key,
+                token,
+                new_token,
+                ttl_ms,
+            } => Box::pin(self.swap(key, token, new_token, ttl_ms)),
             Ask::AcquireFenced {
                 key,
                 fence_key,

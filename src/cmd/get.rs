@@ -23,6 +23,14 @@ pub const SPEC: Spec = Spec {
 };
 
 fn run(argv: Vec<Bytes>, client: &mut Client, _: &Arc<Shared>) -> Result<Outcome, Error> {
+    if argv[1].starts_with(b"redisson_lock_token:") {
+        // The proxy's fences are its own counters, read only with a grant.
+        return Err(Error::Request(
+            "Redisson FencedLock's getToken() is not supported by the proxy: use the token \
+             lockAndGetToken() or tryLockAndGetToken() returns"
+                .into(),
+        ));
+    }
     let (db, locks) = (client.db, client.locks.service().clone());
     Ok(Outcome::later(async move {
         let holder = locks.inspect(db, &argv[1]).await?;

@@ -5,6 +5,7 @@
 //! [`Error`], becomes the reply the client gets.
 
 mod auth;
+mod blpop;
 mod client;
 mod command;
 mod config;
@@ -15,6 +16,7 @@ mod exists;
 mod extend;
 mod get;
 mod hello;
+mod hget;
 mod info;
 mod lock;
 mod lock_scripts;
@@ -23,11 +25,14 @@ pub mod metrics;
 mod ping;
 mod pttl;
 mod quit;
+mod redisson;
 mod reset;
 mod script;
 mod select;
 mod set;
+pub mod subscribe;
 mod unlock;
+mod wait;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +65,16 @@ pub static COMMANDS: &[&Spec] = &[
     &eval::EVALSHA,
     &eval::EVAL,
     &script::SPEC,
+    &blpop::SPEC,
+    &hget::HGET,
+    &hget::HEXISTS,
+    &wait::WAIT,
+    &wait::WAITAOF,
+    &subscribe::SUBSCRIBE,
+    &subscribe::UNSUBSCRIBE,
+    &subscribe::SSUBSCRIBE,
+    &subscribe::SUNSUBSCRIBE,
+    &subscribe::PSUBSCRIBE,
     &hello::SPEC,
     &auth::SPEC,
     &select::SPEC,
@@ -261,6 +276,8 @@ pub struct Client {
     /// Its handle on the lock service, with the locks kept alive while it lives
     /// (`LOCK ... SESSION`).
     pub locks: LocksSession,
+    /// The lock channels it listens on (`SUBSCRIBE`), and their messages.
+    pub subscriptions: subscribe::Subscriptions,
 }
 
 impl Client {
@@ -283,6 +300,7 @@ impl Client {
                     waits: shared.config.server.max_waits_per_client,
                 },
             ),
+            subscriptions: subscribe::Subscriptions::default(),
         }
     }
 
@@ -316,6 +334,17 @@ pub fn dispatch(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> 
         None => Err(Error::unknown_command(&argv)),
         Some(spec) if !arity_ok(spec.arity, argv.len()) => Err(Error::WrongArity(spec.name)),
         Some(spec) if !client.authenticated && !spec.no_auth => Err(Error::NoAuth),
+        Some(spec)
+            if client.proto == Protocol::Resp2
+                && !client.subscriptions.is_empty()
+                && !subscribe::allowed_while_subscribed(spec.name) =>
+        {
+            Err(Error::Request(format!(
+                "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
+                 RESET are allowed in this context",
+                spec.name
+            )))
+        }
         Some(spec) => (spec.run)(argv, client, shared),
     };
     let done = |outcome| {

@@ -23,7 +23,7 @@ use crate::stats::Stats;
 use keys::Schema;
 use waiters::Waiters;
 
-pub use session::{Limits, Session};
+pub use session::{Limits, Session, Watching};
 
 /// The lock service as the proxy runs it: over [`Member`]s, real masters or in-memory ones.
 pub type Locks = LockService<Member>;
@@ -298,6 +298,26 @@ impl<M: Master> LockService<M> {
             Stats::bump(&self.stats.extended);
         }
         Ok(extended)
+    }
+
+    /// Replaces the token of `key` in `db` with `new_token` and sets its TTL to `ttl_ms`, if it
+    /// holds `token`: true when a quorum did in time. Not granted, the lock may be held with
+    /// either token on each master until it expires: nobody else can take it meanwhile, and a
+    /// release must name the token a quorum holds (see [`LockService::inspect`]).
+    pub async fn swap(
+        &self,
+        db: u32,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> Result<bool, Error> {
+        let key = self.keys.key(db, key);
+        let swapped = self.redlock.swap(&key, token, new_token, ttl_ms).await?;
+        if swapped.is_some() {
+            Stats::bump(&self.stats.extended);
+        }
+        Ok(swapped.is_some())
     }
 
     /// Who holds `key` in `db` as a quorum sees it; `None` when no quorum holds one token.

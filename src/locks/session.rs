@@ -70,6 +70,18 @@ impl Drop for Place {
     }
 }
 
+/// Resolves once a watch ([`Session::watch_releases`]) hears every release from then on (or
+/// has ended).
+#[derive(Debug)]
+pub struct Watching(tokio::sync::oneshot::Receiver<()>);
+
+impl Watching {
+    /// Waits until the watch hears every release, or has ended.
+    pub async fn ready(self) {
+        let _ = self.0.await;
+    }
+}
+
 /// One connection's handle on the lock service; clones share its session locks.
 #[derive(Debug)]
 pub struct Session<M> {
@@ -231,6 +243,67 @@ impl<M: Master> Session<M> {
             }
             service.inspect(db, &key).await
         }
+    }
+
+    /// Waits until `key` in `db` is free, taking nothing (a client library's own wait for a
+    /// release, such as python-redis-lock's `BLPOP`): true as soon as no quorum holds it; false
+    /// when `wait` (`None`: no limit) runs out or the connection's waits end. It counts as one
+    /// of the connection's waits.
+    pub fn await_free(
+        &self,
+        db: u32,
+        key: Bytes,
+        wait: Option<Duration>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + 'static {
+        let place = Place::take(&self.waiting, self.limits.waits);
+        let (service, waits, max) = (self.service.clone(), self.waits.clone(), self.limits.waits);
+        async move {
+            let Some(_place) = place else {
+                return Err(Error::TooManyWaits { max });
+            };
+            let lock = service.keys.lock(db, &key);
+            Ok(service.await_free_lock(&lock, wait, Some(&waits)).await)
+        }
+    }
+
+    /// Calls `released` on every release of `key` in `db` through any proxy, until `until` is
+    /// cancelled or the connection's waits end (a client library's subscription to a lock's
+    /// channel): the watch to run, and what tells when every release from then on is heard.
+    /// It counts as one of the connection's waits while it runs; refused at once when the
+    /// connection is at that cap.
+    pub fn watch_releases(
+        &self,
+        db: u32,
+        key: Bytes,
+        until: CancellationToken,
+        released: impl FnMut() + Send + 'static,
+    ) -> Result<(impl Future<Output = ()> + Send + 'static, Watching), Error> {
+        let place = Place::take(&self.waiting, self.limits.waits).ok_or(Error::TooManyWaits {
+            max: self.limits.waits,
+        })?;
+        let (service, waits) = (self.service.clone(), self.waits.clone());
+        let (ready, watching) = tokio::sync::oneshot::channel();
+        let watch = async move {
+            let _place = place;
+            let lock = service.keys.lock(db, &key);
+            let until = async {
+                tokio::select! {
+                    _ = until.cancelled() => {}
+                    _ = waits.cancelled() => {}
+                }
+            };
+            let stop = CancellationToken::new();
+            let watching = service.watch_lock_releases(&lock, &stop, ready, released);
+            tokio::pin!(watching);
+            tokio::select! {
+                _ = &mut watching => {}
+                _ = until => {
+                    stop.cancel();
+                    watching.await;
+                }
+            }
+        };
+        Ok((watch, Watching(watching)))
     }
 
     /// Stops every keeper and releases every session lock still held, on all masters.

@@ -222,3 +222,79 @@ async fn a_lost_session_lock_is_reported_not_acted_on() {
     masters[0].set_mode(Mode::Healthy);
     assert!(session.inspect(0, key).await.is_ok());
 }
+
+/// Takes `key` in database 0 with `t` as `how` says: true when granted.
+async fn takes(locks: &LockService<MemMaster>, key: &[u8], t: &'static str, how: Acquire) -> bool {
+    let granted = locks.acquire(0, key, token(t), how).await;
+    granted.unwrap().is_some()
+}
+
+#[tokio::test(start_paused = true)]
+async fn swap_replaces_only_the_token_it_names() {
+    let (locks, masters) = service(3);
+    let how = Acquire::once(1_000);
+    assert!(takes(&locks, b"k", "1:o", how).await);
+    assert!(!locks.swap(0, b"k", b"1:x", b"2:x", 5_000).await.unwrap());
+    assert!(locks.swap(0, b"k", b"1:o", b"2:o", 5_000).await.unwrap());
+    assert!(
+        masters
+            .iter()
+            .all(|m| m.holder(b"redlock:0:k") == Some(token("2:o")))
+    );
+    // The new TTL, and never a lock where there was none.
+    assert!(locks.inspect(0, b"k").await.unwrap().unwrap().validity_ms > 1_000);
+    assert!(!locks.swap(0, b"free", b"1:o", b"2:o", 5_000).await.unwrap());
+    assert_eq!(locks.inspect(0, b"free").await, Ok(None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watcher_wakes_on_release_and_takes_nothing() {
+    let (locks, _) = service(3);
+    let how = Acquire::once(10_000);
+    assert!(takes(&locks, b"k", "a", how).await);
+    let session = Session::new(locks.clone());
+    let started = tokio::time::Instant::now();
+    let free = tokio::spawn(session.await_free(0, Bytes::from_static(b"k"), None));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!free.is_finished());
+    assert!(locks.release(0, b"k", b"a").await.unwrap());
+    assert!(free.await.unwrap().unwrap());
+    // Woken by the release, long before the lock's expiry.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(locks.waiting_keys(), 0);
+    // Held until its end: the wait runs out.
+    assert!(takes(&locks, b"k", "b", how).await);
+    let wait = Some(Duration::from_millis(300));
+    assert!(
+        !session
+            .await_free(0, Bytes::from_static(b"k"), wait)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_watcher_hears_each_release() {
+    let (locks, _) = service(3);
+    let session = Session::new(locks.clone());
+    let heard = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let counter = heard.clone();
+    let (watch, ready) = session
+        .watch_releases(0, Bytes::from_static(b"k"), stop.clone(), move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap();
+    let watching = tokio::spawn(watch);
+    ready.ready().await;
+    for (i, t) in ["a", "b"].into_iter().enumerate() {
+        let how = Acquire::once(10_000);
+        assert!(takes(&locks, b"k", t, how).await);
+        assert!(locks.release(0, b"k", t.as_bytes()).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(count(&heard), i as u64 + 1);
+    }
+    stop.cancel();
+    watching.await.unwrap();
+    assert_eq!(locks.waiting_keys(), 0);
+}

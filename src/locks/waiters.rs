@@ -4,6 +4,10 @@
 //! is published through them, and every proxy subscribes), and — so a lost notification only
 //! delays — when the holder's lock would expire anyway.
 //!
+//! Watchers wait for a lock to be released without taking it (a client library's own wait:
+//! python-redis-lock's `BLPOP` on its signal list, Redisson's subscription to its lock's
+//! channel). They are counted beside a key's queue, never in its line, and wake the same way.
+//!
 //! Queues live in a [`DashMap`] by lock key: a release looks up its own key's shard only, so the
 //! release path takes no process-wide lock, and a key nobody waits for has no entry.
 //!
@@ -13,7 +17,7 @@
 //! the key's marker on the masters, and the marker goes when no proxy is left in it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,11 +52,20 @@ struct Queue {
     /// A waiter in it has named this proxy in the lock's marker on the masters, so the last
     /// one to leave takes it out again.
     announced: AtomicBool,
+    /// Watchers of the key: they wait for its releases, outside the line.
+    watchers: AtomicUsize,
+    /// Releases of the key seen, so a watcher tells a release from a change of the line.
+    releases: AtomicU64,
 }
 
 impl Queue {
     fn order(&self) -> std::sync::MutexGuard<'_, VecDeque<u64>> {
         self.order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Nobody waits or watches.
+    fn unused(&self) -> bool {
+        self.watchers.load(Ordering::Acquire) == 0 && self.order().is_empty()
     }
 }
 
@@ -60,6 +73,7 @@ impl Waiters {
     /// Wakes the waiters of lock key `key`: it was just released somewhere.
     pub fn wake(&self, key: &[u8]) {
         if let Some(queue) = self.keys.get(key) {
+            queue.releases.fetch_add(1, Ordering::AcqRel);
             queue.changed.notify_waiters();
         }
     }
@@ -87,21 +101,36 @@ struct Ticket<'a, M: Master> {
     lock: &'a LockKey,
     queue: Arc<Queue>,
     id: u64,
+    /// A watcher's ticket: counted beside the line, never in it.
+    watching: bool,
     left: bool,
 }
 
 impl<'a, M: Master> Ticket<'a, M> {
     fn join(service: &'a LockService<M>, lock: &'a LockKey) -> Ticket<'a, M> {
+        Ticket::new(service, lock, false)
+    }
+
+    fn watch(service: &'a LockService<M>, lock: &'a LockKey) -> Ticket<'a, M> {
+        Ticket::new(service, lock, true)
+    }
+
+    fn new(service: &'a LockService<M>, lock: &'a LockKey, watching: bool) -> Ticket<'a, M> {
         // Joined while the entry is held, so a ticket leaving an empty queue cannot remove the
         // queue between its lookup and this join.
         let entry = service.waiters.keys.entry(lock.key.clone()).or_default();
         let id = entry.next_ticket.fetch_add(1, Ordering::Relaxed);
-        entry.order().push_back(id);
+        if watching {
+            entry.watchers.fetch_add(1, Ordering::AcqRel);
+        } else {
+            entry.order().push_back(id);
+        }
         Ticket {
             service,
             lock,
             queue: entry.clone(),
             id,
+            watching,
             left: false,
         }
     }
@@ -117,17 +146,18 @@ impl<'a, M: Master> Ticket<'a, M> {
         if std::mem::replace(&mut self.left, true) {
             return None;
         }
-        let empty = {
-            let mut order = self.queue.order();
-            order.retain(|&t| t != self.id);
-            order.is_empty()
-        };
+        if self.watching {
+            self.queue.watchers.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.queue.order().retain(|&t| t != self.id);
+        }
+        let empty = self.queue.unused();
         let waiters = &self.service.waiters;
         if empty {
             // Checked again under the entry's lock: someone may have joined meanwhile.
             waiters
                 .keys
-                .remove_if(&self.lock.key, |_, queue| queue.order().is_empty());
+                .remove_if(&self.lock.key, |_, queue| queue.unused());
         }
         // The next in line may be the head now.
         self.queue.changed.notify_waiters();
@@ -252,6 +282,140 @@ impl<M: Master> LockService<M> {
             withdrawn.await;
         }
         outcome
+    }
+}
+
+/// How long a watcher's mark on the masters lasts; it is renewed when half is left.
+const WATCH_MARK: Duration = Duration::from_secs(60);
+
+/// How long after a release its announcements by the other masters may still arrive.
+const ANNOUNCED_COPIES: Duration = Duration::from_millis(50);
+
+/// A watcher's mark on the masters, renewed before it runs out.
+struct Mark {
+    until: Option<Instant>,
+}
+
+impl Mark {
+    /// Names this proxy in `lock`'s marker on every master again if less than half of the
+    /// last mark is left, so the lock's releases anywhere are announced here.
+    async fn renew<M: Master>(&mut self, ticket: &Ticket<'_, M>) {
+        let now = Instant::now();
+        if self.until.is_some_and(|until| until > now + WATCH_MARK / 2) {
+            return;
+        }
+        let service = ticket.service;
+        ticket.queue.announced.store(true, Ordering::Release);
+        let ms = u64::try_from(WATCH_MARK.as_millis()).unwrap_or(u64::MAX);
+        service
+            .redlock
+            .announce_waiting(ticket.lock, &service.waiter, ms)
+            .await;
+        self.until = Some(now + WATCH_MARK);
+    }
+}
+
+impl<M: Master> LockService<M> {
+    /// Waits until `lock` is free (no quorum holds it): true as soon as it is, false when
+    /// `wait` (`None`: no limit) runs out or `until` is cancelled first. Takes nothing. Wakes
+    /// on a release through any proxy, and when the holder's validity runs out.
+    pub(super) async fn await_free_lock(
+        &self,
+        lock: &LockKey,
+        wait: Option<Duration>,
+        until: Option<&CancellationToken>,
+    ) -> bool {
+        let mut ticket = Ticket::watch(self, lock);
+        let deadline = wait.map(|wait| Instant::now() + wait);
+        let outcome = async {
+            let ticket = &ticket;
+            let mut mark = Mark { until: None };
+            loop {
+                let notified = ticket.queue.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                // Marked before the look, so a release just after it is announced here.
+                mark.renew(ticket).await;
+                let retry = match self.redlock.inspect(&lock.key).await {
+                    Ok(None) => return true,
+                    Ok(Some((_, validity_ms))) => Duration::from_millis(validity_ms),
+                    Err(_) => MAX_RETRY / 10,
+                };
+                let mut retry = retry.clamp(MIN_RETRY, MAX_RETRY);
+                if let Some(deadline) = deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    retry = retry.min(left);
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = ended(until) => return false,
+                }
+            }
+        }
+        .await;
+        if let Some(withdrawn) = ticket.leave() {
+            withdrawn.await;
+        }
+        outcome
+    }
+
+    /// Calls `released` on every release of `lock` through any proxy, until `until` is
+    /// cancelled; `ready` is sent once every release from then on will be heard (this proxy is
+    /// named in the lock's marker on the masters). Takes nothing; a lock that expires without
+    /// a release is not reported.
+    pub(super) async fn watch_lock_releases(
+        &self,
+        lock: &LockKey,
+        until: &CancellationToken,
+        ready: tokio::sync::oneshot::Sender<()>,
+        mut released: impl FnMut() + Send,
+    ) {
+        let mut ticket = Ticket::watch(self, lock);
+        async {
+            let ticket = &ticket;
+            let mut mark = Mark { until: None };
+            let mut seen = ticket.queue.releases.load(Ordering::Acquire);
+            let mut ready = Some(ready);
+            loop {
+                let notified = ticket.queue.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                mark.renew(ticket).await;
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                if ticket.queue.releases.load(Ordering::Acquire) != seen {
+                    released();
+                    // Every master that released it announces it: the copies follow within
+                    // moments, and count as the one release they are. Whatever came in that
+                    // time (the copies, or more releases) is reported once more only if the
+                    // lock is free at its end, so a release in it is never missed.
+                    let after = ticket.queue.releases.load(Ordering::Acquire);
+                    tokio::select! {
+                        _ = tokio::time::sleep(ANNOUNCED_COPIES) => {}
+                        _ = until.cancelled() => return,
+                    }
+                    seen = ticket.queue.releases.load(Ordering::Acquire);
+                    if seen != after && matches!(self.redlock.inspect(&lock.key).await, Ok(None)) {
+                        released();
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(WATCH_MARK / 4) => {}
+                    _ = until.cancelled() => return,
+                }
+            }
+        }
+        .await;
+        if let Some(withdrawn) = ticket.leave() {
+            withdrawn.await;
+        }
     }
 }
 

@@ -30,6 +30,12 @@ pub enum Reply {
     Bulk(Bytes),
     /// Absent value: RESP2 `$-1`, RESP3 `_`.
     Null,
+    /// Absent array, as blocking pops answer a timeout: RESP2 `*-1`, RESP3 `_`.
+    NullArray,
+    /// Out-of-band data (pub/sub messages): RESP3 push, RESP2 array.
+    Push(Vec<Reply>),
+    /// Several replies to one command, back to back (`SUBSCRIBE` of several channels).
+    Sequence(Vec<Reply>),
     /// Array of replies.
     Array(Vec<Reply>),
     /// Key/value pairs: RESP3 map, RESP2 flat array of keys and values.
@@ -80,6 +86,14 @@ impl Reply {
             Reply::Bulk(data) => put_bulk(out, data),
             Reply::Null if resp3 => out.put_slice(b"_\r\n"),
             Reply::Null => out.put_slice(b"$-1\r\n"),
+            Reply::NullArray if resp3 => out.put_slice(b"_\r\n"),
+            Reply::NullArray => out.put_slice(b"*-1\r\n"),
+            Reply::Push(items) => put_items(out, if resp3 { b'>' } else { b'*' }, items, proto),
+            Reply::Sequence(replies) => {
+                for reply in replies {
+                    reply.encode(proto, out);
+                }
+            }
             Reply::Array(items) => put_items(out, b'*', items, proto),
             Reply::Set(items) => put_items(out, if resp3 { b'~' } else { b'*' }, items, proto),
             Reply::Map(pairs) => {
@@ -187,6 +201,20 @@ mod tests {
     /// Same encoding in both protocols.
     fn check_both(reply: Reply, bytes: &[u8]) {
         check(reply, bytes, bytes);
+    }
+
+    #[test]
+    fn null_array_and_push() {
+        check(Reply::NullArray, b"*-1\r\n", b"_\r\n");
+        check_both(
+            Reply::Sequence(vec![Reply::Integer(1), Reply::Integer(2)]),
+            b":1\r\n:2\r\n",
+        );
+        check(
+            Reply::Push(vec![Reply::bulk("message"), Reply::Integer(1)]),
+            b"*2\r\n$7\r\nmessage\r\n:1\r\n",
+            b">2\r\n$7\r\nmessage\r\n:1\r\n",
+        );
     }
 
     #[test]

@@ -319,6 +319,31 @@ impl<M: Master> Redlock<M> {
         }
     }
 
+    /// Replaces `key`'s `token` with `new_token` and sets its TTL to `ttl_ms`, if it holds
+    /// `token`. The remaining validity when a quorum swapped it in time; `None` otherwise (then
+    /// masters may hold either token: each still keeps everyone else out, and both expire).
+    pub async fn swap(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, LockError> {
+        let start = Instant::now();
+        let ask = Ask::Swap {
+            key,
+            token,
+            new_token,
+            ttl_ms,
+        };
+        let tally = self.vote(self.wait_for(ttl_ms), ask).await;
+        match tally.verdict(ttl_ms, start.elapsed()) {
+            Verdict::Granted { validity_ms } => Ok(Some(validity_ms)),
+            Verdict::Refused | Verdict::TooLate { .. } => Ok(None),
+            Verdict::NoQuorum { answered } => Err(self.no_quorum(answered)),
+        }
+    }
+
     /// The token a quorum of masters hold for `key` and the validity left as that quorum sees
     /// it; `None` when no quorum holds one token.
     pub async fn inspect(&self, key: &[u8]) -> Result<Option<(Bytes, u64)>, LockError> {

@@ -328,6 +328,21 @@ impl Master for SimMaster {
         })
     }
 
+    fn swap(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
+        let new_token = Bytes::copy_from_slice(new_token);
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data.swap(&key, &token, &new_token, expires, now)
+        })
+    }
+
     fn inspect(
         &self,
         key: &[u8],

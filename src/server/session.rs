@@ -333,6 +333,10 @@ async fn serve<S: Transport>(
             Some(done) = q.in_flight.next(), if !q.in_flight.is_empty() => {
                 q.take(done, stats);
             }
+            // A message on a channel it subscribed to (`cmd::subscribe`).
+            message = client.subscriptions.next(), if !client.subscriptions.is_empty() => {
+                q.push(client.proto, message);
+            }
             ready = stream.tcp().ready(Interest::READABLE), if watch && !unread => {
                 match ready {
                     Ok(r) if !r.is_read_closed() => unread = true,
@@ -347,7 +351,9 @@ async fn serve<S: Transport>(
                     .is_some_and(|r| r.map_or(true, |r| r.is_read_closed()));
             }
             () = &mut timer, if timing => {
-                if let Some(why) = deadlines.expired(client.authenticated, !q.in_flight.is_empty()) {
+                // A subscriber waits for messages: that is not idleness either.
+                let busy = !q.in_flight.is_empty() || !client.subscriptions.is_empty();
+                if let Some(why) = deadlines.expired(client.authenticated, busy) {
                     debug!(client = %client.addr, "closing the connection: {why}");
                     Stats::bump(&shared.stats.timed_out_clients);
                     break;

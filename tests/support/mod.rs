@@ -92,6 +92,30 @@ pub async fn proxy_for_restarts(masters: &[RedisServer]) -> TestProxy {
     .await
 }
 
+/// Three masters and two proxies over them, for clients whose locks one proxy takes and the
+/// other must see.
+pub struct Cluster {
+    pub a: TestProxy,
+    pub b: TestProxy,
+    _masters: Vec<RedisServer>,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let masters = masters(3);
+        // Client compatibility is under test, not latency: on a loaded machine the in-process
+        // proxies can be descheduled past the default 50 ms master deadline (NOQUORUM).
+        let deadline = |c: &mut Config| c.redlock.master_deadline_ms = 1_000;
+        let a = proxy_with(&masters, deadline).await;
+        let b = proxy_with(&masters, deadline).await;
+        Cluster {
+            a,
+            b,
+            _masters: masters,
+        }
+    }
+}
+
 /// A running in-process proxy.
 pub struct TestProxy {
     /// Where clients connect.
@@ -290,7 +314,9 @@ pub fn flatten(frame: &OwnedFrame) -> String {
             OwnedFrame::SimpleError { data, .. } => out.push(data.clone()),
             OwnedFrame::Number { data, .. } => out.push(data.to_string()),
             OwnedFrame::Null => out.push("(nil)".into()),
-            OwnedFrame::Array { data, .. } => data.iter().for_each(|f| walk(f, out)),
+            OwnedFrame::Array { data, .. } | OwnedFrame::Push { data, .. } => {
+                data.iter().for_each(|f| walk(f, out))
+            }
             OwnedFrame::Set { data, .. } => data.iter().for_each(|f| walk(f, out)),
             OwnedFrame::Map { data, .. } => data.iter().for_each(|(k, v)| {
                 walk(k, out);

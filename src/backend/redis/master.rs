@@ -240,6 +240,18 @@ impl RedisMaster {
                 let args: [&[u8]; 6] = [b"EVALSHA", sha, b"1", key, token, ttl];
                 (encode(&args), Sent::Script(script))
             }
+            Ask::Swap {
+                key,
+                token,
+                new_token,
+                ttl_ms,
+            } => {
+                let script = &*scripts::SWAP;
+                let ttl = ttl.format(ttl_ms).as_bytes();
+                let sha = script.sha.as_bytes();
+                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"1", key, token, new_token, ttl];
+                (encode(&args), Sent::Script(script))
+            }
             Ask::AcquireFenced {
                 key,
                 fence_key,
@@ -446,6 +458,21 @@ impl Master for RedisMaster {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         self.ask(Ask::Extend { key, token, ttl_ms })
+    }
+
+    fn swap(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        new_token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        self.ask(Ask::Swap {
+            key,
+            token,
+            new_token,
+            ttl_ms,
+        })
     }
 
     fn inspect(

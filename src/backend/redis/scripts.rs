@@ -63,6 +63,15 @@ pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Replaces `KEYS[1]`'s token `ARGV[1]` with `ARGV[2]` and sets its TTL to `ARGV[3]` ms, only if
+/// it holds `ARGV[1]`: 1 when swapped.
+pub static SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+         redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end",
+    )
+});
+
 /// `KEYS[1]`'s value and PTTL read atomically, or nil when the key is absent.
 pub static INSPECT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -173,12 +182,13 @@ pub static LINEAGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 10] {
+pub fn all_scripts() -> [&'static Script; 11] {
     [
         &RELEASE,
         &MARK_WAITING,
         &UNMARK_WAITING,
         &EXTEND,
+        &SWAP,
         &INSPECT,
         &READ_FENCE,
         &ACQUIRE_FENCED,
