@@ -48,6 +48,17 @@ async fn waiters_are_served_first_come_first_served() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waiters.push(w);
     }
+    // INFO counts the waits as blocked clients (bounded poll: the last may still be joining).
+    let mut info = b.conn().await;
+    let mut seen = String::new();
+    for _ in 0..200 {
+        seen = text(&info.call(&["INFO", "clients"]).await);
+        if seen.contains("blocked_clients:3\r\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen.contains("blocked_clients:3\r\n"), "{seen}");
     holder.roundtrip(&["UNLOCK", "q", &token], b":1\r\n").await;
     for (i, w) in waiters.iter_mut().enumerate() {
         let token = text(&w.reply().await);

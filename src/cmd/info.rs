@@ -87,7 +87,8 @@ fn clients(shared: &Shared, out: &mut String) {
         Stats::get(&shared.stats.connected_clients),
     );
     line(out, "maxclients", shared.config.server.max_clients);
-    line(out, "blocked_clients", 0);
+    // Blocked commands rather than clients: one connection may have several waits.
+    line(out, "blocked_clients", shared.locks.waiting());
 }
 
 fn persistence(_: &Shared, out: &mut String) {
