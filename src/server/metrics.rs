@@ -417,6 +417,11 @@ fn clients(shared: &Shared, out: &mut Out) -> fmt::Result {
             &s.auth_failures,
         ),
         (
+            "tls_handshake_failures",
+            "TLS handshakes with clients that failed or timed out",
+            &s.tls_handshake_failures,
+        ),
+        (
             "session_locks_lost",
             "Session locks whose extension missed a quorum",
             &l.session_locks_lost,
