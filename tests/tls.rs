@@ -565,6 +565,21 @@ async fn client_certificates_are_required_with_a_ca() {
         out.len() != 32 && !out.is_empty(),
         "a client without a certificate got: {out:?}"
     );
+    // A certificate from a CA the proxy does not trust: refused too.
+    let stranger = [
+        "--tls",
+        "--cacert",
+        &pki.ca,
+        "--cert",
+        &pki.stranger_cert,
+        "--key",
+        &pki.stranger_key,
+    ];
+    let (out, _) = redis_cli(port, &stranger, &["LOCK", "orders:46", "10000"]).await;
+    assert!(
+        out.len() != 32 && !out.is_empty(),
+        "a client with a stranger's certificate got: {out:?}"
+    );
     let refused = match redis_crate(port, &pki, false).await {
         Err(_) => true,
         Ok(mut c) => redis::cmd("PING")
