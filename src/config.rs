@@ -601,6 +601,9 @@ impl Config {
         if r.key_prefix.is_empty() {
             return bad("redlock.key_prefix must not be empty: lock keys would collide with application keys".into());
         }
+        if r.key_prefix.contains(['{', '}']) {
+            return bad("redlock.key_prefix must not hold { or }: the proxy puts its own hash tag after it, so each lock stays in one cluster slot".into());
+        }
         if b.masters.len() > MAX_MASTERS {
             return bad(format!(
                 "at most {MAX_MASTERS} masters are supported, got {}",
@@ -776,7 +779,9 @@ pub enum ClientAuth {
     Yes,
 }
 
-/// One master's address, parsed from `HOST:PORT` or `redis[s]://[user:pass@]HOST:PORT[/db]`.
+/// One master's address, parsed from `HOST:PORT` or `redis[s]://[user:pass@]HOST:PORT[/db]`;
+/// or a Redis Cluster's, `redis[s]+cluster://[user:pass@]HOST:PORT[,HOST:PORT...]` (seed nodes,
+/// database 0).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MasterAddr {
@@ -792,6 +797,8 @@ pub struct MasterAddr {
     pub db: u32,
     /// Reached over TLS (`rediss://`).
     pub tls: bool,
+    /// A Redis Cluster: `host:port` is its first seed node, these are the others.
+    pub cluster: Option<Vec<(String, u16)>>,
 }
 
 impl MasterAddr {
@@ -813,7 +820,30 @@ impl MasterAddr {
             password: None,
             db: 0,
             tls: false,
+            cluster: None,
         }
+    }
+
+    /// The same credentials and TLS at another `host` and `port`: a cluster's node.
+    pub fn node(&self, host: &str, port: u16) -> MasterAddr {
+        MasterAddr {
+            host: host.to_owned(),
+            port,
+            cluster: None,
+            ..self.clone()
+        }
+    }
+
+    /// Every seed node of a cluster (none for a single master).
+    pub fn seeds(&self) -> Vec<MasterAddr> {
+        let Some(more) = &self.cluster else {
+            return Vec::new();
+        };
+        let first = (self.host.clone(), self.port);
+        std::iter::once(&first)
+            .chain(more)
+            .map(|(host, port)| self.node(host, *port))
+            .collect()
     }
 }
 
@@ -823,10 +853,16 @@ impl std::str::FromStr for MasterAddr {
     fn from_str(s: &str) -> Result<Self, String> {
         let err = |why: &str| format!("bad master address {s:?}: {why}");
         let (mut username, mut password, mut db) = (None, None, 0);
-        let tls = s.starts_with("rediss://");
-        let url = s
-            .strip_prefix("redis://")
-            .or_else(|| s.strip_prefix("rediss://"));
+        let cluster = s.starts_with("redis+cluster://") || s.starts_with("rediss+cluster://");
+        let tls = s.starts_with("rediss://") || s.starts_with("rediss+cluster://");
+        let url = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .find_map(|scheme| s.strip_prefix(scheme));
         let hostport = if let Some(rest) = url {
             let (auth_host, path) = match rest.split_once('/') {
                 Some((a, p)) => (a, Some(p)),
@@ -856,28 +892,43 @@ impl std::str::FromStr for MasterAddr {
                 None => auth_host,
             }
         } else if s.contains("://") {
-            return Err(err("only redis:// and rediss:// URLs are supported"));
+            return Err(err(
+                "only redis://, rediss://, redis+cluster:// and rediss+cluster:// URLs are supported",
+            ));
         } else {
             s
         };
-        let (host, port) = hostport
-            .rsplit_once(':')
-            .ok_or_else(|| err("expected HOST:PORT"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(err("empty host"));
+        let host_port = |hostport: &str| {
+            let (host, port) = hostport
+                .rsplit_once(':')
+                .ok_or_else(|| err("expected HOST:PORT"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(err("empty host"));
+            }
+            let port: u16 = port.parse().map_err(|_| err("the port must be 1-65535"))?;
+            if port == 0 {
+                return Err(err("the port must be 1-65535"));
+            }
+            Ok((host.to_owned(), port))
+        };
+        let mut nodes = hostport.split(',');
+        let (host, port) = host_port(nodes.next().unwrap_or_default())?;
+        let more: Vec<(String, u16)> = nodes.map(host_port).collect::<Result<_, _>>()?;
+        if !cluster && !more.is_empty() {
+            return Err(err("several nodes are for a cluster: redis+cluster://"));
         }
-        let port: u16 = port.parse().map_err(|_| err("the port must be 1-65535"))?;
-        if port == 0 {
-            return Err(err("the port must be 1-65535"));
+        if cluster && db != 0 {
+            return Err(err("a Redis Cluster has database 0 only"));
         }
         Ok(MasterAddr {
-            host: host.to_owned(),
+            host,
             port,
             username,
             password,
             db,
             tls,
+            cluster: cluster.then_some(more),
         })
     }
 }
@@ -898,16 +949,25 @@ impl From<MasterAddr> for String {
 /// Shows the address with the password masked, so it can be logged and printed.
 impl fmt::Display for MasterAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.username.is_none() && self.password.is_none() && self.db == 0 && !self.tls {
+        let plain = self.username.is_none() && self.password.is_none() && self.db == 0;
+        if plain && !self.tls && self.cluster.is_none() {
             return f.write_str(&self.host_port());
         }
-        f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
+        f.write_str(match (self.tls, self.cluster.is_some()) {
+            (false, false) => "redis://",
+            (true, false) => "rediss://",
+            (false, true) => "redis+cluster://",
+            (true, true) => "rediss+cluster://",
+        })?;
         match (&self.username, &self.password) {
             (Some(u), Some(_)) => write!(f, "{}:***@", percent_encode(u))?,
             (None, Some(_)) => f.write_str("***@")?,
             _ => {}
         }
         f.write_str(&self.host_port())?;
+        for (host, port) in self.cluster.iter().flatten() {
+            write!(f, ",{}", self.node(host, *port).host_port())?;
+        }
         if self.db != 0 {
             write!(f, "/{}", self.db)?;
         }
@@ -1003,6 +1063,28 @@ mod tests {
         assert_eq!(m.password.as_deref(), Some("p/w"));
         assert_eq!((m.host.as_str(), m.port, m.db), ("cache.example", 6380, 1));
         assert_eq!(m.to_string(), "rediss://app:***@cache.example:6380/1");
+        let m: MasterAddr = "redis+cluster://u:pw@a:7000,b:7001,[::1]:7002"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            m.to_string(),
+            "redis+cluster://u:***@a:7000,b:7001,[::1]:7002"
+        );
+        let seeds = m.seeds();
+        assert_eq!(seeds.len(), 3);
+        assert_eq!((seeds[2].host.as_str(), seeds[2].port), ("::1", 7002));
+        assert_eq!(seeds[1].password.as_deref(), Some("pw"));
+        assert!(seeds.iter().all(|s| s.cluster.is_none()));
+        let m: MasterAddr = "rediss+cluster://h:1".parse().unwrap();
+        assert!(m.tls && m.cluster == Some(vec![]));
+        assert_eq!(m.to_string(), "rediss+cluster://h:1");
+        for bad in [
+            "redis://a:1,b:2",
+            "redis+cluster://a:1/2",
+            "redis+cluster://a:1,b",
+        ] {
+            assert!(bad.parse::<MasterAddr>().is_err(), "{bad}");
+        }
         let m: MasterAddr = "rediss://h:6380".parse().unwrap();
         assert_eq!(m.to_string(), "rediss://h:6380");
         assert_eq!(m.to_string().parse::<MasterAddr>().unwrap(), m);
@@ -1033,6 +1115,8 @@ mod tests {
         c.backend.masters = vec![MasterAddr::local(1), MasterAddr::local(1)];
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
         let mut c = Config::default();
+        c.redlock.key_prefix = "a{b}:".into();
+        assert!(c.validate().is_err());
         c.redlock.key_prefix.clear();
         assert!(c.validate().is_err());
         let mut c = Config::default();

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use redlock_proxy::backend::redis::BackendTls;
+use redlock_proxy::backend::redis::{self, BackendTls};
 use redlock_proxy::cli::Cli;
-use redlock_proxy::config::Config;
+use redlock_proxy::config::{Config, MasterAddr};
 use redlock_proxy::embedded::{self, RedisServer};
 use redlock_proxy::logging;
 use redlock_proxy::redlock::quorum::quorum;
@@ -23,6 +23,36 @@ use redlock_proxy::server::tls::ServerTls;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// For `--check-config`: each cluster member's master nodes and slot coverage, as its seeds
+/// tell now.
+fn describe_clusters(config: &Config, tls: Option<&BackendTls>) -> String {
+    let clusters: Vec<(usize, &MasterAddr)> = config
+        .backend
+        .masters
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.cluster.is_some())
+        .collect();
+    if clusters.is_empty() {
+        return String::new();
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return "# cannot start a runtime to ask the clusters for their slots\n".into();
+    };
+    let timeout = Duration::from_millis(config.backend.connect_timeout_ms);
+    runtime.block_on(async {
+        let mut out = String::new();
+        for (i, addr) in clusters {
+            out.push_str(&format!("# master{i}: cluster {addr}\n"));
+            out.push_str(&redis::describe(addr, tls, timeout).await);
+        }
+        out
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match cli.load_config() {
@@ -34,10 +64,13 @@ fn main() -> ExitCode {
     };
     if cli.check_config {
         // The TLS files are read now too, so a bad one fails the check, not the start.
-        if let Err(e) = BackendTls::new(&config.backend) {
-            eprintln!("redlock-proxy: {e}");
-            return ExitCode::FAILURE;
-        }
+        let backend_tls = match BackendTls::new(&config.backend) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("redlock-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         if let Err(e) = ServerTls::new(&config.server) {
             eprintln!("redlock-proxy: {e}");
             return ExitCode::FAILURE;
@@ -49,6 +82,7 @@ fn main() -> ExitCode {
                 config.embedded.masters
             );
         }
+        print!("{}", describe_clusters(&config, backend_tls.as_ref()));
         return ExitCode::SUCCESS;
     }
     let log = logging::init(&config.log);

@@ -860,7 +860,7 @@ async fn replies_held_behind_a_blocked_wait_are_bounded() {
     attacker
         .send_cmd(&["LOCK", "k", "30000", "WAIT", "30000"])
         .await;
-    wait_held_by(&m, "redlock:waiting:0:k", 3).await;
+    wait_held_by(&m, &support::marker_key("k"), 3).await;
     const ARG: usize = 512 * 1024;
     let mut echo = format!("*2\r\n$4\r\nECHO\r\n${ARG}\r\n").into_bytes();
     echo.resize(echo.len() + ARG, b'x');
@@ -903,7 +903,7 @@ async fn sigterm_answers_blocked_waits_at_once() {
     waiter
         .send_cmd(&["LOCK", "k", "30000", "WAIT", "20000"])
         .await;
-    let marker = "redlock:waiting:0:k";
+    let marker = &support::marker_key("k");
     wait_held_by(&m, marker, 3).await;
     p.signal(libc::SIGTERM);
     let signalled = Instant::now();

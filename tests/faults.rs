@@ -182,7 +182,10 @@ async fn a_restarted_master_is_quarantined_then_used_again() {
     }
     let token = token.expect("granted once the quarantine ended");
     let mut direct = support::Conn::connect(([127, 0, 0, 1], m[0].port()).into()).await;
-    assert_eq!(text(&direct.call(&["GET", "redlock:0:k"]).await), token);
+    assert_eq!(
+        text(&direct.call(&["GET", &support::lock_key("k")]).await),
+        token
+    );
     let info = flatten(&c.call(&["INFO", "masters"]).await);
     assert!(
         info.contains("reconnects=1") || info.contains("reconnects=2"),

@@ -21,8 +21,11 @@ async fn a_granted_lock_is_on_every_master_under_the_prefix() {
     let token = text(&c.call(&["LOCK", "orders:1", "5000"]).await);
     for master in &m {
         let mut mc = master_conn(master).await;
-        assert_eq!(text(&mc.call(&["GET", "redlock:0:orders:1"]).await), token);
-        let pttl = int(&mc.call(&["PTTL", "redlock:0:orders:1"]).await);
+        assert_eq!(
+            text(&mc.call(&["GET", &support::lock_key("orders:1")]).await),
+            token
+        );
+        let pttl = int(&mc.call(&["PTTL", &support::lock_key("orders:1")]).await);
         assert!((4_000..=5_000).contains(&pttl), "pttl {pttl}");
         // The application's own key space is untouched.
         assert!(is_null(&mc.call(&["GET", "orders:1"]).await));
@@ -30,7 +33,10 @@ async fn a_granted_lock_is_on_every_master_under_the_prefix() {
     assert_eq!(int(&c.call(&["UNLOCK", "orders:1", &token]).await), 1);
     for master in &m {
         let mut mc = master_conn(master).await;
-        assert_eq!(int(&mc.call(&["EXISTS", "redlock:0:orders:1"]).await), 0);
+        assert_eq!(
+            int(&mc.call(&["EXISTS", &support::lock_key("orders:1")]).await),
+            0
+        );
     }
     p.stop().await;
 }
@@ -110,8 +116,11 @@ async fn a_refused_acquire_leaves_nothing_behind() {
     // Another client holds the key on two masters; the third is free.
     for master in &m[..2] {
         let mut mc = master_conn(master).await;
-        mc.roundtrip(&["SET", "redlock:0:k", "theirs", "PX", "10000"], b"+OK\r\n")
-            .await;
+        mc.roundtrip(
+            &["SET", &support::lock_key("k"), "theirs", "PX", "10000"],
+            b"+OK\r\n",
+        )
+        .await;
     }
     let mut c = p.conn().await;
     assert!(is_null(&c.call(&["LOCK", "k", "10000"]).await));
@@ -119,7 +128,7 @@ async fn a_refused_acquire_leaves_nothing_behind() {
     let mut mc = master_conn(&m[2]).await;
     let mut cleared = false;
     for _ in 0..100 {
-        if int(&mc.call(&["EXISTS", "redlock:0:k"]).await) == 0 {
+        if int(&mc.call(&["EXISTS", &support::lock_key("k")]).await) == 0 {
             cleared = true;
             break;
         }
@@ -131,7 +140,10 @@ async fn a_refused_acquire_leaves_nothing_behind() {
     );
     // And the other holder's token is untouched.
     let mut mc = master_conn(&m[0]).await;
-    assert_eq!(text(&mc.call(&["GET", "redlock:0:k"]).await), "theirs");
+    assert_eq!(
+        text(&mc.call(&["GET", &support::lock_key("k")]).await),
+        "theirs"
+    );
     p.stop().await;
 }
 

@@ -173,7 +173,7 @@ async fn releases_are_announced_only_while_someone_waits() {
         .send_cmd(&["LOCK", "loud", "5000", "WAIT", "4000"])
         .await;
     // The waiter sets its marker on the masters after its first attempt is refused.
-    let marker = "redlock:waiting:0:loud";
+    let marker = &support::marker_key("loud");
     let mut master = support::Conn::connect(([127, 0, 0, 1], m[0].port()).into()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while support::int(&master.call(&["EXISTS", marker]).await) == 0 {
@@ -184,7 +184,7 @@ async fn releases_are_announced_only_while_someone_waits() {
     assert_eq!(text(&waiter.reply().await).len(), 32);
     // The first message on the channel is the waited-for key.
     let message = support::flatten(&listener.reply().await);
-    assert!(message.contains("redlock:0:loud"), "{message}");
+    assert!(message.contains(&support::lock_key("loud")), "{message}");
     assert!(!message.contains("quiet"), "{message}");
     p.stop().await;
 }
@@ -203,7 +203,7 @@ async fn a_waiter_that_leaves_takes_nothing_and_frees_its_slot() {
         .send_cmd(&["LOCK", "gone", "5000", "WAIT", "5000"])
         .await;
     // The waiter's marker is on every master once its first attempt was refused.
-    let marker = "redlock:waiting:0:gone";
+    let marker = &support::marker_key("gone");
     let mut masters = Vec::new();
     for master in &m {
         masters.push(support::Conn::connect(([127, 0, 0, 1], master.port()).into()).await);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::future::Either;
 
 use super::mem::MemMaster;
-use super::redis::RedisMaster;
+use super::redis::{ClusterMember, NodeStatus, RedisMaster};
 use super::{Ask, BackendError, FencePage, KeyState, Master, MasterStatus, Votes};
 use crate::metrics::Histogram;
 
@@ -20,6 +20,8 @@ pub enum Member {
     Redis(RedisMaster),
     /// A master in memory (tests and benchmarks of the layers above).
     Mem(MemMaster),
+    /// A Redis Cluster: each key's vote is its slot's master node's.
+    Cluster(ClusterMember),
 }
 
 /// Calls the same method on whichever kind `$member` is; futures of the two kinds become one.
@@ -27,7 +29,8 @@ macro_rules! each {
     ($member:expr, $m:ident => $call:expr) => {
         match $member {
             Member::Redis($m) => Either::Left($call),
-            Member::Mem($m) => Either::Right($call),
+            Member::Mem($m) => Either::Right(Either::Left($call)),
+            Member::Cluster($m) => Either::Right(Either::Right($call)),
         }
     };
 }
@@ -38,6 +41,24 @@ impl Member {
         match self {
             Member::Redis(m) => m.status(),
             Member::Mem(m) => m.status(),
+            Member::Cluster(m) => m.status(),
+        }
+    }
+
+    /// A cluster's slots covered by a master node, and the redirects (`MOVED`, `ASK`) it
+    /// followed since start; `None` for a single master.
+    pub fn cluster_counts(&self) -> Option<(usize, u64)> {
+        match self {
+            Member::Cluster(m) => Some((m.slots_covered(), m.redirects())),
+            _ => None,
+        }
+    }
+
+    /// A cluster's master nodes with their slots and health; `None` for a single master.
+    pub fn nodes(&self) -> Option<Vec<NodeStatus>> {
+        match self {
+            Member::Cluster(m) => Some(m.nodes()),
+            _ => None,
         }
     }
 
@@ -45,7 +66,7 @@ impl Member {
     pub fn round_trip(&self) -> Option<&Histogram> {
         match self {
             Member::Redis(m) => Some(m.round_trip()),
-            Member::Mem(_) => None,
+            Member::Mem(_) | Member::Cluster(_) => None,
         }
     }
 
@@ -54,6 +75,7 @@ impl Member {
         match self {
             Member::Redis(m) => m.fence_repairs(),
             Member::Mem(_) => 0,
+            Member::Cluster(m) => m.fence_repairs(),
         }
     }
 }
@@ -63,6 +85,7 @@ impl Master for Member {
         match self {
             Member::Redis(m) => m.votes(),
             Member::Mem(m) => m.votes(),
+            Member::Cluster(m) => m.votes(),
         }
     }
 
@@ -181,6 +204,7 @@ impl Master for Member {
         match self {
             Member::Redis(m) => m.cast(ask, ballot, counts),
             Member::Mem(m) => m.cast(ask, ballot, counts),
+            Member::Cluster(m) => m.cast(ask, ballot, counts),
         }
     }
 
@@ -188,6 +212,7 @@ impl Master for Member {
         match self {
             Member::Redis(m) => m.fences_lost(),
             Member::Mem(m) => m.fences_lost(),
+            Member::Cluster(m) => m.fences_lost(),
         }
     }
 
@@ -195,6 +220,7 @@ impl Master for Member {
         match self {
             Member::Redis(m) => m.fences_repaired(),
             Member::Mem(m) => m.fences_repaired(),
+            Member::Cluster(m) => m.fences_repaired(),
         }
     }
 }

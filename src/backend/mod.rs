@@ -119,8 +119,15 @@ impl Ask<'_> {
 
 /// The names the proxy keeps on every master besides each lock's own keys, chosen by the layer
 /// above (see `locks::keys`): the backend writes and reads them but names nothing itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Names {
+    /// What every name starts with (the configured key prefix, without braces).
+    pub prefix: Bytes,
+    /// Set on a Redis Cluster node (see [`Names::on_node`]): releases are announced with
+    /// `SPUBLISH` on the node's own sharded channel, and the node's own names (marker, lineage,
+    /// floor) are not declared as a script's keys, since they sit in another slot than the
+    /// lock's (Redis 7 lets a script without flags touch keys of any slot of its own node).
+    pub sharded: bool,
     /// The pub/sub channel releases of waited-for locks are announced on.
     pub release_channel: Bytes,
     /// `SCAN` pattern matching every fence counter.
@@ -136,6 +143,27 @@ pub struct Names {
     /// The quarantine recorded on the master, `"<run_id> <end in the master's ms>"`, so every
     /// proxy holds it out until the same end.
     pub lineage: Bytes,
+}
+
+impl Names {
+    /// The names of one Redis Cluster node: the node's own names (release channel, fence floor,
+    /// run marker, lineage) with the hash tag `tag` after the prefix, which the caller picks so
+    /// that its slot is one the node owns; lock names are unchanged.
+    pub fn on_node(&self, tag: &[u8]) -> Names {
+        let tagged = |name: &Bytes| {
+            let suffix = &name[self.prefix.len()..];
+            Bytes::from([&self.prefix[..], b"{", tag, b"}", suffix].concat())
+        };
+        Names {
+            prefix: self.prefix.clone(),
+            sharded: true,
+            release_channel: tagged(&self.release_channel),
+            fence_pattern: self.fence_pattern.clone(),
+            fence_floor: tagged(&self.fence_floor),
+            run_marker: tagged(&self.run_marker),
+            lineage: tagged(&self.lineage),
+        }
+    }
 }
 
 /// Counters a master holds per page of a fence scan: a repair holds one page in memory and

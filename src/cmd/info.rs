@@ -168,5 +168,28 @@ fn masters(shared: &Shared, out: &mut String) {
                 .replace(['\r', '\n'], " ")
                 .replace(',', ";"),
         );
+        // A cluster member: the slots it covers, then each master node, its slots and its own
+        // health.
+        if let Some((covered, redirects)) = masters[i].cluster_counts() {
+            let _ = write!(
+                out,
+                "master{i}_cluster:slots_covered={covered},redirects={redirects}\r\n"
+            );
+        }
+        for (j, n) in masters[i].nodes().into_iter().flatten().enumerate() {
+            let _ = write!(
+                out,
+                "master{i}_node{j}:addr={},slots={},slot_ranges={},state={},reason={},quarantine_left_ms={},run_id={},connections={}/{}\r\n",
+                n.at,
+                n.slot_count,
+                n.slots.replace(' ', ";"),
+                n.status.state(),
+                n.status.reason.unwrap_or("-"),
+                n.status.quarantine_left_ms.unwrap_or(0),
+                n.status.run_id.as_deref().unwrap_or("-"),
+                n.status.conns_up,
+                n.status.conns,
+            );
+        }
     }
 }

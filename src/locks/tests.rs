@@ -18,6 +18,11 @@ fn service(n: usize) -> (Arc<LockService<MemMaster>>, Vec<MemMaster>) {
     (Arc::new(service), masters)
 }
 
+/// The name of `key`'s lock in database `db` under the service's prefix.
+fn service_key(db: u32, key: &str) -> Bytes {
+    keys::Schema::new("redlock:").key(db, key.as_bytes())
+}
+
 fn token(t: &'static str) -> Bytes {
     Bytes::from_static(t.as_bytes())
 }
@@ -36,7 +41,7 @@ async fn operations_use_the_schema_and_count_once() {
     assert!(
         masters
             .iter()
-            .all(|m| m.holder(b"redlock:2:k") == Some(token("a")))
+            .all(|m| m.holder(&service_key(2, "k")) == Some(token("a")))
     );
     assert_eq!(locks.acquire(2, b"k", token("b"), how).await, Ok(None));
     // Another database is another lock.
@@ -188,7 +193,11 @@ async fn session_locks_live_with_the_connection() {
     // Closing the connection releases it.
     session.close().await;
     assert_eq!(locks.inspect(0, b"k").await, Ok(None));
-    assert!(masters.iter().all(|m| m.holder(b"redlock:0:k").is_none()));
+    assert!(
+        masters
+            .iter()
+            .all(|m| m.holder(&service_key(0, "k")).is_none())
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -239,7 +248,7 @@ async fn swap_replaces_only_the_token_it_names() {
     assert!(
         masters
             .iter()
-            .all(|m| m.holder(b"redlock:0:k") == Some(token("2:o")))
+            .all(|m| m.holder(&service_key(0, "k")) == Some(token("2:o")))
     );
     // The new TTL, and never a lock where there was none.
     assert!(locks.inspect(0, b"k").await.unwrap().unwrap().validity_ms > 1_000);

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::Member;
-use crate::backend::redis::{BackendTls, Quarantine, RedisMaster};
+use crate::backend::redis::{BackendTls, ClusterMember, Quarantine, RedisMaster};
 use crate::cmd::Shared;
 use crate::config::Config;
 use crate::locks::Locks;
@@ -151,11 +151,12 @@ impl Proxy {
         let (released, mut announcements) = tokio::sync::mpsc::unbounded_channel();
         let names = Locks::names(&config.redlock.key_prefix);
         // Every master's TLS first, so a bad name starts none of them.
+        let backend_tls = tls;
         let tls: Vec<_> = config
             .backend
             .masters
             .iter()
-            .map(|addr| match &tls {
+            .map(|addr| match &backend_tls {
                 Some(tls) if addr.tls => tls.for_master(addr).map(Some),
                 _ => Ok(None),
             })
@@ -166,8 +167,18 @@ impl Proxy {
             .masters
             .iter()
             .zip(tls)
-            .map(|(addr, master_tls)| {
-                Member::Redis(RedisMaster::start(
+            .map(|(addr, master_tls)| match &addr.cluster {
+                Some(_) => Member::Cluster(ClusterMember::start(
+                    addr.clone(),
+                    backend_tls.clone(),
+                    &config.backend,
+                    policy,
+                    &names,
+                    released.clone(),
+                    backend_stop.clone(),
+                    &backend,
+                )),
+                None => Member::Redis(RedisMaster::start(
                     addr.clone(),
                     master_tls,
                     &config.backend,
@@ -176,7 +187,7 @@ impl Proxy {
                     released.clone(),
                     backend_stop.clone(),
                     &backend,
-                ))
+                )),
             })
             .collect();
         drop(released);

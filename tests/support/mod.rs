@@ -15,7 +15,9 @@ use redis_protocol::resp3::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use redlock_proxy::config::Config;
+pub mod cluster;
+
+use redlock_proxy::config::{Config, MasterAddr};
 use redlock_proxy::embedded::{self, RedisServer};
 use redlock_proxy::server::{Listeners, Proxy};
 
@@ -26,6 +28,24 @@ pub const REPLY_WITHIN: Duration = Duration::from_secs(5);
 /// script loads queue behind everything else.
 pub const MASTERS_WITHIN: Duration = Duration::from_secs(20);
 
+/// The name of client key `key`'s lock on the masters (default prefix, database 0).
+pub fn lock_key(key: &str) -> String {
+    let schema = redlock_proxy::locks::keys::Schema::new("redlock:");
+    String::from_utf8(schema.key(0, key.as_bytes()).to_vec()).unwrap()
+}
+
+/// The name of client key `key`'s waiting marker on the masters.
+pub fn marker_key(key: &str) -> String {
+    let schema = redlock_proxy::locks::keys::Schema::new("redlock:");
+    String::from_utf8(schema.lock(0, key.as_bytes()).marker.to_vec()).unwrap()
+}
+
+/// The name of client key `key`'s fence counter on the masters.
+pub fn fence_key(key: &str) -> String {
+    let schema = redlock_proxy::locks::keys::Schema::new("redlock:");
+    String::from_utf8(schema.fence(0, key.as_bytes()).to_vec()).unwrap()
+}
+
 /// Starts `n` real masters.
 pub fn masters(n: usize) -> Vec<RedisServer> {
     embedded::start_masters(n, "redis-server").expect("redis-server must be installed")
@@ -33,8 +53,19 @@ pub fn masters(n: usize) -> Vec<RedisServer> {
 
 /// A proxy over `masters`, after `tweak` has adjusted the test configuration.
 pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)) -> TestProxy {
+    let live = masters.iter().all(|m| m.pid().is_some());
+    proxy_on(masters.iter().map(RedisServer::addr).collect(), live, tweak).await
+}
+
+/// A proxy over the members `addrs` (masters or clusters), after `tweak` has adjusted the test
+/// configuration; it waits for them all to vote when they are `live` and trusted as new.
+pub async fn proxy_on(
+    addrs: Vec<MasterAddr>,
+    live: bool,
+    tweak: impl FnOnce(&mut Config),
+) -> TestProxy {
     let mut config = Config::default();
-    config.backend.masters = masters.iter().map(RedisServer::addr).collect();
+    config.backend.masters = addrs;
     config.server.shutdown_grace_ms = 2_000;
     // The harness just started these masters: they hold nothing yet.
     config.backend.fresh_at_start = true;
@@ -56,8 +87,7 @@ pub async fn proxy_with(masters: &[RedisServer], tweak: impl FnOnce(&mut Config)
         tls,
     };
     let proxy = Proxy::start_with(config, listeners).unwrap();
-    let live: Vec<bool> = masters.iter().map(|m| m.pid().is_some()).collect();
-    if trusted && live.iter().all(|l| *l) {
+    if trusted && live {
         assert!(
             proxy.wait_for_masters(MASTERS_WITHIN).await,
             "masters did not come up within {MASTERS_WITHIN:?}"

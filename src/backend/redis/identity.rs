@@ -619,13 +619,22 @@ mod tests {
 
     fn inner(policy: Quarantine) -> Inner {
         let names = Names {
+            prefix: Bytes::new(),
+            sharded: false,
             release_channel: Bytes::new(),
             fence_pattern: Bytes::new(),
             fence_floor: Bytes::new(),
             run_marker: Bytes::new(),
             lineage: Bytes::new(),
         };
-        Inner::new(MasterAddr::local(1), None, Box::new([]), policy, &names)
+        Inner::new(
+            MasterAddr::local(1),
+            None,
+            Box::new([]),
+            policy,
+            &names,
+            CancellationToken::new(),
+        )
     }
 
     const TTL: Duration = Duration::from_secs(60);

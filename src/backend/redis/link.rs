@@ -124,11 +124,15 @@ impl Conn {
     /// Queues `bytes` unless the bound is reached. On failure `reply` is dropped unsent. A
     /// `checked` request's reply counts only if the run marker exists after it (see
     /// [`Link::carry`]); else the waiter gets an error.
+    ///
+    /// With `asking` the request goes right behind an `ASKING` on the same connection, nothing
+    /// between them: a cluster node redirected it there with `ASK` (a slot being moved).
     pub(super) fn queue(
         &self,
         bytes: Bytes,
         reply: ReplyTo,
         checked: bool,
+        asking: bool,
     ) -> Result<(), BackendError> {
         if self.permits.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.permits.fetch_sub(1, Ordering::AcqRel);
@@ -141,7 +145,11 @@ impl Conn {
             _permit: permit,
         };
         self.tx
-            .send(Request { bytes, waiter })
+            .send(Request {
+                bytes,
+                waiter,
+                asking,
+            })
             .map_err(|_| BackendError::Down)
     }
 }
@@ -160,6 +168,8 @@ impl Drop for Permit {
 pub(super) struct Request {
     bytes: Bytes,
     waiter: Waiter,
+    /// Sent right after an `ASKING`, whose reply nobody waits for.
+    asking: bool,
 }
 
 /// Who gets a request's reply; it holds a permit until then (or until the connection ends).
@@ -181,6 +191,9 @@ enum Awaiting {
     Reply(Waiter),
     /// The `EXISTS` of the run marker written after a batch with checked requests.
     MarkerCheck,
+    /// The `ASKING` written before a redirected request: its `+OK` is dropped (an error there
+    /// shows in the request's own reply, which the node then refuses with `MOVED`).
+    Asking,
 }
 
 /// Where a request's reply goes.
@@ -379,6 +392,7 @@ impl Link {
         let rx = &mut self.rx;
         let master = &*self.master;
         let marker_check = client::command(&[b"EXISTS", &master.names.run_marker]);
+        let asking = client::command(&[b"ASKING"]);
         let pending: Mutex<VecDeque<Awaiting>> = Mutex::new(VecDeque::new());
         let writer = async {
             let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES);
@@ -395,7 +409,16 @@ impl Link {
                     queue.push_back(Awaiting::Batch(Instant::now()));
                     let mut next = Some(first);
                     let mut checked = false;
-                    while let Some(Request { bytes, mut waiter }) = next {
+                    while let Some(Request {
+                        bytes,
+                        mut waiter,
+                        asking: ask,
+                    }) = next
+                    {
+                        if ask {
+                            buf.extend_from_slice(&asking);
+                            queue.push_back(Awaiting::Asking);
+                        }
                         buf.extend_from_slice(&bytes);
                         waiter.reply.written(bytes);
                         checked |= waiter.checked;
@@ -444,6 +467,7 @@ impl Link {
                             }
                         }
                         Awaiting::MarkerCheck => held.release(&frame, master),
+                        Awaiting::Asking => {}
                         // Taken out by the loop above.
                         Awaiting::Batch(_) => {}
                     }

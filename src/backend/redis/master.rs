@@ -79,7 +79,7 @@ impl Vote {
             && let Some(again) = self.script.take()
             && !again.request.is_empty()
         {
-            let again = RedisMaster(self.master.clone()).load_and_resend(again);
+            let again = RedisMaster(self.master.clone(), false).load_and_resend(again);
             tokio::spawn(async move { self.finish(expect_bool(again.await)) });
             return;
         }
@@ -229,8 +229,14 @@ impl RedisMaster {
             Ask::Release { key, marker, token } => {
                 let script = &*scripts::RELEASE;
                 let channel = &self.0.names.release_channel[..];
+                let publish: &[u8] = if self.0.names.sharded {
+                    b"SPUBLISH"
+                } else {
+                    b"PUBLISH"
+                };
                 let sha = script.sha.as_bytes();
-                let args: [&[u8]; 7] = [b"EVALSHA", sha, b"2", key, marker, token, channel];
+                let args: [&[u8]; 8] =
+                    [b"EVALSHA", sha, b"2", key, marker, token, channel, publish];
                 (encode(&args), Sent::Script(script))
             }
             Ask::Extend { key, token, ttl_ms } => {
@@ -264,9 +270,16 @@ impl RedisMaster {
                 let run = &self.0.names.run_marker[..];
                 let (ttl, fence) = (ttl.format(ttl_ms).as_bytes(), f.format(fence).as_bytes());
                 let sha = script.sha.as_bytes();
-                let args: [&[u8]; 10] = [
-                    b"EVALSHA", sha, b"4", key, fence_key, floor, run, token, ttl, fence,
-                ];
+                // On a cluster node the node's own names are arguments, not keys.
+                let args: [&[u8]; 10] = if self.0.names.sharded {
+                    [
+                        b"EVALSHA", sha, b"2", key, fence_key, token, ttl, fence, floor, run,
+                    ]
+                } else {
+                    [
+                        b"EVALSHA", sha, b"4", key, fence_key, floor, run, token, ttl, fence,
+                    ]
+                };
                 (encode(&args), Sent::Script(script))
             }
         }
@@ -374,12 +387,22 @@ impl RedisMaster {
         let pattern = self.0.names.fence_pattern.clone();
         let floor_key = self.0.names.fence_floor.clone();
         let (keys, next) = self.scan_fence_keys(cursor).await?;
-        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 2);
-        args.push(b"MGET");
-        args.extend(keys.iter().map(|k| &k[..]));
-        args.push(&floor_key);
-        let Frame::Array(mut values) = self.call(&pattern, &args).await? else {
-            return Err(BackendError::Unexpected("MGET answered no array".into()));
+        let mut values = if self.0.names.sharded {
+            // A node's counters sit in many slots: one `GET` each, all in one batch.
+            let gets = keys
+                .iter()
+                .chain([&floor_key])
+                .map(|k| self.call(k, &[b"GET", k]));
+            futures_util::future::try_join_all(gets).await?
+        } else {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 2);
+            args.push(b"MGET");
+            args.extend(keys.iter().map(|k| &k[..]));
+            args.push(&floor_key);
+            let Frame::Array(values) = self.call(&pattern, &args).await? else {
+                return Err(BackendError::Unexpected("MGET answered no array".into()));
+            };
+            values
         };
         let number = |v: &Frame| match v {
             Frame::BulkString(v) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
@@ -396,6 +419,31 @@ impl RedisMaster {
             floor,
             next,
         })
+    }
+}
+
+impl RedisMaster {
+    /// [`Master::raise_fences`] on a cluster node, whose counters sit in many slots: one raise
+    /// per counter and one for the floor, all queued at once.
+    fn raise_each(
+        &self,
+        counters: &[(Bytes, u64)],
+        floor: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let mut n = itoa::Buffer::new();
+        let floor_key = self.0.names.fence_floor.clone();
+        let raises: Vec<_> = counters
+            .iter()
+            .map(|(key, fence)| (&key[..], *fence))
+            .chain([(&floor_key[..], floor)])
+            .map(|(key, fence)| {
+                self.eval(&scripts::RAISE_FENCE, key, &[n.format(fence).as_bytes()])
+            })
+            .collect();
+        async move {
+            futures_util::future::try_join_all(raises).await?;
+            Ok(())
+        }
     }
 }
 
@@ -499,11 +547,12 @@ impl Master for RedisMaster {
         &self,
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
-        let reply = self.eval_keys(
-            &scripts::READ_FENCE,
-            &[fence_key, &self.0.names.fence_floor],
-            &[],
-        );
+        let floor = &self.0.names.fence_floor[..];
+        let reply = if self.0.names.sharded {
+            self.eval_keys(&scripts::READ_FENCE, &[fence_key], &[floor])
+        } else {
+            self.eval_keys(&scripts::READ_FENCE, &[fence_key, floor], &[])
+        };
         async move { expect_count(reply.await?) }
     }
 
@@ -529,6 +578,9 @@ impl Master for RedisMaster {
         counters: &[(Bytes, u64)],
         floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        if self.0.names.sharded {
+            return Either::Left(self.raise_each(counters, floor));
+        }
         let floor_key = &self.0.names.fence_floor[..];
         let mut keys: Vec<&[u8]> = counters.iter().map(|(k, _)| &k[..]).collect();
         keys.push(floor_key);
@@ -541,7 +593,7 @@ impl Master for RedisMaster {
             .collect();
         // On the floor's connection: one page's raises are one request, in order.
         let reply = self.eval_on(floor_key, &scripts::RAISE_FENCES, &keys, &argv);
-        async move { reply.await.map(|_| ()) }
+        Either::Right(async move { reply.await.map(|_| ()) })
     }
 
     fn fence_page(

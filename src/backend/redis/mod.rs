@@ -18,10 +18,14 @@
 //! - `releases.rs`: the subscription that relays announced releases;
 //! - `scripts.rs`: the Lua scripts sent to the masters;
 //! - `tls.rs`: TLS to `rediss://` masters: the client configuration built once at start, and
-//!   the plain-or-TLS stream each connection is dialled as.
+//!   the plain-or-TLS stream each connection is dialled as;
+//! - `cluster.rs`: [`ClusterMember`], a member that is a Redis Cluster: the slot map, and each
+//!   operation routed to the node of its key's slot (one `RedisMaster` per master node), with
+//!   `MOVED` and `ASK` followed.
 //!
 //! [`Master`]: super::Master
 
+mod cluster;
 mod identity;
 mod link;
 mod master;
@@ -29,6 +33,7 @@ mod releases;
 pub mod scripts;
 mod tls;
 
+pub use cluster::{ClusterMember, NodeStatus, describe};
 pub use identity::Quarantine;
 pub use tls::{BackendTls, MasterTls, Stream, TlsError, pem_certs, pem_key};
 
@@ -52,9 +57,10 @@ use link::{Conn, Link, ReplyTo};
 use master::as_result;
 use releases::Relay;
 
-/// A handle on one master; clones share the connections.
+/// A handle on one master; clones share the connections. The flag is set on a handle that sends
+/// each request behind an `ASKING` (see [`RedisMaster::asking`]).
 #[derive(Debug, Clone)]
-pub struct RedisMaster(Arc<Inner>);
+pub struct RedisMaster(Arc<Inner>, bool);
 
 #[derive(Debug)]
 struct Inner {
@@ -85,6 +91,8 @@ struct Inner {
     round_trip: Histogram,
     /// Fence repairs completed on it (it had restarted empty), for the metrics.
     fence_repairs: AtomicU64,
+    /// Stops its tasks: cancelled with the proxy's shutdown, or alone by [`RedisMaster::stop`].
+    stop: CancellationToken,
 }
 
 impl Inner {
@@ -94,6 +102,7 @@ impl Inner {
         conns: Box<[Conn]>,
         policy: Quarantine,
         names: &Names,
+        stop: CancellationToken,
     ) -> Inner {
         Inner {
             addr,
@@ -113,6 +122,7 @@ impl Inner {
             last_error: Mutex::new(None),
             round_trip: Histogram::default(),
             fence_repairs: AtomicU64::new(0),
+            stop,
         }
     }
 }
@@ -132,6 +142,7 @@ impl RedisMaster {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> RedisMaster {
+        let shutdown = shutdown.child_token();
         let (conns, receivers): (Vec<_>, Vec<_>) = (0..cfg.connections_per_master)
             .map(|_| Conn::new(cfg.max_pending_per_connection))
             .unzip();
@@ -141,6 +152,7 @@ impl RedisMaster {
             conns.into_boxed_slice(),
             policy,
             names,
+            shutdown.clone(),
         ));
         let relay = Relay::new(master.clone(), released, shutdown.clone());
         tracker.spawn(link::reconnecting(relay, cfg.clone(), shutdown.clone()));
@@ -150,7 +162,7 @@ impl RedisMaster {
         }
         let period = Duration::from_millis(cfg.health_check_ms);
         let deadline = Duration::from_millis(cfg.health_timeout_ms);
-        let master = RedisMaster(master);
+        let master = RedisMaster(master, false);
         tracker.spawn(identity::check_health(
             master.clone(),
             period,
@@ -158,6 +170,18 @@ impl RedisMaster {
             shutdown,
         ));
         master
+    }
+
+    /// A handle on the same connections whose requests each go behind an `ASKING`: for a
+    /// cluster node that answered `ASK` (its slot is being imported).
+    pub fn asking(&self) -> RedisMaster {
+        RedisMaster(self.0.clone(), true)
+    }
+
+    /// Stops its connections, its subscription and its health check (a cluster node that left
+    /// the slot map, or whose own names must move to another slot).
+    pub fn stop(&self) {
+        self.0.stop.cancel();
     }
 
     /// The address it was started with.
@@ -268,7 +292,7 @@ impl RedisMaster {
             .map(|i| &inner.conns[(home + i) % n])
             .find(|c| c.is_up())
             .ok_or(BackendError::Down)?;
-        conn.queue(bytes, reply, checked)
+        conn.queue(bytes, reply, checked, self.1)
     }
 }
 

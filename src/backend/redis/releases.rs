@@ -1,6 +1,8 @@
 //! The subscription to the release channel on one master, which passes the key of each release
 //! announced there on to the proxy's waiters. A notification lost while the subscription is
-//! down only delays waiters: they also retry on a timer.
+//! down only delays waiters: they also retry on a timer. On a Redis Cluster node it is a sharded
+//! subscription (`SSUBSCRIBE`) to the node's own channel, which its releases `SPUBLISH` to: a
+//! message goes to that node's subscribers only, not over the cluster bus to every node.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,13 +40,26 @@ impl Relay {
 
     /// Passes each released key on, until the subscription breaks.
     async fn relay(&self, mut stream: Stream, mut buf: BytesMut) -> Result<Infallible, LinkError> {
+        let (message, unsubscribed): (&[u8], &[u8]) = if self.master.names.sharded {
+            (b"smessage", b"sunsubscribe")
+        } else {
+            (b"message", b"unsubscribe")
+        };
         loop {
             while let Some(frame) = client::decode_reply(&mut buf)? {
-                if let Frame::Array(parts) = frame
-                    && let [Frame::BulkString(kind), _, Frame::BulkString(key)] = &parts[..]
-                    && &kind[..] == b"message"
-                {
-                    let _ = self.released.send(key.clone());
+                let Frame::Array(parts) = frame else {
+                    continue;
+                };
+                match &parts[..] {
+                    [Frame::BulkString(kind), _, Frame::BulkString(key)] if kind == message => {
+                        let _ = self.released.send(key.clone());
+                    }
+                    // A cluster node drops the subscription when the channel's slot moves
+                    // away: subscribe again, where the slot map says.
+                    [Frame::BulkString(kind), ..] if kind == unsubscribed => {
+                        return Err(LinkError::Closed);
+                    }
+                    _ => {}
                 }
             }
             make_room(&mut buf);
@@ -62,13 +77,18 @@ impl Reconnect for Relay {
         let mut stream = dial(&self.master).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let channel = &self.master.names.release_channel;
-        let reply = round_trip(&mut stream, &mut buf, &[b"SUBSCRIBE", channel]).await?;
+        let (command, kind): (&[u8], &[u8]) = if self.master.names.sharded {
+            (b"SSUBSCRIBE", b"ssubscribe")
+        } else {
+            (b"SUBSCRIBE", b"subscribe")
+        };
+        let reply = round_trip(&mut stream, &mut buf, &[command, channel]).await?;
         // An error (an ACL that denies the channel) must not pass for a subscription that then
         // hears nothing: the attempt fails, is retried, and says why in the debug log.
         match &reply {
             Frame::Array(parts)
-                if matches!(&parts[..], [Frame::BulkString(kind), Frame::BulkString(c), _]
-                    if &kind[..] == b"subscribe" && c == channel) => {}
+                if matches!(&parts[..], [Frame::BulkString(k), Frame::BulkString(c), _]
+                    if k == kind && c == channel) => {}
             _ => {
                 return Err(LinkError::Handshake {
                     step: "SUBSCRIBE",

@@ -23,12 +23,14 @@ impl Script {
 
 /// Deletes `KEYS[1]` only if it holds `ARGV[1]` (the token): 1 when deleted. When some proxy has a
 /// waiter for the key (its waiting marker `KEYS[2]` exists), the release is published on channel
-/// `ARGV[2]` so waiters on every proxy wake; without waiters nothing is published, and no proxy
-/// reads a message per release.
+/// `ARGV[2]` with command `ARGV[3]` (`PUBLISH`, or `SPUBLISH` on a cluster node) so waiters on
+/// every proxy wake; without waiters nothing is published, and no proxy reads a message per
+/// release. An announcement that fails (a cluster node whose channel's slot just moved away)
+/// does not fail the release: waiters also retry on a timer.
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) \
-         if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], KEYS[1]) end \
+         if redis.call('EXISTS', KEYS[2]) == 1 then redis.pcall(ARGV[3], ARGV[2], KEYS[1]) end \
          return 1 else return 0 end",
     )
 });
@@ -79,11 +81,12 @@ pub static INSPECT: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// The fence counter `KEYS[1]`, or the floor `KEYS[2]` when that is higher (0 when both absent).
+/// The fence counter `KEYS[1]`, or the floor `KEYS[2]` (on a cluster node, `ARGV[1]`: see
+/// [`Names::sharded`](crate::backend::Names::sharded)) when that is higher (0 when both absent).
 pub static READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "return math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), \
-         tonumber(redis.call('GET', KEYS[2]) or '0'))",
+         tonumber(redis.call('GET', KEYS[2] or ARGV[1]) or '0'))",
     )
 });
 
@@ -91,13 +94,15 @@ pub static READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
 /// lock is free and the fence is greater than every fence `KEYS[2]` has seen and than the floor
 /// `KEYS[3]`: 1 when taken, 0 when held, -1 when the fence is stale. Without the run marker
 /// `KEYS[4]` (the master was flushed, or sits out a quarantine) it takes nothing and answers
-/// [`NO_MARKER`].
+/// [`NO_MARKER`]. On a cluster node the floor and the marker, the node's own names in another
+/// slot, come as `ARGV[4]` and `ARGV[5]` instead (see
+/// [`Names::sharded`](crate::backend::Names::sharded)).
 pub static ACQUIRE_FENCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('EXISTS', KEYS[4]) == 0 then return -2 end \
+        "if redis.call('EXISTS', KEYS[4] or ARGV[5]) == 0 then return -2 end \
          if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
          if math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), \
-         tonumber(redis.call('GET', KEYS[3]) or '0')) >= tonumber(ARGV[3]) then return -1 end \
+         tonumber(redis.call('GET', KEYS[3] or ARGV[4]) or '0')) >= tonumber(ARGV[3]) then return -1 end \
          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[3]) \
          return 1",
     )

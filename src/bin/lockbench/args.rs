@@ -59,7 +59,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub wait_ms: u64,
     /// wait-latency: a master of the proxies (repeat for each), for the unannounced-release
-    /// rounds; their lock keys are `redlock:0:<key>` (the default key_prefix, database 0)
+    /// rounds; their lock keys are named as `locks::keys` names `<key>` under the default
+    /// key_prefix in database 0
     #[arg(long = "master")]
     pub masters: Vec<String>,
     /// wait-latency: rounds with an unannounced release (needs --master)

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use redlock_proxy::locks::keys::Schema;
 use redlock_proxy::protocol::client::Frame;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -251,10 +252,10 @@ async fn one_round(
                 other => return Err(io::Error::other(format!("UNLOCK: {other:?}"))),
             }
         } else {
-            let master_key = format!("redlock:0:{key}");
+            let master_key = Schema::new("redlock:").key(0, key.as_bytes());
             for m in masters {
                 let mut link = Conn::open(*m, args.password.as_deref()).await?;
-                link.call(&[b"DEL", master_key.as_bytes()], STEP).await?;
+                link.call(&[b"DEL", &master_key], STEP).await?;
             }
         }
         Ok(Instant::now())
