@@ -60,7 +60,9 @@ pub struct Cli {
         long = "backend",
         value_name = "ADDR",
         help = "A Redis master, HOST:PORT or redis://[user:pass@]HOST:PORT[/db], or rediss://... \
-                for TLS; repeat for each. Without any, three local redis-server masters are started"
+                for TLS; or a Redis Cluster, redis+cluster://[user:pass@]HOST:PORT[,HOST:PORT...] \
+                (its seed nodes; rediss+cluster:// for TLS); repeat for each member. Without any, \
+                three local redis-server masters are started"
     )]
     pub backends: Vec<MasterAddr>,
 

@@ -41,13 +41,15 @@
 //!                tests.rs, sim.rs (tests): in-memory masters, deterministic simulation
 //!        │
 //! backend/       mod.rs: the Master trait (the test seam), what a vote asks, Votes, Names;
-//!                member.rs: Member, a real or in-memory master behind one type;
+//!                member.rs: Member, a master, a cluster or one in memory behind one type;
 //!                redis/: a Redis master over multiplexed, batched connections (mod.rs: the
 //!                handle; link.rs: one connection, with reconnect; master.rs: the operations
 //!                and votes; identity.rs: run, quarantine, health checks and the run marker;
 //!                releases.rs: the subscription
 //!                that announces releases; scripts.rs: the Lua scripts sent to masters;
-//!                tls.rs: TLS to rediss:// masters, the client configuration and the stream);
+//!                tls.rs: TLS to rediss:// masters, the client configuration and the stream;
+//!                cluster.rs: a member that is a Redis Cluster, routed by slot to one
+//!                RedisMaster per master node);
 //!                mem.rs: a master's data in memory (Keyspace) and MemMaster over it
 //!
 //! protocol/      pure RESP codec: request.rs (requests in), reply.rs (replies out),

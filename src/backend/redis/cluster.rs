@@ -35,7 +35,7 @@ use super::link::{dial, round_trip};
 use super::{BackendTls, Inner, Quarantine, RedisMaster};
 use crate::backend::{BackendError, FencePage, KeyState, Master, MasterStatus, Names};
 use crate::config::{BackendConfig, MasterAddr};
-use crate::protocol::client::Frame;
+use crate::protocol::client::{self, Frame};
 
 /// Slots in a Redis Cluster.
 pub const SLOTS: usize = 16384;
@@ -277,20 +277,26 @@ impl ClusterMember {
         }
     }
 
-    /// One refresh: the slot map from the first node (known ones first, then the seeds) that
-    /// answers, installed if it differs from the one in use.
+    /// One refresh: the slot map from the first node that answers: the known ones over their
+    /// own connections (no new one each time), else the seeds, each dialled for the purpose.
+    /// Installed if it differs from the one in use.
     async fn refresh(&self) {
         let old = self.map();
-        let known = old
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let (host, port) = n.at.rsplit_once(':')?;
-                Some(self.0.addr.node(host, port.parse().ok()?))
-            })
-            .chain(self.0.addr.seeds());
         let timeout = Duration::from_millis(self.0.cfg.connect_timeout_ms);
-        for addr in known {
+        let ask = client::command(&[b"CLUSTER", b"SLOTS"]);
+        for n in &old.nodes {
+            let reply = tokio::time::timeout(timeout, n.master.send(0, ask.clone())).await;
+            let host = n.at.rsplit_once(':').map_or("", |(h, _)| h);
+            if let Some(ranges) = reply
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|r| parse_slots(&r, host))
+            {
+                self.install(&old, ranges);
+                return;
+            }
+        }
+        for addr in self.0.addr.seeds() {
             match tokio::time::timeout(timeout, ask_slots(&addr, self.0.tls.as_ref())).await {
                 Ok(Ok(ranges)) => {
                     self.install(&old, ranges);
