@@ -230,7 +230,75 @@ async fn moved_and_ask_are_followed_while_a_slot_moves() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(0);
     assert!(redirects >= 2, "{shown}");
+    // A node that may evict keys is held out: its keys get no vote from the member, though its
+    // run marker is there; the other nodes' keys still do.
+    let evicting = c.masters()[0];
+    cli(evicting, &["CONFIG", "SET", "maxmemory", "1gb"]);
+    cli(
+        evicting,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    );
+    until_info(&p, "the evicting node held out", |i| {
+        node_line(i, evicting).is_some_and(|l| l.contains("state=evicting"))
+    })
+    .await;
+    let there = same_shard_key(&c, evicting);
+    let reply = flatten(&pc.call(&["LOCK", &there, "30000"]).await);
+    assert!(reply.contains("NOQUORUM"), "{reply}");
+    let elsewhere = same_shard_key(&c, c.masters()[1]);
+    assert_eq!(
+        text(&pc.call(&["LOCK", &elsewhere, "30000"]).await).len(),
+        32
+    );
+    cli(evicting, &["CONFIG", "SET", "maxmemory", "0"]);
+    until_info(&p, "the node votes again", |i| {
+        node_line(i, evicting).is_some_and(|l| l.contains("state=up"))
+    })
+    .await;
+    assert_eq!(text(&pc.call(&["LOCK", &there, "30000"]).await).len(), 32);
+    // The slot of a node's own names moves away with its run marker: the node
+    // stops voting at once, its names are placed anew under its new highest slot, and a node
+    // without a marker there sits out a quarantine (no proof nothing flushed it meanwhile).
+    let (node, other) = (c.masters()[2], c.masters()[0]);
+    let marker = cli(node, &["--scan", "--pattern", "redlock:{*}run"]);
+    let marker = marker.lines().next().expect("the node's run marker");
+    let slot = cli(node, &["CLUSTER", "KEYSLOT", marker]).trim().to_owned();
+    move_slot(&c, &slot, node, other);
+    let shown = until_info(&p, "the node re-marked and held out", |i| {
+        node_line(i, node).is_some_and(|l| l.contains("reason=unmarked"))
+    })
+    .await;
+    assert!(
+        node_line(&shown, node)
+            .unwrap()
+            .contains("state=quarantined"),
+        "{shown}"
+    );
+    let reply = flatten(&pc.call(&["LOCK", &same_shard_key(&c, node), "30000"]).await);
+    assert!(reply.contains("NOQUORUM"), "{reply}");
     p.stop().await;
+}
+
+/// Moves `slot` from `from` to `to` in `cluster`: IMPORTING, MIGRATING, its keys, NODE.
+fn move_slot(cluster: &RedisCluster, slot: &str, from: u16, to: u16) {
+    let (from_id, to_id) = (cluster.id(from), cluster.id(to));
+    cli(to, &["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]);
+    cli(from, &["CLUSTER", "SETSLOT", slot, "MIGRATING", &to_id]);
+    // Bounded: a slot holds a handful of this test's keys.
+    for _ in 0..100 {
+        let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", slot, "10"]);
+        if keys.trim().is_empty() {
+            break;
+        }
+        let to_port = to.to_string();
+        let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+        migrate.extend(keys.lines());
+        cli(from, &migrate);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for m in cluster.masters() {
+        cli(m, &["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,24 +464,7 @@ fn move_slots(cluster: &RedisCluster, keys: &[String]) -> usize {
                 continue;
             }
             let slot = cli(from, &["CLUSTER", "KEYSLOT", &key]).trim().to_owned();
-            let (from_id, to_id) = (cluster.id(from), cluster.id(to));
-            cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
-            cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
-            // Bounded: a slot holds a handful of this test's keys.
-            for _ in 0..100 {
-                let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "10"]);
-                if keys.trim().is_empty() {
-                    break;
-                }
-                let to_port = to.to_string();
-                let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
-                migrate.extend(keys.lines());
-                cli(from, &migrate);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            for m in &masters {
-                cli(*m, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
-            }
+            move_slot(cluster, &slot, from, to);
             moved += 1;
         }
     }
