@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::quorum::quorum;
 use super::{Redlock, key};
 use crate::backend::mem::Keyspace;
-use crate::backend::{BackendError, FencePage, KeyState, Master};
+use crate::backend::{BackendError, FencePage, HeldAs, KeyState, Master, Take};
 
 const DEADLINE: Duration = Duration::from_millis(10);
 const MAX_TTL_MS: u64 = 300;
@@ -411,6 +411,154 @@ impl Master for SimMaster {
         floor: u64,
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
         self.request(move |s, _| s.data.raise_fence_floor(floor))
+    }
+
+    fn mark_waiting(
+        &self,
+        _key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+        ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let (marker, waiter) = (
+            Bytes::copy_from_slice(marker),
+            Bytes::copy_from_slice(waiter),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ms, s.skew_permille);
+            s.data.mark(&marker, &waiter, expires, now)
+        })
+    }
+
+    fn unmark_waiting(
+        &self,
+        _key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let (marker, waiter) = (
+            Bytes::copy_from_slice(marker),
+            Bytes::copy_from_slice(waiter),
+        );
+        self.request(move |s, _| s.data.unmark(&marker, &waiter))
+    }
+
+    fn held_as(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<> {
+        let key = Bytes::copy_from_slice(key);
+        self.request(move |s, now| s.data.held_as(&key, now))
+    }
+
+    fn acquire_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        ttl_ms: u64,
+        offset: u32,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        let (key, slots, base) = (
+            Bytes::copy_from_slice(key),
+            slots.to_vec(),
+            Bytes::copy_from_slice(base),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            if s.refuses(now) {
+                return Take::Held;
+            }
+            s.data
+                .acquire_permit(&key, &slots, &base, offset, expires, now)
+        })
+    }
+
+    fn release_permit(
+        &self,
+        key: &[u8],
+        _marker: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, slots, base) = (
+            Bytes::copy_from_slice(key),
+            slots.to_vec(),
+            Bytes::copy_from_slice(base),
+        );
+        self.request(move |s, now| s.data.release_permit(&key, &slots, &base, keep, now))
+    }
+
+    fn extend_permit(
+        &self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, slot, token) = (
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(slot),
+            Bytes::copy_from_slice(token),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data.extend_permit(&key, &slot, &token, expires, now)
+        })
+    }
+
+    fn acquire_shared(
+        &self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        let (key, writers, token) = (
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(writers),
+            Bytes::copy_from_slice(token),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            if s.refuses(now) {
+                return Take::Held;
+            }
+            s.data.acquire_shared(&key, &writers, &token, expires, now)
+        })
+    }
+
+    fn release_shared(
+        &self,
+        key: &[u8],
+        _marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
+        self.request(move |s, now| s.data.release_shared(&key, &token, now))
+    }
+
+    fn extend_shared(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data.extend_shared(&key, &token, expires, now)
+        })
+    }
+
+    fn token_pttl(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send + use<> {
+        let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
+        self.request(move |s, now| s.data.token_pttl(&key, &token, now))
     }
 }
 
