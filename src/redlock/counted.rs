@@ -294,13 +294,21 @@ impl<M: Master> Redlock<M> {
     }
 
     /// A read of every master: the voting masters' answers, when a quorum gave one (a
-    /// quarantined master may have lost the key: its view does not count).
-    async fn read_round<T, F>(&self, ask: impl Fn(&M) -> F) -> Result<Vec<T>, LockError>
+    /// quarantined master may have lost the key: its view does not count). It ends when every
+    /// master answered, or earlier when `settled` says the voting answers so far decide it.
+    async fn read_round<T, F>(
+        &self,
+        ask: impl Fn(&M) -> F,
+        settled: impl Fn(&[&T]) -> bool,
+    ) -> Result<Vec<T>, LockError>
     where
         F: Future<Output = Result<T, BackendError>>,
     {
-        let all = |a: &Answers<T>| a.len() == self.masters.len();
-        let answers = self.gather(self.deadline, ask, all).await;
+        let done = |a: &Answers<T>| {
+            let voting: Vec<&T> = a.iter().filter(|(c, _)| *c).map(|(_, t)| t).collect();
+            a.len() == self.masters.len() || settled(&voting)
+        };
+        let answers = self.gather(self.deadline, ask, done).await;
         let voting: Vec<T> = answers
             .into_iter()
             .filter(|(c, _)| *c)
@@ -312,13 +320,14 @@ impl<M: Master> Redlock<M> {
         Ok(voting)
     }
 
-    /// A release round: every master asked `ask`; true when a quorum released.
+    /// A release round: every master asked `ask`; true when a quorum released (decided as
+    /// soon as the answers so far settle it, as the mutex's release is).
     async fn release_round<F>(&self, ask: impl Fn(&M) -> F) -> Result<bool, LockError>
     where
         F: Future<Output = Result<bool, BackendError>>,
     {
-        let all = |a: &Answers<bool>| a.len() == self.masters.len();
-        let answers = self.gather(self.deadline, ask, all).await;
+        let decided = |a: &Answers<bool>| self.tally(a, false).is_decided();
+        let answers = self.gather(self.deadline, ask, decided).await;
         self.released(self.tally(&answers, true))
     }
 
@@ -344,7 +353,9 @@ impl<M: Master> Redlock<M> {
     /// sees it; `None` when no quorum holds it.
     pub async fn inspect_token(&self, key: &[u8], token: &[u8]) -> Result<Option<u64>, LockError> {
         let start = Instant::now();
-        let voting = self.read_round(|m| m.token_pttl(key, token)).await?;
+        let voting = self
+            .read_round(|m| m.token_pttl(key, token), |_| false)
+            .await?;
         let pttls = voting.into_iter().flatten().collect();
         Ok(quorum::quorum_ttl_ms(
             self.masters.len(),
@@ -356,12 +367,18 @@ impl<M: Master> Redlock<M> {
     /// The kind a quorum of masters use `key` as; `None` when no quorum agrees on one (or it
     /// is free).
     pub async fn held_as(&self, key: &[u8]) -> Result<Option<HeldAs>, LockError> {
-        let voting = self.read_round(|m| m.held_as(key)).await?;
-        Ok(voting
-            .iter()
-            .flatten()
-            .find(|k| voting.iter().filter(|v| v.as_ref() == Some(*k)).count() >= self.quorum())
-            .copied())
+        let q = self.quorum();
+        let agreed = |voting: &[&Option<HeldAs>]| -> Option<HeldAs> {
+            voting
+                .iter()
+                .filter_map(|v| **v)
+                .find(|k| voting.iter().filter(|v| ***v == Some(*k)).count() >= q)
+        };
+        // A refused plain LOCK asks this: done as soon as a quorum names one kind.
+        let voting = self
+            .read_round(|m| m.held_as(key), |v| agreed(v).is_some())
+            .await?;
+        Ok(agreed(&voting.iter().collect::<Vec<_>>()))
     }
 
     /// A release round's outcome: true when a quorum released, false when a quorum answered.
