@@ -63,6 +63,9 @@ pub enum Error {
     /// A session lock of this connection whose extension failed: the client no longer holds it.
     #[error("LOCKLOST the session lock on '{0}' was lost: an extension did not reach a quorum")]
     LockLost(String),
+    /// The key is in use as another kind of lock, or a semaphore of another count.
+    #[error("WRONGTYPE {0}")]
+    WrongKind(String),
     /// The masters could not decide.
     #[error("NOQUORUM {0}")]
     NoQuorum(#[from] LockError),
@@ -78,6 +81,12 @@ impl From<locks::Error> for Error {
             locks::Error::TooManySessionLocks { max } => Error::Request(format!(
                 "max number of SESSION locks per connection reached ({max}, \
                  max_session_locks_per_client): UNLOCK one first"
+            )),
+            locks::Error::WrongKind { key, held, asked } => Error::WrongKind(format!(
+                "'{}' is held as {}, not as {}",
+                String::from_utf8_lossy(&key[..key.len().min(128)]),
+                describe(held),
+                describe(asked)
             )),
             locks::Error::TooManyWaits { max } => Error::Request(format!(
                 "max number of LOCK ... WAIT per connection reached ({max}, max_waits_per_client)"
@@ -125,6 +134,15 @@ impl From<Error> for Reply {
     }
 }
 
+/// A kind of lock as an error names it.
+fn describe(kind: locks::Kind) -> String {
+    match kind {
+        locks::Kind::Exclusive => "an exclusive lock".into(),
+        locks::Kind::Shared => "a read lock (SHARED)".into(),
+        locks::Kind::Permits(n) => format!("a semaphore of {n} permits (PERMITS {n})"),
+    }
+}
+
 fn truncate(bytes: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned()
 }
@@ -145,6 +163,21 @@ mod tests {
         assert_eq!(
             Error::unknown_command(&argv).to_string(),
             "ERR unknown command 'x', with args beginning with: "
+        );
+    }
+
+    #[test]
+    fn a_kind_conflict_names_both_kinds() {
+        let e: Error = locks::Error::WrongKind {
+            key: Bytes::from("jobs"),
+            held: locks::Kind::Permits(4),
+            asked: locks::Kind::Permits(2),
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            "WRONGTYPE 'jobs' is held as a semaphore of 4 permits (PERMITS 4), \
+             not as a semaphore of 2 permits (PERMITS 2)"
         );
     }
 

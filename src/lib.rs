@@ -30,14 +30,17 @@
 //! error.rs       typed errors of a command and their Redis-style error replies
 //!        │
 //! locks/         the lock service, generic over Master; mod.rs: acquire / release / extend /
-//!                swap / inspect / force-release, typed results and errors, counters;
+//!                swap / inspect / force-release of mutexes, read/write locks and semaphores,
+//!                typed results and errors, counters;
 //!                keys.rs: the key schema, every name the proxy writes on a master;
 //!                waiters.rs: LOCK ... WAIT queues and release watchers; session.rs: a
 //!                connection's handle, and its LOCK ... SESSION keepers; tests.rs: the service over in-memory masters
 //!        │
 //! redlock/       mod.rs: one Redlock round over N masters (acquire, fenced acquire, release,
-//!                extend, inspect, fence repair); quorum.rs: the arithmetic (pure,
-//!                property-tested); ballot.rs: one round's votes; token.rs: lock tokens;
+//!                extend, inspect, fence repair); counted.rs: the rounds of semaphore permits
+//!                (n slot mutexes) and read locks; quorum.rs: the arithmetic (pure,
+//!                property-tested); ballot.rs: one round's votes; token.rs: lock tokens, and
+//!                what a token holds;
 //!                tests.rs, sim.rs (tests): in-memory masters, deterministic simulation
 //!        │
 //! backend/       mod.rs: the Master trait (the test seam), what a vote asks, Votes, Names;

@@ -155,6 +155,10 @@ async fn counters_grow_by_the_traffic_sent() {
     assert_eq!(grew(&outcome("lock_wait", "held")), 1.0);
     assert_eq!(grew("redlock_proxy_commands_total"), 13.0);
     assert_eq!(grew("redlock_proxy_locks_granted_total"), 5.0);
+    let by_kind =
+        |kind: &str| format!("redlock_proxy_locks_granted_by_kind_total{{kind=\"{kind}\"}}");
+    assert_eq!(grew(&by_kind("exclusive")), 5.0);
+    assert_eq!(grew(&by_kind("shared")), 0.0);
     // Histograms appear with their first observation.
     let count = |command: &str| {
         value(

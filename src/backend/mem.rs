@@ -6,7 +6,7 @@
 //! layer's fuzz test, benchmarks); the deterministic simulation keeps its data in a
 //! [`Keyspace`] too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,12 +14,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{BackendError, FENCE_PAGE, FencePage, KeyState, Master};
+use super::{BackendError, FENCE_PAGE, FencePage, HeldAs, KeyState, Master, Take, permit_token};
 
-/// One master's lock keys (token and expiry) and fence counters.
+/// One master's lock keys (token and expiry), readers, semaphore counts, waiting markers and
+/// fence counters. A name holds one of a token, readers or a count, as a Redis key holds one
+/// type.
 #[derive(Debug, Default, Clone)]
 pub struct Keyspace {
     keys: HashMap<Bytes, (Bytes, Instant)>,
+    /// A read lock's readers: token → expiry. The key lives as long as its latest reader.
+    readers: HashMap<Bytes, HashMap<Bytes, Instant>>,
+    /// A semaphore's count, with the expiry of its latest permit.
+    permits: HashMap<Bytes, (u32, Instant)>,
+    /// Waiting markers: the waiters named, and when the marker expires.
+    markers: HashMap<Bytes, (HashSet<Bytes>, Instant)>,
     /// In key order, so a scan can resume after the last key of a page.
     fences: BTreeMap<Bytes, u64>,
     fence_floor: u64,
@@ -54,7 +62,7 @@ impl Keyspace {
 
     /// `SET key token NX` with expiry `expires`: true when this call set the key.
     pub fn acquire(&mut self, key: &[u8], token: &[u8], expires: Instant, now: Instant) -> bool {
-        if self.get(key, now).is_some() {
+        if self.held_as(key, now).is_some() {
             return false;
         }
         self.put(key, token, expires);
@@ -106,6 +114,201 @@ impl Keyspace {
         })
     }
 
+    /// Which primitive uses `key` at `now`; `None` when it is free.
+    pub fn held_as(&self, key: &[u8], now: Instant) -> Option<HeldAs> {
+        if self.get(key, now).is_some() {
+            return Some(HeldAs::Exclusive);
+        }
+        if let Some(readers) = self.readers.get(key)
+            && readers.values().any(|e| *e > now)
+        {
+            return Some(HeldAs::Shared);
+        }
+        match self.permits.get(key) {
+            Some((n, e)) if *e > now => Some(HeldAs::Permits(*n)),
+            _ => None,
+        }
+    }
+
+    /// Takes the first free slot of semaphore `key` among `slots`, from `offset` on (see
+    /// [`Master::acquire_permit`]).
+    pub fn acquire_permit(
+        &mut self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        offset: u32,
+        expires: Instant,
+        now: Instant,
+    ) -> Take {
+        let count = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+        match self.held_as(key, now) {
+            None => {}
+            Some(HeldAs::Permits(n)) if n == count => {}
+            Some(other) => return Take::Conflict(other),
+        }
+        for j in 0..count {
+            let slot = (offset.wrapping_add(j)) % count;
+            let token = permit_token(base, slot, count);
+            if self.acquire(&slots[slot as usize], &token, expires, now) {
+                let meta = self
+                    .permits
+                    .entry(Bytes::copy_from_slice(key))
+                    .or_insert((count, expires));
+                *meta = (count, meta.1.max(expires));
+                return Take::Taken(slot);
+            }
+        }
+        Take::Held
+    }
+
+    /// Frees the slots holding a permit of `base`, except `keep` (see [`Master::release_permit`]).
+    pub fn release_permit(
+        &mut self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+        now: Instant,
+    ) -> bool {
+        let count = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+        let mut freed = false;
+        for (slot, name) in (0..count).zip(slots) {
+            if Some(slot) != keep {
+                freed |= self.release(name, &permit_token(base, slot, count), now);
+            }
+        }
+        if freed && self.held_as(key, now) == Some(HeldAs::Permits(count)) {
+            let latest = slots
+                .iter()
+                .filter_map(|s| self.get(s, now))
+                .map(|(_, e)| e)
+                .max();
+            match latest {
+                Some(latest) => {
+                    self.permits
+                        .insert(Bytes::copy_from_slice(key), (count, latest));
+                }
+                None => {
+                    self.permits.remove(key);
+                }
+            }
+        }
+        freed
+    }
+
+    /// Moves `slot`'s expiry to `expires` if it holds `token`, and the count's with it.
+    pub fn extend_permit(
+        &mut self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        expires: Instant,
+        now: Instant,
+    ) -> bool {
+        if !self.extend(slot, token, expires, now) {
+            return false;
+        }
+        if let Some(meta) = self.permits.get_mut(key) {
+            meta.1 = meta.1.max(expires);
+        }
+        true
+    }
+
+    /// Adds reader `token` to `key` until `expires`, unless a writer holds the key or waits
+    /// (`writers` is marked), or a semaphore uses it.
+    pub fn acquire_shared(
+        &mut self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        expires: Instant,
+        now: Instant,
+    ) -> Take {
+        match self.held_as(key, now) {
+            None | Some(HeldAs::Shared) => {}
+            Some(HeldAs::Exclusive) => return Take::Held,
+            Some(other) => return Take::Conflict(other),
+        }
+        if self.marked(writers, now) {
+            return Take::Held;
+        }
+        let readers = self.readers.entry(Bytes::copy_from_slice(key)).or_default();
+        readers.retain(|_, e| *e > now);
+        readers.insert(Bytes::copy_from_slice(token), expires);
+        Take::Taken(0)
+    }
+
+    /// Takes reader `token` out of `key`: true when it was a live reader.
+    pub fn release_shared(&mut self, key: &[u8], token: &[u8], now: Instant) -> bool {
+        let Some(readers) = self.readers.get_mut(key) else {
+            return false;
+        };
+        let live = readers.remove(token).is_some_and(|e| e > now);
+        readers.retain(|_, e| *e > now);
+        if readers.is_empty() {
+            self.readers.remove(key);
+        }
+        live
+    }
+
+    /// Moves reader `token`'s expiry to `expires` if it is a live reader of `key`.
+    pub fn extend_shared(
+        &mut self,
+        key: &[u8],
+        token: &[u8],
+        expires: Instant,
+        now: Instant,
+    ) -> bool {
+        match self.readers.get_mut(key).and_then(|r| r.get_mut(token)) {
+            Some(e) if *e > now => {
+                *e = expires;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How long `token` still holds `key` (its token, or one of its readers), in ms.
+    pub fn token_pttl(&self, key: &[u8], token: &[u8], now: Instant) -> Option<u64> {
+        let expires = match self.get(key, now) {
+            Some((t, e)) if t == token => e,
+            Some(_) => return None,
+            None => *self.readers.get(key)?.get(token)?,
+        };
+        (expires > now).then(|| u64::try_from((expires - now).as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Names `waiter` in marker `marker` and keeps it at least until `expires`.
+    pub fn mark(&mut self, marker: &[u8], waiter: &[u8], expires: Instant, now: Instant) {
+        let entry = self
+            .markers
+            .entry(Bytes::copy_from_slice(marker))
+            .or_insert_with(|| (HashSet::new(), expires));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.0.insert(Bytes::copy_from_slice(waiter));
+        entry.1 = entry.1.max(expires);
+    }
+
+    /// Takes `waiter` out of `marker`; the marker goes with the last.
+    pub fn unmark(&mut self, marker: &[u8], waiter: &[u8]) {
+        if let Some((waiters, _)) = self.markers.get_mut(marker) {
+            waiters.remove(waiter);
+            if waiters.is_empty() {
+                self.markers.remove(marker);
+            }
+        }
+    }
+
+    /// True while `marker` names some waiter.
+    pub fn marked(&self, marker: &[u8], now: Instant) -> bool {
+        self.markers
+            .get(marker)
+            .is_some_and(|(w, e)| *e > now && !w.is_empty())
+    }
+
     /// The fence counter at `fence_key`, or the floor when that is higher.
     pub fn read_fence(&self, fence_key: &[u8]) -> u64 {
         self.fence(fence_key).max(self.fence_floor)
@@ -127,7 +330,7 @@ impl Keyspace {
         fence: u64,
         now: Instant,
     ) -> bool {
-        if self.get(key, now).is_some() || self.read_fence(fence_key) >= fence {
+        if self.held_as(key, now).is_some() || self.read_fence(fence_key) >= fence {
             return false;
         }
         self.put(key, token, expires);
@@ -390,6 +593,104 @@ impl Master for MemMaster {
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
         reply(self.apply(|m, _| m.read_fence(fence_key)))
+    }
+
+    fn mark_waiting(
+        &self,
+        _key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+        ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.mark(marker, waiter, after(now, ms), now)))
+    }
+
+    fn unmark_waiting(
+        &self,
+        _key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        reply(self.apply(|m, _| m.unmark(marker, waiter)))
+    }
+
+    fn held_as(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.held_as(key, now)))
+    }
+
+    fn acquire_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        ttl_ms: u64,
+        offset: u32,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        reply(
+            self.apply(|m, now| {
+                m.acquire_permit(key, slots, base, offset, after(now, ttl_ms), now)
+            }),
+        )
+    }
+
+    fn release_permit(
+        &self,
+        key: &[u8],
+        _marker: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.release_permit(key, slots, base, keep, now)))
+    }
+
+    fn extend_permit(
+        &self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.extend_permit(key, slot, token, after(now, ttl_ms), now)))
+    }
+
+    fn acquire_shared(
+        &self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.acquire_shared(key, writers, token, after(now, ttl_ms), now)))
+    }
+
+    fn release_shared(
+        &self,
+        key: &[u8],
+        _marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.release_shared(key, token, now)))
+    }
+
+    fn extend_shared(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.extend_shared(key, token, after(now, ttl_ms), now)))
+    }
+
+    fn token_pttl(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send + use<> {
+        reply(self.apply(|m, now| m.token_pttl(key, token, now)))
     }
 
     fn acquire_fenced(

@@ -10,7 +10,7 @@ use futures_util::future::Either;
 
 use super::mem::MemMaster;
 use super::redis::{ClusterMember, NodeStatus, RedisMaster};
-use super::{Ask, BackendError, FencePage, KeyState, Master, MasterStatus, Votes};
+use super::{Ask, BackendError, FencePage, HeldAs, KeyState, Master, MasterStatus, Take, Votes};
 use crate::metrics::Histogram;
 
 /// One Redlock member.
@@ -157,6 +157,81 @@ impl Master for Member {
         fence_key: &[u8],
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + use<> {
         each!(self, m => m.read_fence(fence_key))
+    }
+
+    fn held_as(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<> {
+        each!(self, m => m.held_as(key))
+    }
+
+    fn acquire_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        ttl_ms: u64,
+        offset: u32,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        each!(self, m => m.acquire_permit(key, slots, base, ttl_ms, offset))
+    }
+
+    fn release_permit(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.release_permit(key, marker, slots, base, keep))
+    }
+
+    fn extend_permit(
+        &self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.extend_permit(key, slot, token, ttl_ms))
+    }
+
+    fn acquire_shared(
+        &self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        each!(self, m => m.acquire_shared(key, writers, token, ttl_ms))
+    }
+
+    fn release_shared(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.release_shared(key, marker, token))
+    }
+
+    fn extend_shared(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        each!(self, m => m.extend_shared(key, token, ttl_ms))
+    }
+
+    fn token_pttl(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send + use<> {
+        each!(self, m => m.token_pttl(key, token))
     }
 
     fn acquire_fenced(

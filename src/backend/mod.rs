@@ -48,6 +48,37 @@ pub struct KeyState {
     pub pttl_ms: Option<u64>,
 }
 
+/// Which primitive a lock key on a master is used by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldAs {
+    /// A mutex, or a read/write lock's writer: the key holds one token.
+    Exclusive,
+    /// A read/write lock's readers: the key holds a set of tokens, each with its expiry.
+    Shared,
+    /// A counting semaphore of this many permits: the key holds the count, its slots the tokens.
+    Permits(u32),
+}
+
+/// One master's answer to a counted acquire (a permit, or a read lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Taken: the slot a permit took (0 for a read lock).
+    Taken(u32),
+    /// Not taken: every slot is held, or a writer holds the key or waits for it.
+    Held,
+    /// Not taken: the key is in use as another kind.
+    Conflict(HeldAs),
+}
+
+/// The token a permit holds on slot `slot` of a semaphore of `permits`: the acquire's `base`
+/// with the slot and the count, so the token alone names its slot (the masters' scripts
+/// compose the same text).
+pub fn permit_token(base: &[u8], slot: u32, permits: u32) -> Bytes {
+    let (mut s, mut n) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (s, n) = (s.format(slot).as_bytes(), n.format(permits).as_bytes());
+    Bytes::from([base, b":", s, b":", n].concat())
+}
+
 /// What a master is asked in a vote: each answers yes or no.
 #[derive(Debug, Clone, Copy)]
 pub enum Ask<'a> {
@@ -323,6 +354,84 @@ pub trait Master: Send + Sync + 'static {
         &self,
         key: &[u8],
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<Self>;
+
+    /// Which primitive uses `key`; `None` when it is free.
+    fn held_as(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<Self>;
+
+    /// Takes the first free slot of the semaphore `key`, whose slots are `slots` (its count),
+    /// trying them from `offset` on, with [`permit_token`]`(base, slot, count)` for `ttl_ms`,
+    /// and records the count at `key`. Refused, taking nothing, when `key` is in use as another
+    /// kind or count, and when the run marker is missing (an error, as for every acquire).
+    fn acquire_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        ttl_ms: u64,
+        offset: u32,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<Self>;
+
+    /// Frees every slot among `slots` that holds a permit of `base`, except `keep`; `key` keeps
+    /// the count only while some slot is held, and expires with the last. The release is
+    /// announced while the `marker` exists, as [`Master::release`]'s. True when a slot was freed.
+    fn release_permit(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
+
+    /// Sets `slot`'s TTL to `ttl_ms` if it holds `token`, and keeps the count at `key` at least
+    /// that long: true when extended.
+    fn extend_permit(
+        &self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
+
+    /// Adds `token` to the readers of `key` for `ttl_ms`, in one step with the checks: refused
+    /// when a writer holds `key` or some writer is named in `writers` (it waits), a conflict
+    /// when `key` is a semaphore, an error when the run marker is missing.
+    fn acquire_shared(
+        &self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<Self>;
+
+    /// Takes `token` out of the readers of `key`, announced while the `marker` exists: true when
+    /// it was a live reader.
+    fn release_shared(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
+
+    /// Moves reader `token`'s expiry to `ttl_ms` from now if it is a live reader of `key`:
+    /// true when extended.
+    fn extend_shared(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
+
+    /// How long `token` still holds `key` (the key's token, or one of its readers), in ms;
+    /// `None` when it does not.
+    fn token_pttl(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send + use<Self>;
 
     /// The fence counter at `fence_key` (0 when absent).
     fn read_fence(

@@ -1,4 +1,5 @@
-//! `LOCK key ttl-ms [WAIT timeout-ms] [SESSION] [FENCE]`: take a lock on a quorum. A token when granted,
+//! `LOCK key ttl-ms [WAIT timeout-ms] [SESSION] [FENCE] [SHARED | PERMITS n]`: take a lock on
+//! a quorum. A token when granted,
 //! null when someone else holds it (never an error: benchmarks and pollers treat contention as
 //! normal), `NOQUORUM` when the masters could not decide. With `WAIT` a held lock is waited for,
 //! first come first served, and taken as soon as it is released or expires (see `waiters`); null
@@ -7,7 +8,12 @@
 //! least `session_min_ttl_ms`, and a connection holds at most `max_session_locks_per_client` of
 //! them and has at most `max_waits_per_client` waits under way. With `FENCE` the reply
 //! is `[token, fence]`: a number that strictly increases across successive holders of the key,
-//! whichever proxy granted them (see `Redlock::lock_fenced`). The lock service does all of it
+//! whichever proxy granted them (see `Redlock::lock_fenced`). With `SHARED` it is a read lock:
+//! any number of readers at once, none while a writer (a plain `LOCK` of the key) holds it, and
+//! no new reader while a writer waits for it. With `PERMITS n` it is one of a semaphore's n
+//! permits (1 to `MAX_PERMITS`): at most n holders at once, each with its own token. Neither
+//! takes `FENCE`: fences order holders that exclude each other. A key used as another kind (or
+//! another count) than the request's is a `WRONGTYPE` error. The lock service does all of it
 //! (see `locks`); this parses the options and shapes the reply.
 
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use futures_util::FutureExt;
 
 use super::{ArgDoc, Client, Outcome, Shared, Spec, parse_int, parse_ttl_ms};
 use crate::error::Error;
-use crate::locks::Acquire;
+use crate::locks::{Acquire, Kind, MAX_PERMITS};
 use crate::protocol::Reply;
 
 /// Longest `WAIT` a client may ask for: an hour.
@@ -38,6 +44,8 @@ pub const SPEC: Spec = Spec {
         ArgDoc::optional("WAIT timeout-ms", "string"),
         ArgDoc::optional("SESSION", "string"),
         ArgDoc::optional("FENCE", "string"),
+        ArgDoc::optional("SHARED", "string"),
+        ArgDoc::optional("PERMITS n", "string"),
     ],
     no_auth: false,
     run,
@@ -48,11 +56,25 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
     let mut session = false;
     let mut fence = false;
     let mut wait = None;
+    let mut kind = Kind::Exclusive;
     let mut opts = argv[3..].iter();
     while let Some(opt) = opts.next() {
         match &opt.to_ascii_uppercase()[..] {
             b"SESSION" if !session => session = true,
             b"FENCE" if !fence => fence = true,
+            b"SHARED" if kind == Kind::Exclusive => kind = Kind::Shared,
+            b"PERMITS" if kind == Kind::Exclusive => {
+                let n = parse_int(opts.next().ok_or(Error::Syntax)?)?;
+                let n = u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=MAX_PERMITS).contains(n))
+                    .ok_or_else(|| {
+                        Error::Request(format!(
+                            "invalid PERMITS in 'lock' command: must be between 1 and {MAX_PERMITS}"
+                        ))
+                    })?;
+                kind = Kind::Permits(n);
+            }
             b"WAIT" if wait.is_none() => {
                 let ms = parse_int(opts.next().ok_or(Error::Syntax)?)?;
                 let ms = u64::try_from(ms)
@@ -67,6 +89,12 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
             }
             _ => return Err(Error::Syntax),
         }
+    }
+    if fence && kind != Kind::Exclusive {
+        // A fence orders holders that exclude each other; readers and permits overlap.
+        return Err(Error::Request(
+            "FENCE does not combine with SHARED or PERMITS in 'lock' command".into(),
+        ));
     }
     let session_min = shared.config.redlock.session_min_ttl_ms();
     if session && ttl_ms < session_min {
@@ -83,6 +111,7 @@ fn run(argv: Vec<Bytes>, client: &mut Client, shared: &Arc<Shared>) -> Result<Ou
         wait,
         fence,
         session,
+        kind,
     };
     let granted = client.locks.lock(client.db, argv[1].clone(), how);
     Ok(Outcome::later(granted.map(|granted| {

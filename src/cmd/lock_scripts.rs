@@ -91,7 +91,8 @@ const fn known(sha: &'static str, library: &'static str, op: Op) -> Known {
 
 const SEMAPHORE: &str = "redis-semaphore's Semaphore and MultiSemaphore are not supported by the \
      proxy: they count permits in a sorted set scored by each client's clock, which a quorum of \
-     masters cannot keep safe; use its Mutex or RedlockMutex (one holder at a time), or LOCK";
+     masters cannot keep safe; use LOCK key ttl-ms PERMITS n (a semaphore of n permits over the \
+     quorum), or its Mutex or RedlockMutex (one holder at a time)";
 const RESET_ALL: &str = "python-redis-lock's reset_all() is not supported by the proxy: it \
      would have to scan every master for lock:*; reset each lock with Lock.reset() (or DEL \
      lock:<name>)";
@@ -858,7 +859,9 @@ mod tests {
         let semaphore = by_sha(b"43ebdb49120d170e08af560cb4e46e36f8585936").unwrap();
         let text = refusal(semaphore).unwrap().to_string();
         assert!(
-            text.contains("redis-semaphore") && text.contains("Mutex"),
+            text.contains("redis-semaphore")
+                && text.contains("PERMITS n")
+                && text.contains("Mutex"),
             "{text}"
         );
         let mutex = by_sha(b"7157921a7cc7cfba979acf6d63f073151df17d12").unwrap();

@@ -1,7 +1,13 @@
 //! The key schema: every name the proxy writes on a master, made here and nowhere else.
 //!
 //! Under the configured prefix `P` (default `redlock:`), with `T` the lock's hash tag (below):
-//! - `P{T}db:key` — a client's lock `key` in database `db`: holds the token, with the lock's TTL;
+//! - `P{T}db:key` — a client's lock `key` in database `db`: holds the token, with the lock's TTL
+//!   (a mutex, or a read/write lock's writer); or the read lock's readers, a sorted set of
+//!   tokens scored by expiry (`SHARED`); or a semaphore's count, a hash (`PERMITS n`);
+//! - `P{T}permit:db:i:key` — slot `i` of the semaphore `key` (`PERMITS n`, `i` < `n`): an
+//!   ordinary lock key, holding one permit's token;
+//! - `P{T}writers:db:key` — exists while a writer waits for the read/write lock `key`
+//!   (`LOCK ... WAIT`), naming each waiting writer's token: new readers are refused meanwhile;
 //! - `P{T}waiting:db:key` — exists while some proxy waits for that lock: its releases are then
 //!   published on `Preleased`, which every proxy subscribes to;
 //! - `P{T}fence:db:key` — the lock's fence counter (`LOCK ... FENCE`), removed after
@@ -69,6 +75,38 @@ impl Schema {
         self.one(b"fence:", db, key)
     }
 
+    /// The slots of the semaphore `key` in database `db` with `permits` permits, slot 0 first.
+    pub fn permits(&self, db: u32, key: &[u8], permits: u32) -> Vec<Bytes> {
+        (0..permits).map(|i| self.permit(db, key, i)).collect()
+    }
+
+    /// Slot `slot` of the semaphore `key` in database `db`.
+    pub fn permit(&self, db: u32, key: &[u8], slot: u32) -> Bytes {
+        let (mut db_num, mut slot_num) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (db, slot) = (
+            db_num.format(db).as_bytes(),
+            slot_num.format(slot).as_bytes(),
+        );
+        const PERMIT: &[u8] = b"permit:";
+        let len =
+            self.prefix.len() + TAG_LEN + PERMIT.len() + db.len() + 1 + slot.len() + 1 + key.len();
+        let mut out = BytesMut::with_capacity(len);
+        out.put_slice(&self.prefix);
+        out.put_slice(&tag(db, key));
+        out.put_slice(PERMIT);
+        out.put_slice(db);
+        out.put_u8(b':');
+        out.put_slice(slot);
+        out.put_u8(b':');
+        out.put_slice(key);
+        out.freeze()
+    }
+
+    /// The marker naming the writers that wait for the read/write lock `key` in database `db`.
+    pub fn writers(&self, db: u32, key: &[u8]) -> Bytes {
+        self.one(b"writers:", db, key)
+    }
+
     /// One name of `kind`, in a buffer sized once.
     fn one(&self, kind: &[u8], db: u32, key: &[u8]) -> Bytes {
         let mut num = itoa::Buffer::new();
@@ -134,6 +172,13 @@ mod tests {
             &s.fence(3, b"orders:42")[..],
             b"redlock:{276f}fence:3:orders:42"
         );
+        let slots = s.permits(3, b"orders:42", 2);
+        assert_eq!(&slots[0][..], b"redlock:{276f}permit:3:0:orders:42");
+        assert_eq!(&slots[1][..], b"redlock:{276f}permit:3:1:orders:42");
+        assert_eq!(
+            &s.writers(3, b"orders:42")[..],
+            b"redlock:{276f}writers:3:orders:42"
+        );
         let names = s.names();
         assert_eq!(&names.release_channel[..], b"redlock:released");
         assert_eq!(&names.fence_pattern[..], b"redlock:{????}fence:*");
@@ -147,6 +192,8 @@ mod tests {
         let s = Schema::new("p:");
         assert_ne!(s.lock(1, b"1:k").key, s.lock(11, b":k").key);
         assert_ne!(s.lock(0, b"k").key, s.fence(0, b"k"));
+        // The slot number ends at the first `:` after the database's.
+        assert_ne!(s.permits(0, b"1:k", 1)[0], s.permits(0, b":k", 2)[1]);
         // A client key cannot reach the other kinds: lock keys continue with a digit.
         assert!(s.lock(0, b"x").key[2 + TAG_LEN].is_ascii_digit());
     }

@@ -18,12 +18,21 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Master, Member, Names};
-use crate::redlock::{LockError, LockKey, Redlock};
+use crate::redlock::token::{self, Holds};
+use crate::redlock::{Counted, LockError, LockKey, Redlock};
 use crate::stats::Stats;
 use keys::Schema;
 use waiters::Waiters;
 
 pub use session::{Limits, Session, Watching};
+
+/// Which primitive a `LOCK` takes, and which one a key is in use as: a mutex (or a read/write
+/// lock's writer), a read lock (`SHARED`), or one of a semaphore's permits (`PERMITS n`).
+pub use crate::backend::HeldAs as Kind;
+
+/// The most permits a semaphore may have: each is a key on every master, and a permit's
+/// acquire and release name them all in one request.
+pub const MAX_PERMITS: u32 = 1024;
 
 /// The lock service as the proxy runs it: over [`Member`]s, real masters or in-memory ones.
 pub type Locks = LockService<Member>;
@@ -50,6 +59,17 @@ pub enum Error {
         /// The connection's cap.
         max: usize,
     },
+    /// The key is in use as another kind of lock (or a semaphore of another count) than the
+    /// request's.
+    #[error("'{}' is held as {held:?}, not {asked:?}", String::from_utf8_lossy(.key))]
+    WrongKind {
+        /// The client's key.
+        key: Bytes,
+        /// What a quorum of masters use it as.
+        held: Kind,
+        /// What the request asked for.
+        asked: Kind,
+    },
     /// The connection already has as many `WAIT`s waiting as it may.
     #[error("this connection has {max} LOCK ... WAIT waiting, the most it may")]
     TooManyWaits {
@@ -69,6 +89,8 @@ pub struct Acquire {
     pub fence: bool,
     /// Keep it alive while the connection lives (see [`Session`]).
     pub session: bool,
+    /// What to take: the mutex (or writer), a read lock, or a permit.
+    pub kind: Kind,
 }
 
 impl Acquire {
@@ -79,6 +101,7 @@ impl Acquire {
             wait: None,
             fence: false,
             session: false,
+            kind: Kind::Exclusive,
         }
     }
 }
@@ -101,19 +124,37 @@ pub struct Holder {
     pub validity_ms: u64,
 }
 
-/// What one attempt to take a lock got.
+/// What one attempt to take a lock got: the token granted (a permit's names its slot) and its
+/// fence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Attempt {
-    Granted(Option<u64>),
+    Granted(Bytes, Option<u64>),
     Held,
+}
+
+/// One request to take a lock, named: what an attempt, a wait and an abandon need.
+#[derive(Debug)]
+struct Want<'a> {
+    db: u32,
+    key: &'a [u8],
+    lock: &'a LockKey,
+    fence_key: Option<&'a [u8]>,
+    kind: Kind,
+    ttl_ms: u64,
 }
 
 /// What the service has done since start, for `INFO`. Relaxed atomics: reports, not
 /// synchronisation.
 #[derive(Debug, Default)]
 pub struct LockStats {
-    /// Locks granted by a quorum.
+    /// Locks granted by a quorum, of every kind.
     pub granted: AtomicU64,
+    /// Of those, mutexes and writers.
+    pub granted_exclusive: AtomicU64,
+    /// Of those, read locks.
+    pub granted_shared: AtomicU64,
+    /// Of those, semaphore permits.
+    pub granted_permits: AtomicU64,
     /// Acquires refused because another holder has the key.
     pub refused: AtomicU64,
     /// Releases that released a lock.
@@ -220,23 +261,28 @@ impl<M: Master> LockService<M> {
     ) -> Result<Option<Granted>, Error> {
         let lock = self.keys.lock(db, key);
         let fence_key = how.fence.then(|| self.keys.fence(db, key));
-        let fence_key = fence_key.as_deref();
+        let want = Want {
+            db,
+            key,
+            lock: &lock,
+            fence_key: fence_key.as_deref(),
+            kind: how.kind,
+            ttl_ms: how.ttl_ms,
+        };
         // Waiting is boxed: it would triple the size of every acquire's future, which is moved
         // at full size into its reply's box on every LOCK (measured: 1.2 KB against 0.4 KB).
         let attempt = match how.wait {
-            Some(wait) => {
-                let waiting =
-                    self.acquire_waiting(&lock, fence_key, &token, how.ttl_ms, wait, until);
-                Box::pin(waiting).await
-            }
-            None => {
-                self.attempt(&lock, fence_key, token.clone(), how.ttl_ms)
-                    .await
-            }
+            Some(wait) => Box::pin(self.acquire_waiting(&want, &token, wait, until)).await,
+            None => self.attempt(&want, token).await,
         }?;
         Ok(match attempt {
-            Attempt::Granted(fence) => {
+            Attempt::Granted(token, fence) => {
                 Stats::bump(&self.stats.granted);
+                Stats::bump(match how.kind {
+                    Kind::Exclusive => &self.stats.granted_exclusive,
+                    Kind::Shared => &self.stats.granted_shared,
+                    Kind::Permits(_) => &self.stats.granted_permits,
+                });
                 Some(Granted { token, fence })
             }
             Attempt::Held => {
@@ -246,35 +292,103 @@ impl<M: Master> LockService<M> {
         })
     }
 
-    /// One round to take `lock`, with a fence from `fence_key` when given.
-    async fn attempt(
-        &self,
-        lock: &LockKey,
-        fence_key: Option<&[u8]>,
-        token: Bytes,
-        ttl_ms: u64,
-    ) -> Result<Attempt, Error> {
-        let granted = match fence_key {
+    /// One round to take what `want` asks for, with `token` (a permit's token adds the slot it
+    /// gets).
+    async fn attempt(&self, want: &Want<'_>, token: Bytes) -> Result<Attempt, Error> {
+        let (lock, ttl_ms) = (want.lock, want.ttl_ms);
+        let counted = match want.kind {
+            Kind::Exclusive => return self.attempt_exclusive(want, token).await,
+            Kind::Shared => {
+                let writers = self.keys.writers(want.db, want.key);
+                Box::pin(self.redlock.lock_shared(lock, &writers, token, ttl_ms)).await?
+            }
+            Kind::Permits(n) => {
+                let slots = self.keys.permits(want.db, want.key, n);
+                Box::pin(self.redlock.lock_permit(lock, &slots, token, ttl_ms)).await?
+            }
+        };
+        match counted {
+            Counted::Granted { token, .. } => Ok(Attempt::Granted(token, None)),
+            Counted::Held => Ok(Attempt::Held),
+            Counted::Conflict(held) => Err(self.wrong_kind(want, held)),
+        }
+    }
+
+    /// One round to take the mutex (or the writer's side) of `want`, with a fence when asked.
+    /// Refused, it asks what the key is used as, so a semaphore's key is an error rather than
+    /// a lock held (a read lock's key is held: writers wait for readers).
+    async fn attempt_exclusive(&self, want: &Want<'_>, token: Bytes) -> Result<Attempt, Error> {
+        let (lock, ttl_ms) = (want.lock, want.ttl_ms);
+        let granted = match want.fence_key {
             // Boxed, as waiting is: a fenced acquire takes two rounds, one allocation is nothing.
-            Some(fence_key) => Box::pin(self.redlock.lock_fenced(lock, fence_key, token, ttl_ms))
+            Some(fence_key) => {
+                Box::pin(
+                    self.redlock
+                        .lock_fenced(lock, fence_key, token.clone(), ttl_ms),
+                )
                 .await?
-                .map(|(_, fence)| Some(fence)),
+                .map(|(_, fence)| Some(fence))
+            }
             None => self
                 .redlock
-                .lock_with_token(lock, token, ttl_ms)
+                .lock_with_token(lock, token.clone(), ttl_ms)
                 .await?
                 .map(|_| None),
         };
-        Ok(granted.map_or(Attempt::Held, Attempt::Granted))
+        match granted {
+            Some(fence) => Ok(Attempt::Granted(token, fence)),
+            None => match Box::pin(self.redlock.held_as(&lock.key)).await {
+                Ok(Some(held @ Kind::Permits(_))) => Err(self.wrong_kind(want, held)),
+                _ => Ok(Attempt::Held),
+            },
+        }
     }
 
-    /// Releases `key` in `db` if it holds `token`: true when a quorum released it.
+    fn wrong_kind(&self, want: &Want<'_>, held: Kind) -> Error {
+        Error::WrongKind {
+            key: Bytes::copy_from_slice(want.key),
+            held,
+            asked: want.kind,
+        }
+    }
+
+    /// Sends the release of whatever an attempt of `want` with `token` may have taken, and
+    /// waits for nothing: for a taker that is gone before it could learn its outcome.
+    fn abandon(&self, want: &Want<'_>, token: &Bytes) {
+        match want.kind {
+            Kind::Exclusive => self.redlock.abandon(want.lock, token),
+            Kind::Shared => self.redlock.abandon_shared(want.lock, token),
+            Kind::Permits(n) => {
+                let slots = self.keys.permits(want.db, want.key, n);
+                self.redlock.abandon_permits(want.lock, &slots, token);
+            }
+        }
+    }
+
+    /// Releases `key` in `db` if it holds `token` (what it holds, a mutex, a read lock or a
+    /// permit, the token says): true when a quorum released it.
     pub async fn release(&self, db: u32, key: &[u8], token: &[u8]) -> Result<bool, Error> {
-        self.release_lock(&self.keys.lock(db, key), token).await
+        let token = Bytes::copy_from_slice(token);
+        self.release_lock(db, key, &self.keys.lock(db, key), &token)
+            .await
     }
 
-    async fn release_lock(&self, lock: &LockKey, token: &[u8]) -> Result<bool, Error> {
-        let released = self.redlock.unlock(lock, token).await?;
+    async fn release_lock(
+        &self,
+        db: u32,
+        key: &[u8],
+        lock: &LockKey,
+        token: &Bytes,
+    ) -> Result<bool, Error> {
+        let released = match token::holds(token) {
+            Holds::Exclusive => self.redlock.unlock(lock, token).await?,
+            Holds::Shared => self.redlock.unlock_shared(lock, token).await?,
+            Holds::Permit { permits, .. } if permits > MAX_PERMITS => false,
+            Holds::Permit { base, permits, .. } => {
+                let slots = self.keys.permits(db, key, permits);
+                self.redlock.unlock_permit(lock, &slots, &base).await?
+            }
+        };
         if released {
             Stats::bump(&self.stats.released);
             // Local waiters need not wait for the announcement to come back.
@@ -292,12 +406,50 @@ impl<M: Master> LockService<M> {
         token: &[u8],
         ttl_ms: u64,
     ) -> Result<bool, Error> {
-        let key = self.keys.key(db, key);
-        let extended = self.redlock.extend(&key, token, ttl_ms).await?.is_some();
+        let extended = self.extend_token(db, key, token, ttl_ms).await?.is_some();
         if extended {
             Stats::bump(&self.stats.extended);
         }
         Ok(extended)
+    }
+
+    /// Sets the TTL of what `token` holds on `key` in `db`: the validity left when a quorum did
+    /// in time.
+    async fn extend_token(
+        &self,
+        db: u32,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, LockError> {
+        let name = self.keys.key(db, key);
+        match token::holds(&Bytes::copy_from_slice(token)) {
+            Holds::Exclusive => self.redlock.extend(&name, token, ttl_ms).await,
+            Holds::Shared => self.redlock.extend_shared(&name, token, ttl_ms).await,
+            Holds::Permit { permits, .. } if permits > MAX_PERMITS => Ok(None),
+            Holds::Permit { slot, .. } => {
+                let slot = self.keys.permit(db, key, slot);
+                self.redlock
+                    .extend_permit(&name, &slot, token, ttl_ms)
+                    .await
+            }
+        }
+    }
+
+    /// The validity `token` has left on `key` in `db` (as its mutex, a reader, or a permit) as
+    /// a quorum sees it; `None` when no quorum holds it.
+    pub async fn inspect_token(
+        &self,
+        db: u32,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<Option<u64>, Error> {
+        let name = match token::holds(&Bytes::copy_from_slice(token)) {
+            Holds::Permit { permits, .. } if permits > MAX_PERMITS => return Ok(None),
+            Holds::Permit { slot, .. } => self.keys.permit(db, key, slot),
+            Holds::Exclusive | Holds::Shared => self.keys.key(db, key),
+        };
+        Ok(self.redlock.inspect_token(&name, token).await?)
     }
 
     /// Replaces the token of `key` in `db` with `new_token` and sets its TTL to `ttl_ms`, if it
@@ -335,7 +487,7 @@ impl<M: Master> LockService<M> {
     pub async fn force_release(&self, db: u32, key: &[u8]) -> Result<bool, Error> {
         let lock = self.keys.lock(db, key);
         match self.redlock.inspect(&lock.key).await? {
-            Some((token, _)) => self.release_lock(&lock, &token).await,
+            Some((token, _)) => self.release_lock(db, key, &lock, &token).await,
             None => Ok(false),
         }
     }

@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Acquire, Error, Granted, Holder, LockService};
+use super::{Acquire, Error, Granted, Holder, Kind, LockService};
 use crate::backend::Master;
 use crate::redlock::{LockKey, token};
 
@@ -92,9 +92,10 @@ pub struct Session<M> {
     sessions: Arc<AtomicUsize>,
     /// `LOCK ... WAIT`s under way.
     waiting: Arc<AtomicUsize>,
-    /// Session locks by database and the client's key: the checks on `UNLOCK`, `EXTEND` and
-    /// `LOCKTTL` look them up without building a name.
-    held: Arc<Mutex<HashMap<(u32, Bytes), Held>>>,
+    /// Session locks by database, the client's key and token (a connection may hold several
+    /// read locks or permits of one key): the checks on `UNLOCK`, `EXTEND` and `LOCKTTL` look
+    /// them up without building a name.
+    held: Arc<Mutex<HashMap<Named, Held>>>,
     /// Cancelled when the connection's state goes away: every keeper stops.
     ended: CancellationToken,
     /// Cancelled when the connection's waits must end (see [`Session::end_waits`]).
@@ -115,10 +116,12 @@ impl<M> Clone for Session<M> {
     }
 }
 
+/// A session lock's database, client key and token.
+type Named = (u32, Bytes, Bytes);
+
 #[derive(Debug)]
 struct Held {
     lock: LockKey,
-    token: Bytes,
     lost: Arc<AtomicBool>,
     stop: CancellationToken,
 }
@@ -180,14 +183,18 @@ impl<M: Master> Session<M> {
             if let Some(None) = wait_place {
                 return Err(Error::TooManyWaits { max: limits.waits });
             }
-            let token = token::generate();
+            let token = match how.kind {
+                Kind::Shared => token::shared(),
+                Kind::Exclusive | Kind::Permits(_) => token::generate(),
+            };
             let granted = service
                 .acquire_until(db, &key, token, how, waits.as_ref())
                 .await?;
             drop(wait_place);
             if let (Some(grant), Some(keeper), Some(place)) = (&granted, keeper, session_place) {
                 let lock = service.keys.lock(db, &key);
-                keeper.keep((db, key), lock, grant.token.clone(), how.ttl_ms, place);
+                let named = (db, key, grant.token.clone());
+                keeper.keep(named, how.kind, lock, how.ttl_ms, place);
             }
             Ok(granted)
         }
@@ -219,7 +226,7 @@ impl<M: Master> Session<M> {
         token: Bytes,
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, Error>> + Send + 'static {
-        let lost = self.is_lost(db, &key);
+        let lost = self.is_lost(db, &key, Some(&token));
         let service = self.service.clone();
         async move {
             if lost {
@@ -235,13 +242,30 @@ impl<M: Master> Session<M> {
         db: u32,
         key: Bytes,
     ) -> impl Future<Output = Result<Option<Holder>, Error>> + Send + 'static {
-        let lost = self.is_lost(db, &key);
+        let lost = self.is_lost(db, &key, None);
         let service = self.service.clone();
         async move {
             if lost {
                 return Err(Error::LockLost { key });
             }
             service.inspect(db, &key).await
+        }
+    }
+
+    /// The validity `token` has left on `key` in `db`, unless it is a lost session lock.
+    pub fn inspect_token(
+        &self,
+        db: u32,
+        key: Bytes,
+        token: Bytes,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send + 'static {
+        let lost = self.is_lost(db, &key, Some(&token));
+        let service = self.service.clone();
+        async move {
+            if lost {
+                return Err(Error::LockLost { key });
+            }
+            service.inspect_token(db, &key, &token).await
         }
     }
 
@@ -308,13 +332,13 @@ impl<M: Master> Session<M> {
 
     /// Stops every keeper and releases every session lock still held, on all masters.
     pub async fn close(&self) {
-        let held: Vec<((u32, Bytes), Held)> = self.held().drain().collect();
+        let held: Vec<(Named, Held)> = self.held().drain().collect();
         self.sessions.fetch_sub(held.len(), Ordering::AcqRel);
         self.ended.cancel();
         let releases = held
             .iter()
             .filter(|(_, h)| !h.lost.load(Ordering::Acquire))
-            .map(|(_, h)| self.service.release_lock(&h.lock, &h.token));
+            .map(|((db, key, token), h)| self.service.release_lock(*db, key, &h.lock, token));
         join_all(releases).await;
     }
 
@@ -330,25 +354,37 @@ impl<M: Master> Session<M> {
         self.ended.cancel();
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, Bytes), Held>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Named, Held>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps the granted lock `named` (database, client key) alive until released, lost, or the
-    /// connection ends; it takes over `place` under the cap (a lock it replaces gives its own
-    /// back).
-    fn keep(&self, named: (u32, Bytes), lock: LockKey, token: Bytes, ttl_ms: u64, place: Place) {
+    /// Keeps the granted lock `named` (database, client key, token) of `kind` alive until
+    /// released, lost, or the connection ends; it takes over `place` under the cap (a mutex it
+    /// replaces, the same key's, gives its own back).
+    fn keep(&self, named: Named, kind: Kind, lock: LockKey, ttl_ms: u64, place: Place) {
         let stop = self.ended.child_token();
         let lost = Arc::new(AtomicBool::new(false));
         let held = Held {
             lock: lock.clone(),
-            token: token.clone(),
             lost: lost.clone(),
             stop: stop.clone(),
         };
-        match self.held().insert(named, held) {
-            Some(previous) => previous.stop.cancel(),
-            None => place.keep(),
+        let (db, key, token) = named.clone();
+        {
+            let mut all = self.held();
+            let previous = match kind {
+                Kind::Exclusive => all
+                    .keys()
+                    .find(|(d, k, _)| *d == db && *k == key)
+                    .cloned()
+                    .and_then(|old| all.remove(&old)),
+                Kind::Shared | Kind::Permits(_) => None,
+            };
+            all.insert(named, held);
+            match previous {
+                Some(previous) => previous.stop.cancel(),
+                None => place.keep(),
+            }
         }
         let stats = &self.service.stats;
         stats.session_locks.fetch_add(1, Ordering::Relaxed);
@@ -360,7 +396,7 @@ impl<M: Master> Session<M> {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(period) => {}
                 }
-                match service.redlock.extend(&lock.key, &token, ttl_ms).await {
+                match service.extend_token(db, &key, &token, ttl_ms).await {
                     Ok(Some(_)) => {}
                     outcome => {
                         if !stop.is_cancelled() {
@@ -380,25 +416,29 @@ impl<M: Master> Session<M> {
         });
     }
 
-    /// True when `key` in `db` is a session lock of this connection whose extension failed.
-    fn is_lost(&self, db: u32, key: &Bytes) -> bool {
-        self.held()
-            .get(&(db, key.clone()))
-            .is_some_and(|h| h.lost.load(Ordering::Acquire))
+    /// True when `key` in `db` is a session lock of this connection whose extension failed:
+    /// the one `token` names, or (without one) any on the key.
+    fn is_lost(&self, db: u32, key: &Bytes, token: Option<&Bytes>) -> bool {
+        let held = self.held();
+        match token {
+            Some(token) => held
+                .get(&(db, key.clone(), token.clone()))
+                .is_some_and(|h| h.lost.load(Ordering::Acquire)),
+            None => held
+                .iter()
+                .any(|((d, k, _), h)| *d == db && k == key && h.lost.load(Ordering::Acquire)),
+        }
     }
 
     /// Stops keeping `key` in `db` alive if it is held here with `token`; true when it was lost.
-    fn forget(&self, db: u32, key: &Bytes, token: &[u8]) -> bool {
-        let mut held = self.held();
-        let named = (db, key.clone());
-        match held.get(&named) {
-            Some(h) if h.token == token => {
-                let h = held.remove(&named).expect("present");
+    fn forget(&self, db: u32, key: &Bytes, token: &Bytes) -> bool {
+        match self.held().remove(&(db, key.clone(), token.clone())) {
+            Some(h) => {
                 self.sessions.fetch_sub(1, Ordering::AcqRel);
                 h.stop.cancel();
                 h.lost.load(Ordering::Acquire)
             }
-            _ => false,
+            None => false,
         }
     }
 }

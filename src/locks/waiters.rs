@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Attempt, Error, LockService};
+use super::{Attempt, Error, Kind, LockService, Want};
 use crate::backend::Master;
 use crate::redlock::LockKey;
 
@@ -181,36 +181,42 @@ impl<M: Master> Drop for Ticket<'_, M> {
 /// Forgotten once the attempt has answered.
 struct Attempting<'a, M: Master> {
     service: &'a LockService<M>,
-    lock: &'a LockKey,
+    want: &'a Want<'a>,
     token: &'a Bytes,
 }
 
 impl<M: Master> Drop for Attempting<'_, M> {
     fn drop(&mut self) {
-        self.service.redlock.abandon(self.lock, self.token);
+        self.service.abandon(self.want, self.token);
     }
 }
 
 impl<M: Master> LockService<M> {
-    /// Takes `lock` with `token` (and a fence from `fence_key`), waiting up to `wait` for it in
-    /// line with this proxy's other waiters; `Held` when the wait ran out, or `until` was
-    /// cancelled (then nothing is held: a grant that raced with it is released). Validity comes
-    /// from the attempt that succeeded, never from when the wait began. A failure to reach a
-    /// quorum ends the wait only if it was the last attempt's outcome.
+    /// Takes what `want` asks for with `token`, waiting up to `wait` for it in line with this
+    /// proxy's other waiters; `Held` when the wait ran out, or `until` was cancelled (then
+    /// nothing is held: a grant that raced with it is released). Validity comes from the
+    /// attempt that succeeded, never from when the wait began. A failure to reach a quorum ends
+    /// the wait only if it was the last attempt's outcome. A waiting writer (an exclusive
+    /// `want`) is named in the key's writers marker from its first refusal to the end of its
+    /// wait: new readers are refused meanwhile, so a stream of readers cannot starve it.
     pub(super) async fn acquire_waiting(
         &self,
-        lock: &LockKey,
-        fence_key: Option<&[u8]>,
+        want: &Want<'_>,
         token: &Bytes,
-        ttl_ms: u64,
         wait: Duration,
         until: Option<&CancellationToken>,
     ) -> Result<Attempt, Error> {
         if until.is_some_and(CancellationToken::is_cancelled) {
             return Ok(Attempt::Held);
         }
+        let lock = want.lock;
         let mut ticket = Ticket::join(self, lock);
         let deadline = Instant::now() + wait;
+        let writers = (want.kind == Kind::Exclusive).then(|| LockKey {
+            key: lock.key.clone(),
+            marker: self.keys.writers(want.db, want.key),
+        });
+        let mut writer_marked = false;
         // In a block of its own, so every way out of the wait leaves the line after it.
         let outcome = async {
             let ticket = &ticket;
@@ -225,21 +231,22 @@ impl<M: Master> LockService<M> {
                 if ticket.is_head() {
                     let attempting = Attempting {
                         service: self,
-                        lock,
+                        want,
                         token,
                     };
-                    let attempt = self.attempt(lock, fence_key, token.clone(), ttl_ms).await;
+                    let attempt = self.attempt(want, token.clone()).await;
                     std::mem::forget(attempting);
                     match attempt {
-                        Ok(Attempt::Granted(_))
+                        Ok(Attempt::Granted(granted, _))
                             if until.is_some_and(CancellationToken::is_cancelled) =>
                         {
                             // Ended while the attempt was out: whoever asked will not take it.
-                            let _ = self.release_lock(lock, token).await;
+                            let _ = self.release_lock(want.db, want.key, lock, &granted).await;
                             return Ok(Attempt::Held);
                         }
-                        Ok(Attempt::Granted(grant)) => return Ok(Attempt::Granted(grant)),
+                        Ok(grant @ Attempt::Granted(..)) => return Ok(grant),
                         Ok(Attempt::Held) => last_failure = None,
+                        Err(e @ Error::WrongKind { .. }) => return Err(e),
                         Err(e) => last_failure = Some(e),
                     }
                     if !announced && Instant::now() < deadline {
@@ -249,9 +256,14 @@ impl<M: Master> LockService<M> {
                         let left = deadline.saturating_duration_since(Instant::now()) + MAX_RETRY;
                         let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
                         ticket.queue.announced.store(true, Ordering::Release);
-                        self.redlock
-                            .announce_waiting(lock, &self.waiter, left)
-                            .await;
+                        let writer = async {
+                            if let Some(writers) = &writers {
+                                writer_marked = true;
+                                self.redlock.announce_waiting(writers, token, left).await;
+                            }
+                        };
+                        let waiting = self.redlock.announce_waiting(lock, &self.waiter, left);
+                        futures_util::future::join(waiting, writer).await;
                         announced = true;
                         continue;
                     }
@@ -259,8 +271,10 @@ impl<M: Master> LockService<M> {
                     // announced.
                     let expires_in = match self.redlock.inspect(&lock.key).await {
                         Ok(Some((_, validity_ms))) => Duration::from_millis(validity_ms),
-                        Ok(None) => MIN_RETRY,
-                        Err(_) => MAX_RETRY / 10,
+                        // No token holds it: free again, or held by readers or permits, whose
+                        // releases are announced like a mutex's (the timer covers expiries).
+                        Ok(None) if want.kind == Kind::Exclusive => MIN_RETRY,
+                        Ok(None) | Err(_) => MAX_RETRY / 10,
                     };
                     retry = retry.min(expires_in.clamp(MIN_RETRY, MAX_RETRY));
                 }
@@ -278,8 +292,16 @@ impl<M: Master> LockService<M> {
             }
         }
         .await;
+        // The writer waits no more (granted or not); readers may come again. Sent before the
+        // line is left, awaited with it.
+        let writer_gone = writers
+            .filter(|_| writer_marked)
+            .map(|w| self.redlock.withdraw_waiting(&w, token));
         if let Some(withdrawn) = ticket.leave() {
             withdrawn.await;
+        }
+        if let Some(writer_gone) = writer_gone {
+            writer_gone.await;
         }
         outcome
     }

@@ -4,6 +4,7 @@
 //! property-tested; this module only orchestrates.
 
 pub mod ballot;
+mod counted;
 pub mod quorum;
 pub mod token;
 
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Ask, KeyState, Master, Votes};
 use ballot::Ballot;
+pub use counted::Counted;
 use quorum::{Tally, Verdict};
 
 /// The names one lock has on the masters: the key that holds its token, and its waiting marker
@@ -252,13 +254,7 @@ impl<M: Master> Redlock<M> {
             token,
         };
         let tally = self.vote(self.deadline, ask).await;
-        if tally.yes >= self.quorum() {
-            Ok(true)
-        } else if tally.answered() >= self.quorum() {
-            Ok(false)
-        } else {
-            Err(self.no_quorum(tally.answered()))
-        }
+        self.released(tally)
     }
 
     /// Asks every master to announce releases of `lock` for the next `ms` ms (someone here
@@ -312,11 +308,7 @@ impl<M: Master> Redlock<M> {
         let tally = self
             .vote(self.wait_for(ttl_ms), Ask::Extend { key, token, ttl_ms })
             .await;
-        match tally.verdict(ttl_ms, start.elapsed()) {
-            Verdict::Granted { validity_ms } => Ok(Some(validity_ms)),
-            Verdict::Refused | Verdict::TooLate { .. } => Ok(None),
-            Verdict::NoQuorum { answered } => Err(self.no_quorum(answered)),
-        }
+        counted::extended(tally.verdict(ttl_ms, start.elapsed()), self)
     }
 
     /// Replaces `key`'s `token` with `new_token` and sets its TTL to `ttl_ms`, if it holds
@@ -337,11 +329,7 @@ impl<M: Master> Redlock<M> {
             ttl_ms,
         };
         let tally = self.vote(self.wait_for(ttl_ms), ask).await;
-        match tally.verdict(ttl_ms, start.elapsed()) {
-            Verdict::Granted { validity_ms } => Ok(Some(validity_ms)),
-            Verdict::Refused | Verdict::TooLate { .. } => Ok(None),
-            Verdict::NoQuorum { answered } => Err(self.no_quorum(answered)),
-        }
+        counted::extended(tally.verdict(ttl_ms, start.elapsed()), self)
     }
 
     /// The token a quorum of masters hold for `key` and the validity left as that quorum sees

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::quorum::quorum;
 use super::{Redlock, key};
 use crate::backend::mem::Keyspace;
-use crate::backend::{BackendError, FencePage, KeyState, Master};
+use crate::backend::{BackendError, FencePage, HeldAs, KeyState, Master, Take};
 
 const DEADLINE: Duration = Duration::from_millis(10);
 const MAX_TTL_MS: u64 = 300;
@@ -412,6 +412,154 @@ impl Master for SimMaster {
     ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
         self.request(move |s, _| s.data.raise_fence_floor(floor))
     }
+
+    fn mark_waiting(
+        &self,
+        _key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+        ms: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let (marker, waiter) = (
+            Bytes::copy_from_slice(marker),
+            Bytes::copy_from_slice(waiter),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ms, s.skew_permille);
+            s.data.mark(&marker, &waiter, expires, now)
+        })
+    }
+
+    fn unmark_waiting(
+        &self,
+        _key: &[u8],
+        marker: &[u8],
+        waiter: &[u8],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + use<> {
+        let (marker, waiter) = (
+            Bytes::copy_from_slice(marker),
+            Bytes::copy_from_slice(waiter),
+        );
+        self.request(move |s, _| s.data.unmark(&marker, &waiter))
+    }
+
+    fn held_as(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<> {
+        let key = Bytes::copy_from_slice(key);
+        self.request(move |s, now| s.data.held_as(&key, now))
+    }
+
+    fn acquire_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        ttl_ms: u64,
+        offset: u32,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        let (key, slots, base) = (
+            Bytes::copy_from_slice(key),
+            slots.to_vec(),
+            Bytes::copy_from_slice(base),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            if s.refuses(now) {
+                return Take::Held;
+            }
+            s.data
+                .acquire_permit(&key, &slots, &base, offset, expires, now)
+        })
+    }
+
+    fn release_permit(
+        &self,
+        key: &[u8],
+        _marker: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, slots, base) = (
+            Bytes::copy_from_slice(key),
+            slots.to_vec(),
+            Bytes::copy_from_slice(base),
+        );
+        self.request(move |s, now| s.data.release_permit(&key, &slots, &base, keep, now))
+    }
+
+    fn extend_permit(
+        &self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, slot, token) = (
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(slot),
+            Bytes::copy_from_slice(token),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data.extend_permit(&key, &slot, &token, expires, now)
+        })
+    }
+
+    fn acquire_shared(
+        &self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        let (key, writers, token) = (
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(writers),
+            Bytes::copy_from_slice(token),
+        );
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            if s.refuses(now) {
+                return Take::Held;
+            }
+            s.data.acquire_shared(&key, &writers, &token, expires, now)
+        })
+    }
+
+    fn release_shared(
+        &self,
+        key: &[u8],
+        _marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
+        self.request(move |s, now| s.data.release_shared(&key, &token, now))
+    }
+
+    fn extend_shared(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data.extend_shared(&key, &token, expires, now)
+        })
+    }
+
+    fn token_pttl(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send + use<> {
+        let (key, token) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(token));
+        self.request(move |s, now| s.data.token_pttl(&key, &token, now))
+    }
 }
 
 /// One schedule's parameters.
@@ -688,4 +836,205 @@ fn with_all_rules_a_failover_and_a_flush_grant_nothing_twice() {
         broken_without > 0,
         "the faults never mattered: no double grant without their rules"
     );
+}
+
+/// The counted primitives the simulation checks besides the mutex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    /// A semaphore of this many permits: at most that many holds of the key at once.
+    Permits(u32),
+    /// A read/write lock, one writer to three readers: a writer's hold overlaps no other.
+    ReadWrite,
+}
+
+/// Holds of one key as (start, end, exclusive): how many times `model`'s bound was broken,
+/// each hold checked against the holds that started before it and were still on.
+fn breaches(mut holds: Vec<(Instant, Instant, bool)>, model: Model) -> usize {
+    holds.sort_by_key(|h| h.0);
+    let mut breaches = 0;
+    for (i, &(start, _, exclusive)) in holds.iter().enumerate() {
+        let on: Vec<bool> = holds[..i]
+            .iter()
+            .filter(|h| h.1 > start)
+            .map(|h| h.2)
+            .collect();
+        breaches += usize::from(match model {
+            Model::Permits(n) => on.len() >= n as usize,
+            Model::ReadWrite => !on.is_empty() && (exclusive || on.iter().any(|w| *w)),
+        });
+    }
+    breaches
+}
+
+/// Runs `schedule` with `model`'s clients on a paused clock, under `rules`: the grants, and
+/// how many holds broke the model's bound.
+fn simulate_counted(schedule: &Schedule, rules: Rules, model: Model) -> (usize, usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let masters: Vec<SimMaster> = (0..schedule.masters)
+            .map(|i| {
+                SimMaster::new(
+                    schedule.seed.wrapping_add(i as u64 * 7919),
+                    schedule.skews_permille[i],
+                    schedule.loss_percent,
+                    rules,
+                )
+            })
+            .collect();
+        let redlock = Arc::new(Redlock::new(masters.clone(), DEADLINE));
+        let t0 = Instant::now();
+        for &(at_ms, who, fault) in &schedule.faults {
+            let m = masters[who % masters.len()].clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(t0 + Duration::from_millis(at_ms)).await;
+                m.suffer(fault);
+            });
+        }
+        let holds: Arc<Mutex<Vec<(Instant, Instant, bool)>>> = Arc::default();
+        let slots: Vec<Bytes> = match model {
+            Model::Permits(n) => (0..n).map(|i| Bytes::from(format!("p:{i}:k"))).collect(),
+            Model::ReadWrite => Vec::new(),
+        };
+        let mut clients = Vec::new();
+        for c in 0..schedule.clients {
+            let (redlock, holds, slots) = (redlock.clone(), holds.clone(), slots.clone());
+            let mut rng = Rng(schedule.seed ^ ((c as u64 + 1) * 0x9e37_79b9));
+            let attempts = schedule.attempts;
+            clients.push(tokio::spawn(async move {
+                let lock = key(b"k");
+                for _ in 0..attempts {
+                    let ttl = 20 + rng.below(MAX_TTL_MS - 20);
+                    let exclusive = model == Model::ReadWrite && rng.chance(25);
+                    let granted = match model {
+                        Model::Permits(_) => {
+                            let base = super::token::generate();
+                            match redlock.lock_permit(&lock, &slots, base, ttl).await {
+                                Ok(super::Counted::Granted { token, validity_ms }) => {
+                                    Some((token, validity_ms))
+                                }
+                                _ => None,
+                            }
+                        }
+                        Model::ReadWrite if exclusive => match redlock.lock(&lock, ttl).await {
+                            Ok(Some(g)) => Some((g.token, g.validity_ms)),
+                            _ => None,
+                        },
+                        Model::ReadWrite => {
+                            let token = super::token::shared();
+                            match redlock.lock_shared(&lock, b"writers:k", token, ttl).await {
+                                Ok(super::Counted::Granted { token, validity_ms }) => {
+                                    Some((token, validity_ms))
+                                }
+                                _ => None,
+                            }
+                        }
+                    };
+                    if let Some((token, validity_ms)) = granted {
+                        let now = Instant::now();
+                        let validity = Duration::from_millis(validity_ms);
+                        let work = validity.mul_f64(rng.below(100) as f64 / 100.0);
+                        tokio::time::sleep(work).await;
+                        if rng.chance(80) {
+                            holds.lock().unwrap().push((now, Instant::now(), exclusive));
+                            let _ = match super::token::holds(&token) {
+                                super::token::Holds::Permit { base, .. } => {
+                                    redlock.unlock_permit(&lock, &slots, &base).await
+                                }
+                                super::token::Holds::Shared => {
+                                    redlock.unlock_shared(&lock, &token).await
+                                }
+                                super::token::Holds::Exclusive => {
+                                    redlock.unlock(&lock, &token).await
+                                }
+                            };
+                        } else {
+                            holds.lock().unwrap().push((now, now + validity, exclusive));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_micros(rng.below(20_000))).await;
+                }
+            }));
+        }
+        for c in clients {
+            c.await.unwrap();
+        }
+        let holds = holds.lock().unwrap().clone();
+        (holds.len(), breaches(holds, model))
+    })
+}
+
+/// Contended schedules with one fault each, for the counted models: six clients, so two
+/// permits are scarce and readers meet writers.
+fn contended_counted(seed: u64, fault: Fault) -> Schedule {
+    Schedule {
+        clients: 6,
+        ..contended(seed, vec![(10 + seed % 50, (seed % 3) as usize, fault)])
+    }
+}
+
+fn any_fault(seed: u64) -> Fault {
+    match seed % 3 {
+        0 => Fault::Restart,
+        1 => Fault::Failover {
+            lag_ms: 1 + seed % MAX_LAG_MS,
+        },
+        _ => Fault::Flush,
+    }
+}
+
+/// A semaphore of two permits and a read/write lock keep their bounds under every fault kind,
+/// with loss and skew, and grant plenty.
+#[test]
+fn permits_and_read_write_locks_keep_their_bounds_under_faults() {
+    for model in [Model::Permits(2), Model::ReadWrite] {
+        let mut grants = 0;
+        for seed in 0..60 {
+            let mut schedule = contended_counted(seed, any_fault(seed));
+            schedule.loss_percent = 5;
+            schedule.skews_permille = vec![10, -10, 0, 0, 0];
+            let (held, broken) = simulate_counted(&schedule, Rules::default(), model);
+            assert_eq!(broken, 0, "{model:?}, seed {seed}");
+            grants += held;
+        }
+        println!("{model:?}: {grants} holds in 60 faulty schedules");
+        assert!(grants > 100, "{model:?}: only {grants} holds");
+    }
+}
+
+/// The same models without restart quarantine break their bounds: the checks can fail, and
+/// the bounds rest on the mutex's own rules.
+#[test]
+fn without_quarantine_permits_and_read_write_locks_break_their_bounds() {
+    let rules = Rules::all_but(|r| r.restart = false);
+    for model in [Model::Permits(2), Model::ReadWrite] {
+        let found = (0..500u64).position(|seed| {
+            simulate_counted(&contended_counted(seed, Fault::Restart), rules, model).1 > 0
+        });
+        let needed = found.expect("no breach in 500 schedules") + 1;
+        println!("{model:?} without quarantine: the first breach came in schedule {needed}");
+    }
+}
+
+#[test]
+fn the_breach_count_follows_each_model() {
+    let t = Instant::now();
+    let ms = |n| t + Duration::from_millis(n);
+    let three = vec![
+        (ms(0), ms(10), false),
+        (ms(1), ms(10), false),
+        (ms(2), ms(10), false),
+    ];
+    assert_eq!(breaches(three.clone(), Model::Permits(3)), 0);
+    assert_eq!(breaches(three.clone(), Model::Permits(2)), 1);
+    assert_eq!(breaches(three, Model::ReadWrite), 0);
+    let writer = vec![
+        (ms(0), ms(10), false),
+        (ms(5), ms(6), true),
+        (ms(10), ms(11), true),
+    ];
+    assert_eq!(breaches(writer, Model::ReadWrite), 1);
 }

@@ -369,7 +369,19 @@ fn requests(shared: &Shared, out: &mut Out) -> fmt::Result {
     ] {
         out.counter(name, help, None, Stats::get(counter))?;
     }
-    Ok(())
+    let kinds = [
+        ("exclusive", &l.granted_exclusive),
+        ("shared", &l.granted_shared),
+        ("permits", &l.granted_permits),
+    ];
+    out.family(
+        "locks_granted_by_kind",
+        "Locks granted by a quorum, by kind: exclusive (a mutex or a writer), shared (a read \
+         lock), permits (one of a semaphore's permits)",
+        None,
+        MetricType::Counter,
+        kinds.map(|(kind, c)| (vec![("kind", kind)], ConstCounter::new(Stats::get(c)))),
+    )
 }
 
 fn clients(shared: &Shared, out: &mut Out) -> fmt::Result {

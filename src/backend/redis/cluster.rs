@@ -33,7 +33,9 @@ use tracing::{info, warn};
 
 use super::link::{dial, round_trip};
 use super::{BackendTls, Inner, Quarantine, RedisMaster};
-use crate::backend::{BackendError, FencePage, KeyState, Master, MasterStatus, Names};
+use crate::backend::{
+    BackendError, FencePage, HeldAs, KeyState, Master, MasterStatus, Names, Take,
+};
 use crate::config::{BackendConfig, MasterAddr};
 use crate::protocol::client::{self, Frame};
 
@@ -776,6 +778,89 @@ impl Master for ClusterMember {
         key: &[u8],
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
         routed!(self, Need::Vote, key, [key], m => m.inspect(&key))
+    }
+
+    fn held_as(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<> {
+        routed!(self, Need::Vote, key, [key], m => m.held_as(&key))
+    }
+
+    /// A semaphore's slots carry its key's hash tag, so one node holds them all.
+    fn acquire_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        ttl_ms: u64,
+        offset: u32,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        let slots = slots.to_vec();
+        routed!(self, Need::Vote, key, [key, base],
+            m => m.acquire_permit(&key, &slots, &base, ttl_ms, offset))
+    }
+
+    fn release_permit(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let slots = slots.to_vec();
+        routed!(self, Need::Vote, key, [key, marker, base],
+            m => m.release_permit(&key, &marker, &slots, &base, keep))
+    }
+
+    fn extend_permit(
+        &self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        routed!(self, Need::Vote, key, [key, slot, token],
+            m => m.extend_permit(&key, &slot, &token, ttl_ms))
+    }
+
+    fn acquire_shared(
+        &self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        routed!(self, Need::Vote, key, [key, writers, token],
+            m => m.acquire_shared(&key, &writers, &token, ttl_ms))
+    }
+
+    fn release_shared(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        routed!(self, Need::Vote, key, [key, marker, token],
+            m => m.release_shared(&key, &marker, &token))
+    }
+
+    fn extend_shared(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        routed!(self, Need::Vote, key, [key, token], m => m.extend_shared(&key, &token, ttl_ms))
+    }
+
+    fn token_pttl(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send + use<> {
+        routed!(self, Need::Vote, key, [key, token], m => m.token_pttl(&key, &token))
     }
 
     fn read_fence(

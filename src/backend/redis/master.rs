@@ -12,7 +12,9 @@ use futures_util::future::Either;
 use super::link::ReplyTo;
 use super::scripts::{self, Script};
 use super::{Inner, RedisMaster};
-use crate::backend::{Ask, BackendError, FENCE_PAGE, FencePage, KeyState, Master, Votes};
+use crate::backend::{
+    Ask, BackendError, FENCE_PAGE, FencePage, HeldAs, KeyState, Master, Take, Votes,
+};
 use crate::protocol::client::{self, Frame};
 
 use client::command as encode;
@@ -111,7 +113,7 @@ pub(super) fn as_result(frame: Frame) -> Result<Frame, BackendError> {
 }
 
 fn expect_bool(frame: Result<Frame, BackendError>) -> Result<bool, BackendError> {
-    match frame? {
+    match wrong_type_is_absent(frame)? {
         Frame::Integer(scripts::NO_MARKER) => Err(BackendError::Reply(
             "the run marker is missing: flushed or quarantined, no vote".into(),
         )),
@@ -119,6 +121,51 @@ fn expect_bool(frame: Result<Frame, BackendError>) -> Result<bool, BackendError>
         Frame::SimpleString(s) if &s[..] == b"OK" => Ok(true),
         Frame::Null => Ok(false),
         other => Err(BackendError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// A token check against a key used by another kind (a read lock's set, a semaphore's count)
+/// fails in Redis with `WRONGTYPE`: the key does not hold the token, which is the answer.
+fn wrong_type_is_absent(frame: Result<Frame, BackendError>) -> Result<Frame, BackendError> {
+    match frame {
+        Err(BackendError::Reply(e)) if e.starts_with("WRONGTYPE") => Ok(Frame::Null),
+        other => other,
+    }
+}
+
+/// The kind a script names (`exclusive`, `shared`, `permits` with its count).
+fn held_as(kind: &[u8], count: i64) -> Result<HeldAs, BackendError> {
+    match kind {
+        b"exclusive" => Ok(HeldAs::Exclusive),
+        b"shared" => Ok(HeldAs::Shared),
+        b"permits" => Ok(HeldAs::Permits(u32::try_from(count).unwrap_or(0))),
+        other => Err(BackendError::Unexpected(format!(
+            "the lock key holds a Redis {}",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
+/// A counted acquire's answer, `{code, kind, slot or count}` (see [`scripts::ACQUIRE_PERMIT`]).
+fn expect_take(frame: Result<Frame, BackendError>) -> Result<Take, BackendError> {
+    let items = match frame? {
+        Frame::Integer(scripts::NO_MARKER) => {
+            return expect_bool(Ok(Frame::Integer(scripts::NO_MARKER))).map(|_| Take::Held);
+        }
+        Frame::Array(items) => items,
+        other => return Err(BackendError::Unexpected(format!("{other:?}"))),
+    };
+    match &items[..] {
+        [Frame::Integer(1), _, Frame::Integer(slot)] => u32::try_from(*slot)
+            .map(Take::Taken)
+            .map_err(|_| BackendError::Unexpected(slot.to_string())),
+        [Frame::Integer(0), _, _] => Ok(Take::Held),
+        [
+            Frame::Integer(-3),
+            Frame::BulkString(kind),
+            Frame::Integer(n),
+        ] => held_as(kind, *n).map(Take::Conflict),
+        _ => Err(BackendError::Unexpected(format!("{items:?}"))),
     }
 }
 
@@ -229,11 +276,7 @@ impl RedisMaster {
             Ask::Release { key, marker, token } => {
                 let script = &*scripts::RELEASE;
                 let channel = &self.0.names.release_channel[..];
-                let publish: &[u8] = if self.0.names.sharded {
-                    b"SPUBLISH"
-                } else {
-                    b"PUBLISH"
-                };
+                let publish = self.publish();
                 let sha = script.sha.as_bytes();
                 let args: [&[u8]; 8] =
                     [b"EVALSHA", sha, b"2", key, marker, token, channel, publish];
@@ -282,6 +325,15 @@ impl RedisMaster {
                 };
                 (encode(&args), Sent::Script(script))
             }
+        }
+    }
+
+    /// How releases are announced: `SPUBLISH` on a cluster node's sharded channel, else `PUBLISH`.
+    fn publish(&self) -> &'static [u8] {
+        if self.0.names.sharded {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
         }
     }
 
@@ -529,7 +581,7 @@ impl Master for RedisMaster {
     ) -> impl Future<Output = Result<Option<KeyState>, BackendError>> + Send + use<> {
         let reply = self.eval(&scripts::INSPECT, key, &[]);
         async move {
-            match reply.await? {
+            match wrong_type_is_absent(reply.await)? {
                 Frame::Null => Ok(None),
                 Frame::Array(items) => match &items[..] {
                     [Frame::BulkString(token), Frame::Integer(pttl)] => Ok(Some(KeyState {
@@ -554,6 +606,153 @@ impl Master for RedisMaster {
             self.eval_keys(&scripts::READ_FENCE, &[fence_key, floor], &[])
         };
         async move { expect_count(reply.await?) }
+    }
+
+    fn held_as(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<> {
+        let reply = self.eval(&scripts::HELD_AS, key, &[]);
+        async move {
+            match reply.await? {
+                Frame::Null => Ok(None),
+                Frame::Array(items) => match &items[..] {
+                    [Frame::BulkString(kind), Frame::Integer(n)] => held_as(kind, *n).map(Some),
+                    _ => Err(BackendError::Unexpected(format!("{items:?}"))),
+                },
+                other => Err(BackendError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    fn acquire_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        ttl_ms: u64,
+        offset: u32,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        let run = &self.0.names.run_marker[..];
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(2 + slots.len());
+        keys.push(key);
+        keys.extend(slots.iter().map(|s| &s[..]));
+        let (mut ttl, mut n, mut o) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
+        let mut argv = vec![
+            base,
+            ttl.format(ttl_ms).as_bytes(),
+            n.format(slots.len()).as_bytes(),
+            o.format(offset).as_bytes(),
+        ];
+        // On a cluster node the run marker sits in another slot: an argument, not a key.
+        if self.0.names.sharded {
+            argv.push(run);
+        } else {
+            keys.push(run);
+        }
+        let reply = self.eval_on(key, &scripts::ACQUIRE_PERMIT, &keys, &argv);
+        async move { expect_take(reply.await) }
+    }
+
+    fn release_permit(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        slots: &[Bytes],
+        base: &[u8],
+        keep: Option<u32>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(2 + slots.len());
+        keys.extend([key, marker]);
+        keys.extend(slots.iter().map(|s| &s[..]));
+        let (mut n, mut k) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let keep = keep.map_or(-1, i64::from);
+        let argv = [
+            base,
+            n.format(slots.len()).as_bytes(),
+            k.format(keep).as_bytes(),
+            &self.0.names.release_channel[..],
+            self.publish(),
+        ];
+        let reply = self.eval_on(key, &scripts::RELEASE_PERMIT, &keys, &argv);
+        async move { expect_bool(reply.await) }
+    }
+
+    fn extend_permit(
+        &self,
+        key: &[u8],
+        slot: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let mut ttl = itoa::Buffer::new();
+        let argv = [token, ttl.format(ttl_ms).as_bytes()];
+        let reply = self.eval_on(key, &scripts::EXTEND_PERMIT, &[key, slot], &argv);
+        async move { expect_bool(reply.await) }
+    }
+
+    fn acquire_shared(
+        &self,
+        key: &[u8],
+        writers: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Take, BackendError>> + Send + use<> {
+        let run = &self.0.names.run_marker[..];
+        let mut ttl = itoa::Buffer::new();
+        let ttl = ttl.format(ttl_ms).as_bytes();
+        let reply = if self.0.names.sharded {
+            let argv = [token, ttl, run];
+            self.eval_on(key, &scripts::ACQUIRE_SHARED, &[key, writers], &argv)
+        } else {
+            let argv = [token, ttl];
+            self.eval_on(key, &scripts::ACQUIRE_SHARED, &[key, writers, run], &argv)
+        };
+        async move { expect_take(reply.await) }
+    }
+
+    fn release_shared(
+        &self,
+        key: &[u8],
+        marker: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let argv = [token, &self.0.names.release_channel[..], self.publish()];
+        let reply = self.eval_keys(&scripts::RELEASE_SHARED, &[key, marker], &argv);
+        async move { expect_bool(reply.await) }
+    }
+
+    fn extend_shared(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
+        let mut ttl = itoa::Buffer::new();
+        let reply = self.eval(
+            &scripts::EXTEND_SHARED,
+            key,
+            &[token, ttl.format(ttl_ms).as_bytes()],
+        );
+        async move { expect_bool(reply.await) }
+    }
+
+    fn token_pttl(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send + use<> {
+        let reply = self.eval(&scripts::TOKEN_PTTL, key, &[token]);
+        async move {
+            match reply.await? {
+                Frame::Integer(ms) => Ok(u64::try_from(ms).ok()),
+                other => Err(BackendError::Unexpected(format!("{other:?}"))),
+            }
+        }
     }
 
     fn acquire_fenced(

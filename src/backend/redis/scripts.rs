@@ -142,6 +142,149 @@ pub static SWEEP_FENCES: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Which primitive uses `KEYS[1]`: `{kind, count}` (`exclusive`, `shared`, or `permits` with
+/// the semaphore's count), nil when it is free.
+pub static HELD_AS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local t = redis.call('TYPE', KEYS[1]).ok \
+         if t == 'none' then return false end \
+         if t == 'hash' then return {'permits', tonumber(redis.call('HGET', KEYS[1], 'permits')) or 0} end \
+         if t == 'zset' then return {'shared', 0} end \
+         if t == 'string' then return {'exclusive', 0} end \
+         return {t, 0}",
+    )
+});
+
+/// A permit of the semaphore `KEYS[1]` of `ARGV[3]` permits, whose slots are the next `ARGV[3]`
+/// keys: the first free slot from `ARGV[4]` on takes token `ARGV[1]:<slot>:<count>` for
+/// `ARGV[2]` ms, and the count at `KEYS[1]` (a hash) lives at least as long. `{1, 'taken', slot}`;
+/// `{0, 'full', 0}` when every slot is held; `{-3, kind, count}` when `KEYS[1]` is in use as
+/// another kind or count; [`NO_MARKER`] without the run marker, the last key (on a cluster node
+/// `ARGV[5]`, as in [`ACQUIRE_FENCED`]). Each slot is an ordinary lock key: taken with `SET NX`,
+/// freed by its token.
+pub static ACQUIRE_PERMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', ARGV[5] or KEYS[tonumber(ARGV[3]) + 2]) == 0 then return -2 end \
+         local t = redis.call('TYPE', KEYS[1]).ok \
+         if t == 'hash' then local m = redis.call('HGET', KEYS[1], 'permits') \
+         if m ~= ARGV[3] then return {-3, 'permits', tonumber(m) or 0} end \
+         elseif t == 'string' then return {-3, 'exclusive', 0} \
+         elseif t == 'zset' then return {-3, 'shared', 0} \
+         elseif t ~= 'none' then return {-3, t, 0} end \
+         local n = tonumber(ARGV[3]) \
+         for j = 0, n - 1 do local i = (tonumber(ARGV[4]) + j) % n \
+         if redis.call('SET', KEYS[2 + i], ARGV[1] .. ':' .. i .. ':' .. ARGV[3], 'NX', 'PX', ARGV[2]) then \
+         redis.call('HSET', KEYS[1], 'permits', ARGV[3]) \
+         if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+         return {1, 'taken', i} end end \
+         return {0, 'full', 0}",
+    )
+});
+
+/// Frees every slot `KEYS[3..]` of the semaphore `KEYS[1]` (of `ARGV[2]` permits) that holds a
+/// permit of `ARGV[1]`, except slot `ARGV[3]` (-1: none kept). The count at `KEYS[1]` then
+/// expires with the latest slot still held, or goes with the last. Published on `ARGV[4]`
+/// (with command `ARGV[5]`, as [`RELEASE`]) when the waiting marker `KEYS[2]` exists. 1 when a
+/// slot was freed.
+pub static RELEASE_PERMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local n = tonumber(ARGV[2]) local keep = tonumber(ARGV[3]) local freed = 0 \
+         for i = 0, n - 1 do \
+         if i ~= keep and redis.call('GET', KEYS[3 + i]) == ARGV[1] .. ':' .. i .. ':' .. ARGV[2] then \
+         redis.call('DEL', KEYS[3 + i]) freed = 1 end end \
+         if freed == 0 then return 0 end \
+         if redis.call('TYPE', KEYS[1]).ok == 'hash' and redis.call('HGET', KEYS[1], 'permits') == ARGV[2] then \
+         local top = -2 for i = 0, n - 1 do top = math.max(top, redis.call('PTTL', KEYS[3 + i])) end \
+         if top > 0 then redis.call('PEXPIRE', KEYS[1], top) else redis.call('DEL', KEYS[1]) end end \
+         if redis.call('EXISTS', KEYS[2]) == 1 then redis.pcall(ARGV[5], ARGV[4], KEYS[1]) end \
+         return 1",
+    )
+});
+
+/// Sets slot `KEYS[2]`'s TTL to `ARGV[2]` ms if it holds `ARGV[1]`, and the semaphore's count
+/// `KEYS[1]` to at least as long: 1 when extended.
+pub static EXTEND_PERMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end \
+         redis.call('PEXPIRE', KEYS[2], ARGV[2]) \
+         if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+         return 1",
+    )
+});
+
+/// Adds reader `ARGV[1]` to the read lock `KEYS[1]` (a sorted set: token → expiry in the
+/// master's ms) for `ARGV[2]` ms, after dropping expired readers; the set lives as long as its
+/// latest reader. `{1, 'taken', 0}`; `{0, 'exclusive', 0}` when a writer holds the key (a
+/// string) and `{0, 'writer', 0}` while the writers' waiting marker `KEYS[2]` names one;
+/// `{-3, 'permits', count}` for a semaphore; [`NO_MARKER`] without the run marker `KEYS[3]`
+/// (on a cluster node `ARGV[3]`, as in [`ACQUIRE_FENCED`]).
+/// A writer takes the key with `SET NX`, which fails while the set exists: one master decides
+/// reader against writer in one step.
+pub static ACQUIRE_SHARED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.replicate_commands() \
+         if redis.call('EXISTS', KEYS[3] or ARGV[3]) == 0 then return -2 end \
+         local t = redis.call('TYPE', KEYS[1]).ok \
+         if t == 'string' then return {0, 'exclusive', 0} end \
+         if t == 'hash' then return {-3, 'permits', tonumber(redis.call('HGET', KEYS[1], 'permits')) or 0} end \
+         if t ~= 'none' and t ~= 'zset' then return {-3, t, 0} end \
+         if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 'writer', 0} end \
+         local c = redis.call('TIME') local now = tonumber(c[1]) * 1000 + math.floor(tonumber(c[2]) / 1000) \
+         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) \
+         redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) \
+         if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+         return {1, 'taken', 0}",
+    )
+});
+
+/// Takes reader `ARGV[1]` out of the read lock `KEYS[1]`; the set then expires with its latest
+/// live reader, or goes with the last. Published on `ARGV[2]` when the waiting marker `KEYS[2]`
+/// exists (with command `ARGV[3]`, as [`RELEASE`]). 1 when it was a live reader.
+pub static RELEASE_SHARED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.replicate_commands() \
+         if redis.call('TYPE', KEYS[1]).ok ~= 'zset' then return 0 end \
+         local s = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not s then return 0 end \
+         local c = redis.call('TIME') local now = tonumber(c[1]) * 1000 + math.floor(tonumber(c[2]) / 1000) \
+         redis.call('ZREM', KEYS[1], ARGV[1]) \
+         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) \
+         local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES') \
+         if #top == 0 then redis.call('DEL', KEYS[1]) \
+         else redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(top[2]) - now)) end \
+         if redis.call('EXISTS', KEYS[2]) == 1 then redis.pcall(ARGV[3], ARGV[2], KEYS[1]) end \
+         if tonumber(s) > now then return 1 end return 0",
+    )
+});
+
+/// Moves reader `ARGV[1]`'s expiry to `ARGV[2]` ms from now if it is a live reader of
+/// `KEYS[1]`, and the set's TTL to at least as long: 1 when extended.
+pub static EXTEND_SHARED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.replicate_commands() \
+         if redis.call('TYPE', KEYS[1]).ok ~= 'zset' then return 0 end \
+         local s = redis.call('ZSCORE', KEYS[1], ARGV[1]) \
+         local c = redis.call('TIME') local now = tonumber(c[1]) * 1000 + math.floor(tonumber(c[2]) / 1000) \
+         if not s or tonumber(s) <= now then return 0 end \
+         redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1]) \
+         if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+         return 1",
+    )
+});
+
+/// How long `ARGV[1]` still holds `KEYS[1]` (its token, or one of its readers), in ms; -2 when
+/// it does not.
+pub static TOKEN_PTTL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local t = redis.call('TYPE', KEYS[1]).ok \
+         if t == 'string' then if redis.call('GET', KEYS[1]) == ARGV[1] then \
+         return redis.call('PTTL', KEYS[1]) end return -2 end \
+         if t ~= 'zset' then return -2 end \
+         local s = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not s then return -2 end \
+         local c = redis.call('TIME') local now = tonumber(c[1]) * 1000 + math.floor(tonumber(c[2]) / 1000) \
+         if tonumber(s) <= now then return -2 end return tonumber(s) - now",
+    )
+});
+
 /// [`ACQUIRE_FENCED`]'s answer when the run marker is missing.
 pub const NO_MARKER: i64 = -2;
 
@@ -187,7 +330,7 @@ pub static LINEAGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 11] {
+pub fn all_scripts() -> [&'static Script; 19] {
     [
         &RELEASE,
         &MARK_WAITING,
@@ -200,6 +343,14 @@ pub fn all_scripts() -> [&'static Script; 11] {
         &RAISE_FENCE,
         &RAISE_FENCES,
         &SWEEP_FENCES,
+        &HELD_AS,
+        &ACQUIRE_PERMIT,
+        &RELEASE_PERMIT,
+        &EXTEND_PERMIT,
+        &ACQUIRE_SHARED,
+        &RELEASE_SHARED,
+        &EXTEND_SHARED,
+        &TOKEN_PTTL,
     ]
 }
 

@@ -46,6 +46,9 @@ pub struct Args {
     /// Lock with `LOCK key ttl FENCE` (the reply is `[token, fence]`)
     #[arg(long)]
     pub fence: bool,
+    /// Take permits of N-permit semaphores: `LOCK key ttl PERMITS N`
+    #[arg(long, value_name = "N", conflicts_with = "fence", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub permits: Option<u32>,
     /// wait-latency: the second proxy, where the waiter waits
     #[arg(long)]
     pub addr_b: Option<String>,

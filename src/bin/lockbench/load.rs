@@ -177,10 +177,14 @@ impl Pipeline {
         let mut ttl = itoa::Buffer::new();
         let ttl = ttl.format(args.ttl_ms).as_bytes();
         let name = key_name(&mut self.key, key);
-        if args.fence {
-            self.conn.push(&[b"LOCK", name, ttl, b"FENCE"]);
-        } else {
-            self.conn.push(&[b"LOCK", name, ttl]);
+        let mut n = itoa::Buffer::new();
+        match args.permits {
+            Some(permits) => {
+                let n = n.format(permits).as_bytes();
+                self.conn.push(&[b"LOCK", name, ttl, b"PERMITS", n]);
+            }
+            None if args.fence => self.conn.push(&[b"LOCK", name, ttl, b"FENCE"]),
+            None => self.conn.push(&[b"LOCK", name, ttl]),
         }
         self.in_flight.push_back(Sent::Lock { key, at: now });
     }

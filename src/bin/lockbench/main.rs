@@ -6,7 +6,8 @@
 //! uniform in `0..--keys`. `--idle N` first opens N connections, checks each with a `PING`, and
 //! holds them open for the whole run.
 //!
-//! `--fence` sends `LOCK key ttl FENCE` and takes the token from the `[token, fence]` reply.
+//! `--fence` sends `LOCK key ttl FENCE` and takes the token from the `[token, fence]` reply;
+//! `--permits N` sends `LOCK key ttl PERMITS N` (permits of N-permit semaphores).
 //!
 //! `wait-latency` mode measures how fast a waiter wakes: for each of `--rounds` fresh keys, a
 //! holder takes the key through `--addr`, a waiter sends `LOCK key ttl WAIT ms` through

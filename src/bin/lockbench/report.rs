@@ -19,6 +19,7 @@ struct Line<'a> {
     addr: &'a str,
     mode: &'static str,
     fence: bool,
+    permits: Option<u32>,
     connections: u32,
     pipeline: u32,
     duration_secs: u64,
@@ -67,12 +68,15 @@ impl Report<'_> {
         let l = &s.lock_latency;
         let u = &s.unlock_latency;
         println!(
-            "lockbench: {} | {} connections x {} in flight | {} mode{} | {} s measured after {} s warm-up | {} idle connections held ({} failed)",
+            "lockbench: {} | {} connections x {} in flight | {} mode{}{} | {} s measured after {} s warm-up | {} idle connections held ({} failed)",
             a.addr,
             a.connections,
             a.pipeline,
             a.mode.name(),
             if a.fence { " (FENCE)" } else { "" },
+            a.permits
+                .map(|n| format!(" (PERMITS {n})"))
+                .unwrap_or_default(),
             a.duration_secs,
             a.warmup_secs,
             self.idle_open,
@@ -128,6 +132,7 @@ impl Report<'_> {
             addr: &a.addr,
             mode: a.mode.name(),
             fence: a.fence,
+            permits: a.permits,
             connections: a.connections,
             pipeline: a.pipeline,
             duration_secs: a.duration_secs,
@@ -210,7 +215,8 @@ mod tests {
             idle_failed: 2,
         };
         let expected = concat!(
-            r#"{"tool":"lockbench","addr":"h\"x:1","mode":"lock","fence":true,"connections":50,"#,
+            r#"{"tool":"lockbench","addr":"h\"x:1","mode":"lock","fence":true,"permits":null,"#,
+            r#""connections":50,"#,
             r#""pipeline":1,"duration_secs":3,"warmup_secs":1,"keys":100000,"ttl_ms":5000,"#,
             r#""idle_open":10,"idle_failed":2,"cycles_per_sec":1.7,"locks_per_sec":2.0,"#,
             r#""requests_per_sec":2.7,"lock_p50_us":252.9,"lock_p99_us":12505.5,"#,

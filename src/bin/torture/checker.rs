@@ -31,10 +31,8 @@
 
 use std::collections::BTreeMap;
 
-/// What a hold excludes. The tool's clients record exclusive holds; the other kinds are the
-/// models counting semaphores and read/write locks will be checked against (tested here).
+/// What a hold excludes: the kind of lock the client took (`--mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
 pub enum Kind {
     /// A mutex: no other hold of the key at the same time.
     #[default]

@@ -75,6 +75,10 @@ pub struct Shared {
     pub max_ttl_ms: u64,
     /// Lock with `FENCE` and record each grant's fence.
     pub fence: bool,
+    /// What the clients take.
+    pub mode: Mode,
+    /// The semaphores' permits in [`Mode::Permits`].
+    pub permits: u32,
     /// Per key, the lock a client holds now, if any: the fault injector aims restarts and
     /// failovers at moments when a held lock has a long life left. A released lock is no
     /// target: its key is gone from the masters.
@@ -118,6 +122,47 @@ impl Shared {
     }
 }
 
+/// What the clients take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Plain `LOCK`: mutexes.
+    Mutex,
+    /// `LOCK ... PERMITS n`: permits of counting semaphores.
+    Permits,
+    /// `LOCK ... SHARED` (readers) and plain `LOCK` (writers) on the same keys.
+    Rw,
+}
+
+impl Mode {
+    /// As `--mode` and the JSON line name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Mutex => "mutex",
+            Mode::Permits => "permits",
+            Mode::Rw => "rw",
+        }
+    }
+
+    /// As the run's first line names it.
+    pub fn describe(self, permits: u32) -> String {
+        match self {
+            Mode::Mutex => "mutex".into(),
+            Mode::Permits => format!("permits ({permits} per key)"),
+            Mode::Rw => "rw (3 readers to 1 writer)".into(),
+        }
+    }
+
+    /// What the next lock is: readers outnumber writers three to one in `rw`.
+    fn pick(self, rng: &mut StdRng, permits: u32) -> Kind {
+        match self {
+            Mode::Mutex => Kind::Exclusive,
+            Mode::Permits => Kind::Permits(permits),
+            Mode::Rw if rng.random_range(0..4) == 0 => Kind::Exclusive,
+            Mode::Rw => Kind::Shared,
+        }
+    }
+}
+
 /// A lock held now.
 #[derive(Debug, Clone, Copy)]
 pub struct Held {
@@ -142,9 +187,16 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
         let key = shared.keys[k].as_bytes();
         let (plan, ttl) = pick_plan(&mut rng, shared.max_ttl_ms);
         let ttl_arg = ttl.to_string();
+        let kind = shared.mode.pick(&mut rng, shared.permits);
+        let permits_arg = shared.permits.to_string();
         let mut lock: Vec<&[u8]> = vec![b"LOCK", key, ttl_arg.as_bytes()];
         if shared.fence {
             lock.push(b"FENCE");
+        }
+        match kind {
+            Kind::Exclusive => {}
+            Kind::Shared => lock.push(b"SHARED"),
+            Kind::Permits(_) => lock.extend([b"PERMITS".as_slice(), permits_arg.as_bytes()]),
         }
         Counters::bump(&shared.counters.attempts);
         let sent = now_us();
@@ -173,7 +225,7 @@ pub async fn run(id: u32, seed: u64, shared: Arc<Shared>) {
                     promised_validity_ms: promised,
                     end_us: end,
                     fence,
-                    kind: Kind::Exclusive,
+                    kind,
                 };
                 shared
                     .holds

@@ -3,7 +3,10 @@
 //! masters frozen, proxies killed, masters failed over to lagging replicas), then checks the
 //! recorded history: no two clients may have held one key at the same time within the validity
 //! they were promised. With `--fence` every lock is taken with `FENCE`, and fences must also
-//! increase per key in real-time order.
+//! increase per key in real-time order. With `--mode permits` the clients take permits of
+//! `--permits N`-permit semaphores (`LOCK key ttl PERMITS N`) and at most N may hold a key at
+//! once; with `--mode rw` they take read locks (`SHARED`) and write locks (plain `LOCK`) of
+//! the same keys, and no writer may overlap any other holder.
 //!
 //! Exit code: 0 no violation, 1 at least one violation or fence regression, 2 the run could not
 //! be set up, 130 interrupted (Ctrl-C) without either.
@@ -27,7 +30,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use checker::Hold;
-use clients::{Counters, Shared};
+use clients::{Counters, Mode, Shared};
 use faults::{FaultKind, Injector, Schedule};
 use masters::Master;
 use procs::{ProxyProc, ProxySpec, RunDir};
@@ -114,6 +117,16 @@ struct Args {
     #[arg(long)]
     fence: bool,
 
+    /// What the clients take: `mutex` (plain `LOCK`), `permits` (`LOCK ... PERMITS N`, see
+    /// `--permits`) or `rw` (read locks with `SHARED` and write locks with plain `LOCK`, mixed
+    /// on the same keys)
+    #[arg(long, value_enum, default_value = "mutex")]
+    mode: Mode,
+
+    /// Permits per semaphore in `--mode permits`
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    permits: u32,
+
     /// Write `[redlock] fence_idle_ms = N` into the proxies' configuration, so fence counters
     /// idle that long expire during the run (after the floor was raised above them) and fences
     /// must keep increasing across the expiry [default: the proxy's, 7 days]
@@ -147,6 +160,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<ExitCode, String> {
+    if args.fence && args.mode != Mode::Mutex {
+        return Err("--fence takes --mode mutex: the proxy fences only exclusive locks".into());
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -162,7 +178,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let kind_names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     println!(
         "torture: seed {seed}, {} masters, {} proxies, {} clients, {} keys, max-ttl {} ms, \
-         faults [{}] every ~{} ms, {} s of traffic{}{}",
+         faults [{}] every ~{} ms, {} s of traffic, mode {}{}{}",
         args.masters,
         args.proxies,
         args.clients,
@@ -171,6 +187,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         kind_names.join(","),
         args.fault_interval_ms,
         args.duration_secs,
+        args.mode.describe(args.permits),
         if args.persistent_masters {
             ", persistent_masters = true (restart quarantine off)"
         } else {
@@ -260,6 +277,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         keys: (0..args.keys).map(|k| format!("torture:{k}")).collect(),
         max_ttl_ms: args.max_ttl_ms,
         fence: args.fence,
+        mode: args.mode,
+        permits: args.permits,
         held: (0..args.keys).map(|_| Mutex::new(None)).collect(),
         holds: Mutex::new(Vec::new()),
         deadline_us: traffic_start + args.duration_secs * 1_000_000,

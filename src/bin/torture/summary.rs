@@ -179,6 +179,8 @@ impl Summary<'_> {
             proxies: a.proxies,
             clients: a.clients,
             keys: a.keys,
+            mode: a.mode.name(),
+            permits: (a.mode == crate::clients::Mode::Permits).then_some(a.permits),
             max_ttl_ms: a.max_ttl_ms,
             persistent_masters: a.persistent_masters,
             faults: self.kinds,
@@ -237,6 +239,8 @@ struct Line<'a> {
     proxies: u64,
     clients: u64,
     keys: u64,
+    mode: &'static str,
+    permits: Option<u32>,
     max_ttl_ms: u64,
     persistent_masters: bool,
     faults: &'a [&'a str],
@@ -400,7 +404,7 @@ mod tests {
         };
         let expected = concat!(
             r#"{"torture":1,"seed":7,"duration_s":1.250,"masters":3,"proxies":2,"clients":16,"#,
-            r#""keys":3,"max_ttl_ms":3000,"persistent_masters":false,"#,
+            r#""keys":3,"mode":"mutex","permits":null,"max_ttl_ms":3000,"persistent_masters":false,"#,
             r#""faults":["restart-empty","pause"],"attempts":9,"grants":5,"#,
             r#""grants_per_s":4.00,"counted":3,"not_counted":0,"refused":1,"noquorum":2,"#,
             r#""errors":0,"conn_errors":3,"unlocked":4,"unlock_missed":1,"unlock_failed":0,"#,
