@@ -18,22 +18,28 @@ pub struct RedisCluster {
     pub shards: usize,
 }
 
-/// The arguments of every node: cluster mode, and a short node timeout so that a killed master's
-/// replica takes over within seconds.
-const NODE_ARGS: [&str; 6] = [
-    "--cluster-enabled",
-    "yes",
-    "--cluster-config-file",
-    "nodes.conf",
-    "--cluster-node-timeout",
-    "1000",
-];
+/// A node: cluster mode, a short node timeout so that a killed master's replica takes over
+/// within seconds, and a bus port of its own (by default the port plus 10000, past 65535 for a
+/// high free port).
+fn node() -> RedisServer {
+    let bus = super::free_port().to_string();
+    let args = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+        "--cluster-port",
+        &bus,
+    ];
+    RedisServer::start_with("redis-server", &args).expect("redis-server")
+}
 
 impl RedisCluster {
     /// `shards` masters sharing the 16384 slots evenly, and with `replica` one replica of the
     /// first; returns once every node reports `cluster_state:ok` and the replica is in sync.
     pub fn start(shards: usize, replica: bool) -> RedisCluster {
-        let node = || RedisServer::start_with("redis-server", &NODE_ARGS).expect("redis-server");
         let nodes: Vec<RedisServer> = (0..shards).map(|_| node()).collect();
         let mut cluster = RedisCluster { nodes, shards };
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
