@@ -9,6 +9,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use redlock_proxy::backend::redis::slot;
 use redlock_proxy::config::MasterAddr;
 use support::cluster::{RedisCluster, cli};
 use support::{Conn, TestProxy, flatten, int, is_null, text};
@@ -375,6 +376,9 @@ fn same_shard_key(c: &RedisCluster, port: u16) -> String {
         .unwrap()
 }
 
+/// Slots `redis-cli --cluster reshard` moves in the traffic test: the lowest of a shard.
+const RESHARDED: u16 = 300;
+
 /// One client's hold, as the history check sees it.
 #[derive(Debug, Clone)]
 struct Hold {
@@ -480,17 +484,37 @@ async fn slots_moving_and_a_failover_under_traffic_grant_no_lock_twice_and_keep_
     };
     let a = support::proxy_on(addrs(&c), true, short).await;
     let b = support::proxy_on(addrs(&c), true, short).await;
-    let keys: Vec<String> = (0..6).map(|i| format!("h{i}")).collect();
+    // Three keys among the lowest slots, which `redis-cli --cluster reshard` moves first, and
+    // three anywhere.
+    let low = (0..100_000)
+        .map(|i| format!("h{i}"))
+        .filter(|k| slot(support::lock_key(k).as_bytes()) < RESHARDED)
+        .take(3);
+    let keys: Vec<String> = low.chain((0..3).map(|i| format!("any{i}"))).collect();
     let stop = Instant::now() + Duration::from_secs(8);
     let mut clients = Vec::new();
     for i in 0..8 {
         let proxy = if i % 2 == 0 { a.addr } else { b.addr };
         clients.push(tokio::spawn(client(proxy, keys.clone(), i, stop)));
     }
-    // Slots of every key move in the second cluster; the first fails over its first shard.
-    let (moving, failing) = (&c[1], &c[0]);
-    let (moved, promoted) = std::thread::scope(|s| {
+    // Slots of every key move in the second cluster; the first fails over its first shard; the
+    // third reshards the lowest slots of its first shard with redis-cli.
+    let (moving, failing, resharding) = (&c[1], &c[0], &c[2]);
+    let (moved, promoted, resharded) = std::thread::scope(|s| {
         let moves = s.spawn(|| move_slots(moving, &keys));
+        let reshard = s.spawn(|| {
+            let (from, to) = (resharding.nodes[0].port(), resharding.nodes[1].port());
+            let out = std::process::Command::new("redis-cli")
+                .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+                .args(["--cluster-from", &resharding.id(from)])
+                .args(["--cluster-to", &resharding.id(to)])
+                .args(["--cluster-slots", &RESHARDED.to_string(), "--cluster-yes"])
+                .output()
+                .expect("redis-cli");
+            // The first key's slot went with the rest.
+            out.status.success()
+                && cli(from, &["GET", &support::lock_key(&keys[0])]).contains("MOVED")
+        });
         let failover = s.spawn(|| {
             std::thread::sleep(Duration::from_millis(1_500));
             let replica = failing.nodes[3].port();
@@ -500,7 +524,8 @@ async fn slots_moving_and_a_failover_under_traffic_grant_no_lock_twice_and_keep_
             });
             true
         });
-        (moves.join().unwrap(), failover.join().unwrap())
+        let resharded = reshard.join().unwrap();
+        (moves.join().unwrap(), failover.join().unwrap(), resharded)
     });
     let mut holds = Vec::new();
     for cl in clients {
@@ -508,11 +533,11 @@ async fn slots_moving_and_a_failover_under_traffic_grant_no_lock_twice_and_keep_
     }
     let (overlaps, regressions) = check(holds.clone());
     println!(
-        "{} holds, {moved} slot moves, failover {promoted}: {overlaps} double grants, \
-         {regressions} fence regressions",
+        "{} holds, {moved} slot moves, failover {promoted}, reshard {resharded}: {overlaps} \
+         double grants, {regressions} fence regressions",
         holds.len()
     );
-    assert!(moved >= 6 && promoted);
+    assert!(moved >= 6 && promoted && resharded);
     assert!(holds.len() > 50, "{} holds", holds.len());
     assert_eq!((overlaps, regressions), (0, 0));
     a.stop().await;

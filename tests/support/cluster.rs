@@ -18,23 +18,31 @@ pub struct RedisCluster {
     pub shards: usize,
 }
 
-/// The arguments of every node: cluster mode, and a short node timeout so that a killed master's
-/// replica takes over within seconds.
-const NODE_ARGS: [&str; 6] = [
-    "--cluster-enabled",
-    "yes",
-    "--cluster-config-file",
-    "nodes.conf",
-    "--cluster-node-timeout",
-    "1000",
-];
+/// A node: cluster mode, a short node timeout so that a killed master's replica takes over
+/// within seconds, and a bus port of its own (by default the port plus 10000, past 65535 for a
+/// high free port).
+fn node() -> (RedisServer, u16) {
+    let port = super::free_port();
+    let bus = port.to_string();
+    let args = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+        "--cluster-port",
+        &bus,
+    ];
+    let server = RedisServer::start_with("redis-server", &args).expect("redis-server");
+    (server, port)
+}
 
 impl RedisCluster {
     /// `shards` masters sharing the 16384 slots evenly, and with `replica` one replica of the
     /// first; returns once every node reports `cluster_state:ok` and the replica is in sync.
     pub fn start(shards: usize, replica: bool) -> RedisCluster {
-        let node = || RedisServer::start_with("redis-server", &NODE_ARGS).expect("redis-server");
-        let nodes: Vec<RedisServer> = (0..shards).map(|_| node()).collect();
+        let (nodes, buses): (Vec<RedisServer>, Vec<u16>) = (0..shards).map(|_| node()).unzip();
         let mut cluster = RedisCluster { nodes, shards };
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(
@@ -55,12 +63,14 @@ impl RedisCluster {
         cluster.wait_ok();
         if replica {
             // Started now: a node alone reports a failed cluster until it joins.
-            cluster.nodes.push(node());
+            cluster.nodes.push(node().0);
             let (first, replica) = (cluster.nodes[0].port(), cluster.nodes[shards].port());
             let id = cluster.id(first);
+            // With the first node's bus port: it is not the default.
+            let (first_port, bus) = (first.to_string(), buses[0].to_string());
             cli(
                 replica,
-                &["CLUSTER", "MEET", "127.0.0.1", &first.to_string()],
+                &["CLUSTER", "MEET", "127.0.0.1", &first_port, &bus],
             );
             cluster.until("the replica meets the cluster", || {
                 cli(replica, &["CLUSTER", "NODES"]).contains(&id)

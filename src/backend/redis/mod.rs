@@ -33,7 +33,7 @@ mod releases;
 pub mod scripts;
 mod tls;
 
-pub use cluster::{ClusterMember, NodeStatus, describe};
+pub use cluster::{ClusterMember, NodeStatus, describe, slot};
 pub use identity::Quarantine;
 pub use tls::{BackendTls, MasterTls, Stream, TlsError, pem_certs, pem_key};
 
