@@ -116,8 +116,12 @@ async fn run(args: Args) -> ExitCode {
     if args.start_on_stdin_close {
         // The line a script starting several processes waits for before it closes their input.
         eprintln!("lockbench: waiting for the start");
-        let closed = tokio::task::spawn_blocking(|| {
-            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+        // A thread of its own, not the runtime's blocking pool: the runtime waits for those when
+        // it ends, and a run given up on after MAX_START_WAIT must still end.
+        let (tx, closed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = tx.send(());
         });
         let _ = tokio::time::timeout(MAX_START_WAIT, closed).await;
     }
