@@ -6,6 +6,11 @@
 //
 //   node peer.js --servers 127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3 [--workers 50]
 //                [--duration-secs 10] [--warmup-secs 1] [--keys 100000] [--ttl-ms 5000]
+//                [--latency-out FILE] [--start-on-stdin-close 1]
+//
+// --start-on-stdin-close holds the load (the warm-up) until standard input closes, at most 10
+// minutes, so processes started one after the other run the same window. --latency-out also writes every timed acquire as `µs count` lines, lowest first, so the runs
+// of several processes merge into one distribution.
 
 const Redis = require('ioredis');
 const { default: Redlock } = require('redlock');
@@ -16,7 +21,7 @@ const MAX_SAMPLES = 10_000_000;
 const GRACE_MS = 5000;
 
 function parseArgs(argv) {
-  const a = { servers: [], workers: 50, durationSecs: 10, warmupSecs: 1, keys: 100000, ttlMs: 5000 };
+  const a = { servers: [], workers: 50, durationSecs: 10, warmupSecs: 1, keys: 100000, ttlMs: 5000, latencyOut: '', startOnStdinClose: false };
   for (let i = 0; i < argv.length; i += 2) {
     const flag = argv[i];
     const value = argv[i + 1];
@@ -33,6 +38,8 @@ function parseArgs(argv) {
       case '--warmup-secs': a.warmupSecs = Math.min(num(), 600); break;
       case '--keys': a.keys = Math.max(num(), 1); break;
       case '--ttl-ms': a.ttlMs = Math.max(num(), 1); break;
+      case '--latency-out': a.latencyOut = value; break;
+      case '--start-on-stdin-close': a.startOnStdinClose = num() !== 0; break;
       default: throw new Error(`unknown flag ${flag}`);
     }
   }
@@ -62,6 +69,15 @@ async function main() {
   let clientErrors = 0;
   redlock.on('error', () => { clientErrors += 1; });
 
+  if (args.startOnStdinClose) {
+    // The line a script starting several processes waits for before it closes their input.
+    console.error('node-redlock peer: waiting for the start');
+    await new Promise((resolve) => {
+      const bound = setTimeout(resolve, 600_000);
+      process.stdin.on('end', () => { clearTimeout(bound); resolve(); });
+      process.stdin.resume();
+    });
+  }
   const toNs = (ms) => BigInt(Math.round(ms * 1e6));
   const start = process.hrtime.bigint();
   const from = start + toNs(args.warmupSecs * 1000);
@@ -113,6 +129,17 @@ async function main() {
     const rank = Math.min(Math.max(Math.ceil(p * samples.length), 1), samples.length);
     return samples[rank - 1];
   };
+  if (args.latencyOut) {
+    const lines = [];
+    for (let i = 0; i < samples.length;) {
+      const v = samples[i].toFixed(1);
+      let j = i;
+      while (j < samples.length && samples[j].toFixed(1) === v) j += 1;
+      lines.push(`${v} ${j - i}\n`);
+      i = j;
+    }
+    require('fs').writeFileSync(args.latencyOut, lines.join(''));
+  }
   const perSec = cycles / args.durationSecs;
   console.log(`node-redlock ${version('redlock')} + ioredis ${version('ioredis')}: ${args.workers} workers, ` +
     `${args.servers.length} masters, ${args.durationSecs} s after ${args.warmupSecs} s warm-up`);

@@ -3,6 +3,10 @@
 //! user would. Prints a summary and one JSON line: cycles/s and acquire latency percentiles.
 //!
 //! `--workers 0` runs on a current_thread runtime; `--workers N` on N worker threads.
+//! `--start-on-stdin-close 1` holds the load (the warm-up) until standard input closes, at most
+//! 10 minutes, so processes started one after the other run the same window.
+//! `--latency-out FILE` also writes every timed acquire, as `µs count` lines lowest first, so
+//! the runs of several processes merge into one distribution.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +26,8 @@ struct Args {
     warmup_secs: u64,
     keys: u64,
     ttl_ms: u64,
+    latency_out: Option<String>,
+    start_on_stdin_close: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -33,6 +39,8 @@ fn parse_args() -> Result<Args, String> {
         warmup_secs: 1,
         keys: 100_000,
         ttl_ms: 5000,
+        latency_out: None,
+        start_on_stdin_close: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +54,8 @@ fn parse_args() -> Result<Args, String> {
             "--warmup-secs" => a.warmup_secs = num()?.min(600),
             "--keys" => a.keys = num()?.max(1),
             "--ttl-ms" => a.ttl_ms = num()?.max(1),
+            "--latency-out" => a.latency_out = Some(value),
+            "--start-on-stdin-close" => a.start_on_stdin_close = num()? != 0,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -103,6 +113,14 @@ async fn run(args: Args) -> (Vec<TaskStats>, u64) {
     let mut manager = LockManager::new(args.servers.clone());
     // One try per lock, as the proxy's LOCK: a failure is counted, not retried after a sleep.
     manager.set_retry(1, Duration::from_millis(1));
+    if args.start_on_stdin_close {
+        // The line a script starting several processes waits for before it closes their input.
+        eprintln!("rslock-peer: waiting for the start");
+        let closed = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(600), closed).await;
+    }
     let start = Instant::now();
     let from = start + Duration::from_secs(args.warmup_secs);
     let until = from + Duration::from_secs(args.duration_secs);
@@ -171,6 +189,12 @@ fn main() {
         let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
         samples[rank - 1] as f64 / 1000.0
     };
+    if let Some(path) = &args.latency_out {
+        if let Err(e) = write_samples(path, &samples) {
+            eprintln!("rslock-peer: cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+    }
     let secs = args.duration_secs as f64;
     let runtime = if args.workers == 0 {
         "current_thread".to_owned()
@@ -204,6 +228,16 @@ fn main() {
         q(0.999),
         first_error
     );
+}
+
+/// Sorted samples as `µs count` lines, equal values (to the 0.1 µs) on one line.
+fn write_samples(path: &str, sorted_ns: &[u64]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for run in sorted_ns.chunk_by(|a, b| a / 100 == b / 100) {
+        writeln!(out, "{:.1} {}", run[0] as f64 / 1000.0, run.len())?;
+    }
+    out.flush()
 }
 
 /// SplitMix64, for spreading keys.

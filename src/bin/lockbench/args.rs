@@ -43,6 +43,14 @@ pub struct Args {
     /// Password sent with AUTH on every connection, for a server with requirepass
     #[arg(long, env = "LOCKBENCH_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Also write the measured LOCK latencies to this file, one `µs count` line per non-empty
+    /// histogram bucket, so the runs of several processes can be merged into one distribution
+    #[arg(long, value_name = "PATH")]
+    pub latency_out: Option<String>,
+    /// Start the load (the warm-up) when standard input closes (at most 10 minutes on), not at
+    /// once, so several processes started one after the other run the same window
+    #[arg(long)]
+    pub start_on_stdin_close: bool,
     /// Lock with `LOCK key ttl FENCE` (the reply is `[token, fence]`)
     #[arg(long)]
     pub fence: bool,

@@ -1,6 +1,7 @@
 //! The latency histogram: log-linear buckets, exact below 128 ns, then 64 buckets per power of
 //! two (under 1% error). Fixed size whatever the run length, and cheap to merge.
 
+use std::io::{self, Write};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -74,6 +75,17 @@ impl Histogram {
     pub fn max_us(&self) -> f64 {
         self.max_ns as f64 / 1000.0
     }
+
+    /// One `µs count` line per non-empty bucket, lowest first, each value the middle of its
+    /// bucket (as [`Histogram::quantile_us`] answers): what several processes' runs merge from.
+    pub fn write_buckets(&self, out: &mut impl Write) -> io::Result<()> {
+        for (i, &c) in self.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let (lo, hi) = bucket_range(i);
+            let us = ((lo + hi) as f64 / 2.0).min(self.max_ns as f64) / 1000.0;
+            writeln!(out, "{us:.3} {c}")?;
+        }
+        Ok(())
+    }
 }
 
 fn bucket(ns: u64) -> usize {
@@ -129,5 +141,29 @@ mod tests {
         }
         assert!((h.quantile_us(0.5) - 50.0).abs() < 1.0);
         assert!((h.quantile_us(0.99) - 99.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn buckets_are_written_lowest_first_with_their_counts() {
+        let mut h = Histogram::default();
+        for us in [5, 5, 300] {
+            h.record(Duration::from_micros(us));
+        }
+        let mut out = Vec::new();
+        h.write_buckets(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<(f64, u64)> = text
+            .lines()
+            .map(|l| {
+                let (us, n) = l.split_once(' ').unwrap();
+                (us.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!((lines[0].0 - 5.0).abs() < 0.05 && lines[0].1 == 2, "{text}");
+        assert!(
+            (lines[1].0 - 300.0).abs() < 3.0 && lines[1].1 == 1,
+            "{text}"
+        );
     }
 }

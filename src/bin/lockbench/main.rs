@@ -17,7 +17,9 @@
 //! no release is announced and only the waiter's timer can notice.
 //!
 //! It prints cycles/s, `LOCK` latency percentiles and reply counts, then one JSON line with the
-//! same numbers. Replies are counted when they arrive within the measured window (after
+//! same numbers. For runs of several processes at once, `--start-on-stdin-close` holds the load
+//! until standard input closes and `--latency-out` writes the LOCK latency histogram to a file,
+//! to merge. Replies are counted when they arrive within the measured window (after
 //! `--warmup-secs`); broken connections and timeouts whenever they happen. Errors are counted,
 //! never fatal, and the first few distinct messages are printed. Every loop is bounded: nothing
 //! new is sent after the run's end, and replies still missing a grace period later are timeouts.
@@ -33,6 +35,7 @@ mod report;
 mod stats;
 mod wait;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +114,18 @@ async fn run(args: Args) -> ExitCode {
         );
     }
 
+    if args.start_on_stdin_close {
+        // The line a script starting several processes waits for before it closes their input.
+        eprintln!("lockbench: waiting for the start");
+        // A thread of its own, not the runtime's blocking pool: the runtime waits for those when
+        // it ends, and a run given up on after MAX_START_WAIT must still end.
+        let (tx, closed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = tx.send(());
+        });
+        let _ = tokio::time::timeout(MAX_START_WAIT, closed).await;
+    }
     let start = Instant::now();
     let window = Window {
         from: start + Duration::from_secs(args.warmup_secs),
@@ -135,12 +150,26 @@ async fn run(args: Args) -> ExitCode {
         idle_failed: idle.failed,
     };
     report.print();
+    if let Some(path) = &args.latency_out {
+        let written = std::fs::File::create(path).and_then(|f| {
+            let mut out = std::io::BufWriter::new(f);
+            total.lock_latency.write_buckets(&mut out)?;
+            out.flush()
+        });
+        if let Err(e) = written {
+            eprintln!("lockbench: cannot write {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if total.answered() == 0 {
         eprintln!("lockbench: no command got a reply");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
+
+/// The longest `--start-on-stdin-close` makes a run wait.
+const MAX_START_WAIT: Duration = Duration::from_secs(600);
 
 /// Raises the soft open-files limit toward `wanted` (never above the hard limit), so thousands
 /// of idle connections do not fail on the default soft limit of 1024.
