@@ -422,6 +422,18 @@ async fn redis_cli_command_docs() {
             "\"string\"",
             "\"flags\"",
             "optional",
+            "\"name\"",
+            "\"SHARED\"",
+            "\"type\"",
+            "\"string\"",
+            "\"flags\"",
+            "optional",
+            "\"name\"",
+            "\"PERMITS n\"",
+            "\"type\"",
+            "\"string\"",
+            "\"flags\"",
+            "optional",
         ],
         "{pretty}"
     );

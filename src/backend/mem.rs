@@ -1,6 +1,7 @@
 //! Masters in memory. [`Keyspace`] is what one master's data does under the proxy's commands:
-//! `SET NX PX`, the release, extend and inspect scripts, and the fence counters with their floor
-//! (see [`super::redis::scripts`]). Keys expire lazily, as in Redis: a key whose expiry has
+//! `SET NX PX`, the release, extend and inspect scripts, the read-lock and semaphore-permit
+//! scripts, the waiting markers, and the fence counters with their floor (see
+//! [`super::redis::scripts`]). Keys expire lazily, as in Redis: a key whose expiry has
 //! passed is absent to every operation. [`MemMaster`] is a whole [`Master`] over it, with
 //! injected failures, for running the layers above without sockets (unit tests, the command
 //! layer's fuzz test, benchmarks); the deterministic simulation keeps its data in a

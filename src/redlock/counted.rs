@@ -104,7 +104,7 @@ impl<M: Master> Redlock<M> {
     }
 
     /// Tries to take a permit of the semaphore at `lock` whose slots are `slots`, for `ttl_ms`,
-    /// with a token made from `base` and the slot.
+    /// with a token made from `base` (one of its [`round_base`]s) and the slot.
     pub async fn lock_permit(
         &self,
         lock: &LockKey,
@@ -116,7 +116,10 @@ impl<M: Master> Redlock<M> {
         let q = self.quorum();
         let mut offset = rand::random_range(0..count.max(1));
         let mut outcome = Ok(Counted::Held);
-        for _ in 0..PERMIT_ROUNDS {
+        for round in 0..PERMIT_ROUNDS {
+            // Each round takes slots under a name of its own: a release of an earlier round's
+            // slots that reaches a master late frees nothing this round took.
+            let base = round_base(&base, round);
             let start = Instant::now();
             let n = self.masters.len();
             let answers = self
@@ -169,10 +172,13 @@ impl<M: Master> Redlock<M> {
         outcome
     }
 
-    /// Sends every master the release of the slots `base` took and waits for nothing: for a
-    /// taker that is gone before it could learn whether it was granted.
+    /// Sends every master the release of the slots any round of the acquire with `base` took,
+    /// and waits for nothing: for a taker that is gone before it could learn whether it was
+    /// granted.
     pub fn abandon_permits(&self, lock: &LockKey, slots: &[Bytes], base: &[u8]) {
-        self.free_permits(lock, slots, base, None);
+        for round in 0..PERMIT_ROUNDS {
+            self.free_permits(lock, slots, &round_base(base, round), None);
+        }
     }
 
     /// Sends every master the release of the read lock `token` and waits for nothing.
@@ -403,6 +409,19 @@ pub(super) fn extended<M: Master>(
         Verdict::Refused | Verdict::TooLate { .. } => Ok(None),
         Verdict::NoQuorum { answered } => Err(redlock.no_quorum(answered)),
     }
+}
+
+/// The name round `round` of a permit acquire takes its slots under: `base` (a generated
+/// token) with its last hex digit moved by the round, so still a generated token's form.
+fn round_base(base: &[u8], round: usize) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = base.to_vec();
+    if let Some(last) = name.last_mut()
+        && let Some(digit) = HEX.iter().position(|h| h == last)
+    {
+        *last = HEX[(digit + round) % 16];
+    }
+    Bytes::from(name)
 }
 
 /// The slot the most voting masters took, and how many took it.
