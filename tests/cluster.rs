@@ -126,6 +126,30 @@ async fn three_clusters_serve_every_command_on_every_shard_and_mix_with_a_single
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(taken, "the session lock outlived its connection");
+    // Semaphores and read/write locks: every slot of one semaphore shares its key's node, and the
+    // node's run marker, in another slot, is still checked by each acquire.
+    for k in ["sem:a", "sem:b", "sem:c"] {
+        let first = text(&ca.call(&["LOCK", k, "5000", "PERMITS", "2"]).await);
+        let second = text(&cb.call(&["LOCK", k, "5000", "PERMITS", "2"]).await);
+        assert_ne!(first, second);
+        assert!(is_null(
+            &ca.call(&["LOCK", k, "5000", "PERMITS", "2"]).await
+        ));
+        assert_eq!(int(&cb.call(&["UNLOCK", k, &first]).await), 1);
+        let again = text(&ca.call(&["LOCK", k, "5000", "PERMITS", "2"]).await);
+        assert_eq!(int(&ca.call(&["UNLOCK", k, &again]).await), 1);
+        assert_eq!(int(&ca.call(&["UNLOCK", k, &second]).await), 1);
+    }
+    for k in ["rw:a", "rw:b", "rw:c"] {
+        let r1 = text(&ca.call(&["LOCK", k, "5000", "SHARED"]).await);
+        let r2 = text(&cb.call(&["LOCK", k, "5000", "SHARED"]).await);
+        assert!(is_null(&ca.call(&["LOCK", k, "5000"]).await));
+        assert_eq!(int(&ca.call(&["UNLOCK", k, &r1]).await), 1);
+        assert_eq!(int(&cb.call(&["UNLOCK", k, &r2]).await), 1);
+        let w = text(&ca.call(&["LOCK", k, "5000"]).await);
+        assert!(is_null(&cb.call(&["LOCK", k, "5000", "SHARED"]).await));
+        assert_eq!(int(&ca.call(&["UNLOCK", k, &w]).await), 1);
+    }
     // INFO: each member's nodes and slot coverage.
     let shown = info(&a).await;
     assert!(shown.contains("masters_voting:3\r\n"), "{shown}");
