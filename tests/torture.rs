@@ -111,7 +111,7 @@ fn fences_increase_under_faults() {
     assert_eq!(field(&json, "stuck_clients"), 0, "{context}");
 }
 
-/// Members that are Redis Clusters (two shards and their replicas each), briefly, with every
+/// Members that are Redis Clusters (three shards and their replicas each), briefly, with every
 /// cluster fault kind: slots move between shards under traffic, shards fail over, shard
 /// masters die and their replicas take over; fences never go backwards.
 #[test]
@@ -122,7 +122,7 @@ fn cluster_members_under_faults() {
             "--seed",
             "181818",
             "--cluster-shards",
-            "2",
+            "3",
             "--fence",
             "--fault-interval-ms",
             "400",

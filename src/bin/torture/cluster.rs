@@ -9,10 +9,10 @@
 //!   every master), starting at the slot of a key the source holds;
 //! - failover: `CLUSTER FAILOVER` on a replica in sync, which waits for the replica to catch
 //!   up before the roles swap;
-//! - kill: a shard master's replica cut off for 50–500 ms of traffic, SIGKILL of the master,
-//!   `CLUSTER FAILOVER TAKEOVER` on the replica (what it missed is lost), and the killed node
-//!   back, empty, with its cluster configuration: it learns the newer epoch and turns replica
-//!   of the promoted one.
+//! - kill: a shard master's replica cut off from it (the injector aims the rest), SIGKILL of
+//!   the master, `CLUSTER FAILOVER TAKEOVER` on the replica (what it missed is lost), and the
+//!   killed node back, empty, with its cluster configuration: it learns the newer epoch and
+//!   turns replica of the promoted one.
 //!
 //! Nodes are started from the main thread only (see `procs`); every command sent to one is
 //! bounded by short timeouts, every wait by a count and a time.
@@ -43,6 +43,13 @@ const MAX_RESHARD_SLOTS: u16 = 32;
 /// Keys per `MIGRATE`, and batches per slot (the lock keys of a slot are few).
 const MIGRATE_BATCH: usize = 100;
 const MIGRATE_ROUNDS: usize = 1_000;
+
+/// A shard whose replica is cut off from its master: indexes into the member's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub master: usize,
+    pub replica: usize,
+}
 
 /// One node as `CLUSTER NODES` lists it.
 #[derive(Debug, Clone)]
@@ -305,16 +312,11 @@ impl ClusterMember {
         ))
     }
 
-    /// The kill of a shard master whose replica lags: a random replica in sync is frozen
-    /// (SIGSTOP) and its master drops the link (`CLIENT KILL TYPE replica`), so it misses the
-    /// writes of the next 50–500 ms of traffic; then SIGKILL of the master, SIGCONT of the
-    /// replica and `CLUSTER FAILOVER TAKEOVER` on it; waits until it is master. After the
-    /// kill: the killed node's index (to be brought back with [`ClusterMember::rejoin`]) and
-    /// how the promotion went.
-    pub fn kill_master(
-        &mut self,
-        rng: &mut StdRng,
-    ) -> Result<(usize, Result<String, String>), String> {
+    /// The first half of a shard master's kill: a random replica in sync is frozen (SIGSTOP)
+    /// and its master drops the link (`CLIENT KILL TYPE replica`), so it misses every write
+    /// from now on. Freezing alone would not do: the kernel keeps receiving what the master
+    /// sends.
+    pub fn cut(&mut self, rng: &mut StdRng) -> Result<Cut, String> {
         let replica = self.pick_replica(rng)?;
         let nodes = self.view()?;
         let master = nodes
@@ -327,25 +329,39 @@ impl ClusterMember {
                 .position(|n| n.port() == port)
                 .ok_or(format!("{port} is not one of the member's nodes"))
         };
-        let (m, r) = (index(master.port)?, index(replica.port)?);
-        let lag_ms = rng.random_range(50..=500);
-        self.nodes[r].pause();
-        // Freezing alone would not do: the kernel keeps receiving what the master sends.
-        let cut = self.command(master.port, &[b"CLIENT", b"KILL", b"TYPE", b"replica"]);
-        std::thread::sleep(Duration::from_millis(lag_ms));
-        self.nodes[m].kill();
-        self.nodes[r].resume();
-        let promoted = cut
-            .and_then(|_| self.command(replica.port, &[b"CLUSTER", b"FAILOVER", b"TAKEOVER"]))
-            .and_then(|_| self.until_master(replica.port))
-            .map(|()| {
-                format!(
-                    "replica {} cut off for {lag_ms} ms, shard master {} SIGKILL, the replica \
-                     took over (CLUSTER FAILOVER TAKEOVER)",
-                    replica.port, master.port
-                )
-            });
-        Ok((m, promoted))
+        let cut = Cut {
+            master: index(master.port)?,
+            replica: index(replica.port)?,
+        };
+        self.nodes[cut.replica].pause();
+        if let Err(e) = self.command(master.port, &[b"CLIENT", b"KILL", b"TYPE", b"replica"]) {
+            self.nodes[cut.replica].resume();
+            return Err(e);
+        }
+        Ok(cut)
+    }
+
+    /// The second half: SIGKILL of the master, SIGCONT of the replica and `CLUSTER FAILOVER
+    /// TAKEOVER` on it (what it missed is lost); waits until it is master. The killed node
+    /// stays down until [`ClusterMember::rejoin`].
+    pub fn take_over(&mut self, cut: Cut) -> Result<String, String> {
+        let (master, replica) = (
+            self.nodes[cut.master].port(),
+            self.nodes[cut.replica].port(),
+        );
+        self.nodes[cut.master].kill();
+        self.nodes[cut.replica].resume();
+        self.command(replica, &[b"CLUSTER", b"FAILOVER", b"TAKEOVER"])?;
+        self.until_master(replica)?;
+        Ok(format!(
+            "shard master {master} SIGKILL, its replica {replica} took over (CLUSTER FAILOVER \
+             TAKEOVER)"
+        ))
+    }
+
+    /// A kill called off: the replica thaws and catches up with its master.
+    pub fn uncut(&mut self, cut: Cut) {
+        self.nodes[cut.replica].resume();
     }
 
     /// Starts node `i` again, empty but with its cluster configuration: a master that lost

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::clients::Shared;
 use crate::clock::{now_us, secs};
-use crate::cluster::ClusterMember;
+use crate::cluster::{ClusterMember, Cut};
 use crate::masters::Master;
 use crate::procs::ProxyProc;
 
@@ -40,8 +40,9 @@ pub enum FaultKind {
     Reshard,
     /// With `--cluster-shards`: `CLUSTER FAILOVER` on a replica in sync of a member's shard.
     ClusterFailover,
-    /// With `--cluster-shards`: cut a member's shard replica off for 50–500 ms, SIGKILL its
-    /// master, `CLUSTER FAILOVER TAKEOVER` on the replica, and the killed node back empty
+    /// With `--cluster-shards`: cut a member's shard replica off (half the time on two
+    /// members), SIGKILL its master when a lock granted since then is held (aimed like
+    /// `failover`), `CLUSTER FAILOVER TAKEOVER` on the replica, and the killed node back empty
     /// after a short downtime, as a replica.
     KillShard,
     /// No faults (only meaningful alone).
@@ -145,6 +146,15 @@ enum Action {
     },
 }
 
+/// A kill-shard under way: shard replicas of one or two members cut off, the kill pending.
+#[derive(Debug)]
+struct ShardLag {
+    /// (member, its cut shard).
+    cuts: Vec<(usize, Cut)>,
+    since: Instant,
+    since_us: u64,
+}
+
 /// A failover under way: replicas cut off, promotion pending.
 #[derive(Debug)]
 struct Lag {
@@ -182,6 +192,7 @@ pub struct Injector<'a> {
     state: Vec<MasterState>,
     pending: Vec<(Instant, Action)>,
     lag: Option<Lag>,
+    shard_lag: Option<ShardLag>,
     pub counts: FaultCounts,
     pub events: Vec<FaultEvent>,
 }
@@ -207,6 +218,7 @@ impl<'a> Injector<'a> {
             state,
             pending: Vec::new(),
             lag: None,
+            shard_lag: None,
             counts: FaultCounts::default(),
             events: Vec::new(),
         }
@@ -232,6 +244,12 @@ impl<'a> Injector<'a> {
             }
             let now = Instant::now();
             self.run_due(now);
+            if let Some(lag) = &self.shard_lag {
+                let ready = self.shared.longest_promise_left_ms(lag.since_us) >= aim_ms;
+                if ready || now.duration_since(lag.since) >= max_wait {
+                    self.kill_shards();
+                }
+            }
             if let Some(lag) = &self.lag {
                 let ready = self.shared.longest_promise_left_ms(lag.since_us) >= aim_ms;
                 if ready || now.duration_since(lag.since) >= max_wait {
@@ -314,6 +332,13 @@ impl<'a> Injector<'a> {
     /// After the run: restart what is down and resume what is paused, so the last unlocks go
     /// through and the processes end cleanly. No new faults.
     fn settle(&mut self) {
+        for (m, cut) in self.shard_lag.take().map(|l| l.cuts).unwrap_or_default() {
+            self.clusters[m].uncut(cut);
+            self.cluster_state[m] = MasterState::Up;
+            self.log(format!(
+                "end of run: member {m}'s cut-off replica thawed, no kill"
+            ));
+        }
         for i in self.lag.take().map(|l| l.masters).unwrap_or_default() {
             self.call_off_failover(i);
         }
@@ -588,24 +613,10 @@ impl<'a> Injector<'a> {
             FaultKind::ClusterFailover => self.clusters[m]
                 .failover(rng)
                 .inspect(|_| self.counts.cluster_failovers += 1),
-            _ => match self.clusters[m].kill_master(rng) {
-                Ok((node, promoted)) => {
-                    // Down until it is back, whether or not its replica took over.
-                    self.counts.shard_kills += 1;
-                    self.cluster_state[m] = MasterState::Down;
-                    let downtime_ms = self.rng().random_range(20..=150);
-                    self.after(
-                        downtime_ms,
-                        Action::RejoinNode {
-                            member: m,
-                            node,
-                            attempt: 0,
-                        },
-                    );
-                    promoted.map(|what| format!("{what}; back in {downtime_ms} ms"))
-                }
-                Err(e) => Err(e),
-            },
+            _ => {
+                self.cut_shards(m);
+                return;
+            }
         };
         let ms = started.elapsed().as_millis();
         match outcome {
@@ -616,6 +627,85 @@ impl<'a> Injector<'a> {
                     "{} on member {m} failed after {ms} ms: {e}",
                     kind.name()
                 ));
+            }
+        }
+    }
+
+    /// The first half of a kill-shard: a shard replica of member `m` (half the time of a
+    /// second member too) cut off from its master. The kill follows once a lock granted since
+    /// then is held with much of its promise left (see `run`): that lock is on the masters
+    /// only. One member losing it leaves it on a majority; two can hand it to someone else.
+    fn cut_shards(&mut self, m: usize) {
+        if self.shard_lag.is_some() {
+            self.log("kill-shard skipped: another one is under way".into());
+            return;
+        }
+        let others: Vec<usize> = self.members_up().into_iter().filter(|&i| i != m).collect();
+        let mut members = vec![m];
+        if !others.is_empty() && self.rng().random_bool(0.5) {
+            members.push(others[self.rng().random_range(0..others.len())]);
+        }
+        let mut cuts = Vec::new();
+        for i in members {
+            match self.clusters[i].cut(&mut self.schedule.rng) {
+                Ok(cut) => {
+                    self.cluster_state[i] = MasterState::Lagging;
+                    let (master, replica) = (
+                        self.clusters[i].node(cut.master).port(),
+                        self.clusters[i].node(cut.replica).port(),
+                    );
+                    self.log(format!(
+                        "kill-shard: member {i}'s replica {replica} frozen (SIGSTOP) and cut off \
+                         from its master {master}"
+                    ));
+                    cuts.push((i, cut));
+                }
+                Err(e) => {
+                    self.counts.cluster_fault_failures += 1;
+                    self.log(format!("kill-shard on member {i}: no replica cut off: {e}"));
+                }
+            }
+        }
+        if !cuts.is_empty() {
+            // Taken after the cuts: a lock granted from now on is surely not on the replicas.
+            self.shard_lag = Some(ShardLag {
+                cuts,
+                since: Instant::now(),
+                since_us: now_us(),
+            });
+        }
+    }
+
+    /// The second half: each cut shard's master killed and its replica promoted; the killed
+    /// nodes come back after a short downtime.
+    fn kill_shards(&mut self) {
+        let Some(lag) = self.shard_lag.take() else {
+            return;
+        };
+        let left = self.shared.longest_promise_left_ms(lag.since_us);
+        let lag_ms = lag.since.elapsed().as_millis();
+        for (m, cut) in lag.cuts {
+            let outcome = self.clusters[m].take_over(cut);
+            self.counts.shard_kills += 1;
+            self.cluster_state[m] = MasterState::Down;
+            let downtime_ms = self.rng().random_range(20..=150);
+            self.after(
+                downtime_ms,
+                Action::RejoinNode {
+                    member: m,
+                    node: cut.master,
+                    attempt: 0,
+                },
+            );
+            match outcome {
+                Ok(what) => self.log(format!(
+                    "kill-shard: member {m}: {what} after {lag_ms} ms of lag (longest promise \
+                     left of a lock granted meanwhile: {left} ms); back in {downtime_ms} ms"
+                )),
+                Err(e) => {
+                    self.counts.cluster_fault_failures += 1;
+                    self.log(format!("kill-shard: member {m}: the takeover failed: {e}"));
+                }
             }
         }
     }

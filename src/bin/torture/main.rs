@@ -89,8 +89,8 @@ struct Args {
     /// Make every member a Redis Cluster of N shard masters (each with one replica when
     /// `cluster-failover` or `kill-shard` is among the faults), reached by the proxies as
     /// `redis+cluster://`. Takes the faults `pause` (any node), `kill-proxy`, `reshard`,
-    /// `cluster-failover` and `kill-shard`
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..=8))]
+    /// `cluster-failover` and `kill-shard`. At least 3, as `redis-cli --cluster create` asks
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(3..=8))]
     cluster_shards: Option<u64>,
 
     /// Fault kinds, comma-separated, or `none`
