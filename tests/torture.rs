@@ -3,8 +3,9 @@
 //! failed over to lagging replicas behind a moved address (also two at once); then the history
 //! checker. With restart quarantine in the proxy no two clients may ever have held a
 //! key at once within their promised validity, and with `--fence` fences never go backwards.
-//! The two runs go side by side (the test harness runs tests in parallel), so the file takes
-//! one run's wall time.
+//! A third run makes every member a Redis Cluster and moves slots, fails shards over and kills
+//! shard masters instead. The runs go side by side (the test harness runs tests in parallel),
+//! so the file takes about one run's wall time.
 
 use std::io::Read;
 use std::process::{Command, Stdio};

@@ -6,7 +6,9 @@
 //! increase per key in real-time order. With `--mode permits` the clients take permits of
 //! `--permits N`-permit semaphores (`LOCK key ttl PERMITS N`) and at most N may hold a key at
 //! once; with `--mode rw` they take read locks (`SHARED`) and write locks (plain `LOCK`) of
-//! the same keys, and no writer may overlap any other holder.
+//! the same keys, and no writer may overlap any other holder. With `--cluster-shards N` every
+//! member is a Redis Cluster, and the faults move slots between its shards, fail its shards
+//! over and kill its shard masters (see `cluster`).
 //!
 //! Exit code: 0 no violation, 1 at least one violation or fence regression, 2 the run could not
 //! be set up, 130 interrupted (Ctrl-C) without either.
