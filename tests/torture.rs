@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// Seconds of traffic per run; setup and wind-down add about ten.
 const TRAFFIC_SECS: u64 = 30;
 /// Seconds of traffic of the cluster run; starting its clusters adds a few.
-const CLUSTER_TRAFFIC_SECS: u64 = 10;
+const CLUSTER_TRAFFIC_SECS: u64 = 7;
 /// Far beyond what the run needs; only a hung run gets near it.
 const HARD_LIMIT: Duration = Duration::from_secs(150);
 

@@ -593,9 +593,9 @@ impl<'a> Injector<'a> {
         ));
     }
 
-    /// A reshard, a `CLUSTER FAILOVER` or a shard master's kill on a member that is up (no
-    /// node paused or down: its commands would time out). Runs to its end here; a kill queues
-    /// the node's return.
+    /// A reshard or a `CLUSTER FAILOVER` on a member that is up (no node paused, down or cut
+    /// off: its commands would time out), run to its end here; or the first half of a
+    /// shard master's kill.
     fn cluster_fault(&mut self, kind: FaultKind) {
         let up = self.members_up();
         let skipped = format!("{} skipped: no member up", kind.name());
