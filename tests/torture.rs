@@ -3,8 +3,9 @@
 //! failed over to lagging replicas behind a moved address (also two at once); then the history
 //! checker. With restart quarantine in the proxy no two clients may ever have held a
 //! key at once within their promised validity, and with `--fence` fences never go backwards.
-//! The two runs go side by side (the test harness runs tests in parallel), so the file takes
-//! one run's wall time.
+//! A third run makes every member a Redis Cluster and moves slots, fails shards over and kills
+//! shard masters instead. The runs go side by side (the test harness runs tests in parallel),
+//! so the file takes about one run's wall time.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// Seconds of traffic per run; setup and wind-down add about ten.
 const TRAFFIC_SECS: u64 = 30;
+/// Seconds of traffic of the cluster run; starting its clusters adds a few.
+const CLUSTER_TRAFFIC_SECS: u64 = 7;
 /// Far beyond what the run needs; only a hung run gets near it.
 const HARD_LIMIT: Duration = Duration::from_secs(150);
 
@@ -30,13 +33,18 @@ fn field(json: &str, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
 }
 
-/// Runs `torture` with `extra` flags to completion (bounded); returns the exit status, the
-/// JSON summary line and everything printed, for assertion messages.
+/// Runs `torture` with every fault kind of single-server masters and `extra` flags.
 fn torture(extra: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let faults = ["--faults", "restart-empty,pause,kill-proxy,failover"];
+    run(TRAFFIC_SECS, &[&faults[..], extra].concat())
+}
+
+/// Runs `torture` for `secs` of traffic with `args` to completion (bounded); returns the exit
+/// status, the JSON summary line and everything printed, for assertion messages.
+fn run(secs: u64, args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_torture"))
-        .args(["--duration-secs", &TRAFFIC_SECS.to_string()])
-        .args(["--faults", "restart-empty,pause,kill-proxy,failover"])
-        .args(extra)
+        .args(["--duration-secs", &secs.to_string()])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -101,5 +109,34 @@ fn fences_increase_under_faults() {
     assert_eq!(field(&json, "fenced"), field(&json, "grants"), "{context}");
     assert!(field(&json, "master_restarts") > 0, "{context}");
     assert!(field(&json, "failovers") > 0, "{context}");
+    assert_eq!(field(&json, "stuck_clients"), 0, "{context}");
+}
+
+/// Members that are Redis Clusters (three shards and their replicas each), briefly, with every
+/// cluster fault kind: slots move between shards under traffic, shards fail over, shard
+/// masters die and their replicas take over; fences never go backwards.
+#[test]
+fn cluster_members_under_faults() {
+    let (status, json, context) = run(
+        CLUSTER_TRAFFIC_SECS,
+        &[
+            "--seed",
+            "181818",
+            "--cluster-shards",
+            "3",
+            "--fence",
+            "--fault-interval-ms",
+            "400",
+            "--faults",
+            "reshard,cluster-failover,kill-shard,pause,kill-proxy",
+        ],
+    );
+    assert_eq!(field(&json, "violations"), 0, "{context}");
+    assert_eq!(field(&json, "fence_regressions"), 0, "{context}");
+    assert_eq!(status.code(), Some(0), "{context}");
+    assert!(field(&json, "grants") > 20, "too few grants\n{context}");
+    assert!(field(&json, "reshards") > 0, "{context}");
+    assert!(field(&json, "cluster_failovers") > 0, "{context}");
+    assert!(field(&json, "shard_kills") > 0, "{context}");
     assert_eq!(field(&json, "stuck_clients"), 0, "{context}");
 }

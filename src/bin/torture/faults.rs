@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::clients::Shared;
 use crate::clock::{now_us, secs};
+use crate::cluster::{ClusterMember, Cut};
 use crate::masters::Master;
 use crate::procs::ProxyProc;
 
@@ -34,6 +35,16 @@ pub enum FaultKind {
     /// Move a master's address to its replica after cutting the replica off for a while: the
     /// promoted replica lacks the latest locks. Half the time two masters fail over together.
     Failover,
+    /// With `--cluster-shards`: move 1–32 slots, with their keys, from one shard master of a
+    /// member to another under traffic (SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE).
+    Reshard,
+    /// With `--cluster-shards`: `CLUSTER FAILOVER` on a replica in sync of a member's shard.
+    ClusterFailover,
+    /// With `--cluster-shards`: cut a member's shard replica off (half the time on two
+    /// members), SIGKILL its master when a lock granted since then is held (aimed like
+    /// `failover`), `CLUSTER FAILOVER TAKEOVER` on the replica, and the killed node back empty
+    /// after a short downtime, as a replica.
+    KillShard,
     /// No faults (only meaningful alone).
     None,
 }
@@ -45,6 +56,9 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::KillProxy => "kill-proxy",
             FaultKind::Failover => "failover",
+            FaultKind::Reshard => "reshard",
+            FaultKind::ClusterFailover => "cluster-failover",
+            FaultKind::KillShard => "kill-shard",
             FaultKind::None => "none",
         }
     }
@@ -69,6 +83,15 @@ pub struct FaultCounts {
     /// Restarts and rejoins that failed (the process stayed down until the next attempt), and
     /// failovers whose lag or promotion did not go through.
     pub restart_failures: u64,
+    /// Reshards that moved their slots, and the slots' keys they migrated.
+    pub reshards: u64,
+    pub resharded_keys: u64,
+    /// `CLUSTER FAILOVER`s that swapped a shard's roles.
+    pub cluster_failovers: u64,
+    /// Shard masters killed with their replica promoted.
+    pub shard_kills: u64,
+    /// Cluster faults that did not go through (see the log).
+    pub cluster_fault_failures: u64,
 }
 
 /// One logged injection.
@@ -105,11 +128,31 @@ enum Action {
     },
     /// The second master of a double failover.
     Promote(usize),
+    /// A paused cluster node thaws.
+    ResumeNode {
+        member: usize,
+        node: usize,
+    },
+    /// A killed shard master comes back empty (as its successor's replica).
+    RejoinNode {
+        member: usize,
+        node: usize,
+        attempt: u32,
+    },
     /// The old primary comes back as the new one's replica.
     Rejoin {
         index: usize,
         attempt: u32,
     },
+}
+
+/// A kill-shard under way: shard replicas of one or two members cut off, the kill pending.
+#[derive(Debug)]
+struct ShardLag {
+    /// (member, its cut shard).
+    cuts: Vec<(usize, Cut)>,
+    since: Instant,
+    since_us: u64,
 }
 
 /// A failover under way: replicas cut off, promotion pending.
@@ -139,12 +182,17 @@ pub struct Schedule {
 #[derive(Debug)]
 pub struct Injector<'a> {
     masters: &'a mut [Master],
+    /// With `--cluster-shards` the members are these instead of `masters`.
+    clusters: &'a mut [ClusterMember],
+    /// Per cluster member: Up, Paused (one node frozen) or Down (one node killed).
+    cluster_state: Vec<MasterState>,
     proxies: &'a mut [ProxyProc],
     schedule: Schedule,
     shared: Arc<Shared>,
     state: Vec<MasterState>,
     pending: Vec<(Instant, Action)>,
     lag: Option<Lag>,
+    shard_lag: Option<ShardLag>,
     pub counts: FaultCounts,
     pub events: Vec<FaultEvent>,
 }
@@ -152,20 +200,25 @@ pub struct Injector<'a> {
 impl<'a> Injector<'a> {
     pub fn new(
         masters: &'a mut [Master],
+        clusters: &'a mut [ClusterMember],
         proxies: &'a mut [ProxyProc],
         mut schedule: Schedule,
         shared: Arc<Shared>,
     ) -> Self {
         let state = vec![MasterState::Up; masters.len()];
         schedule.kinds.retain(|k| *k != FaultKind::None);
+        let cluster_state = vec![MasterState::Up; clusters.len()];
         Injector {
             masters,
+            clusters,
+            cluster_state,
             proxies,
             schedule,
             shared,
             state,
             pending: Vec::new(),
             lag: None,
+            shard_lag: None,
             counts: FaultCounts::default(),
             events: Vec::new(),
         }
@@ -191,6 +244,12 @@ impl<'a> Injector<'a> {
             }
             let now = Instant::now();
             self.run_due(now);
+            if let Some(lag) = &self.shard_lag {
+                let ready = self.shared.longest_promise_left_ms(lag.since_us) >= aim_ms;
+                if ready || now.duration_since(lag.since) >= max_wait {
+                    self.kill_shards();
+                }
+            }
             if let Some(lag) = &self.lag {
                 let ready = self.shared.longest_promise_left_ms(lag.since_us) >= aim_ms;
                 if ready || now.duration_since(lag.since) >= max_wait {
@@ -273,6 +332,13 @@ impl<'a> Injector<'a> {
     /// After the run: restart what is down and resume what is paused, so the last unlocks go
     /// through and the processes end cleanly. No new faults.
     fn settle(&mut self) {
+        for (m, cut) in self.shard_lag.take().map(|l| l.cuts).unwrap_or_default() {
+            self.clusters[m].uncut(cut);
+            self.cluster_state[m] = MasterState::Up;
+            self.log(format!(
+                "end of run: member {m}'s cut-off replica thawed, no kill"
+            ));
+        }
         for i in self.lag.take().map(|l| l.masters).unwrap_or_default() {
             self.call_off_failover(i);
         }
@@ -303,6 +369,17 @@ impl<'a> Injector<'a> {
                 Action::RestartProxy { index, .. } => {
                     let outcome = self.proxies[index].restart();
                     self.log(format!("end of run: proxy {index} restarted: {outcome:?}"));
+                }
+                Action::ResumeNode { member, node } => {
+                    self.clusters[member].node(node).resume();
+                    self.cluster_state[member] = MasterState::Up;
+                }
+                Action::RejoinNode { member, node, .. } => {
+                    let outcome = self.clusters[member].rejoin(node);
+                    self.cluster_state[member] = MasterState::Up;
+                    self.log(format!(
+                        "end of run: member {member}'s killed node back: {outcome:?}"
+                    ));
                 }
                 Action::Inject(_) | Action::KillMaster { .. } => {}
             }
@@ -360,6 +437,35 @@ impl<'a> Injector<'a> {
                 ),
             },
             Action::Promote(i) => self.promote(i),
+            Action::ResumeNode { member, node } => {
+                let port = self.clusters[member].node(node).port();
+                self.clusters[member].node(node).resume();
+                self.cluster_state[member] = MasterState::Up;
+                self.log(format!("member {member}'s node {port} resumed (SIGCONT)"));
+            }
+            Action::RejoinNode {
+                member,
+                node,
+                attempt,
+            } => match self.clusters[member].rejoin(node) {
+                Ok(()) => {
+                    self.cluster_state[member] = MasterState::Up;
+                    let port = self.clusters[member].node(node).port();
+                    self.log(format!(
+                        "member {member}'s killed node {port} back, empty, with its cluster \
+                         configuration"
+                    ));
+                }
+                Err(e) => self.retry_later(
+                    format!("member {member}'s killed node did not come back: {e}"),
+                    attempt,
+                    Action::RejoinNode {
+                        member,
+                        node,
+                        attempt: attempt + 1,
+                    },
+                ),
+            },
             Action::Rejoin { index, attempt } => match self.masters[index].rejoin() {
                 Ok(()) => self.log(format!(
                     "master {index}'s old primary back, empty, as the new one's replica ({})",
@@ -421,6 +527,7 @@ impl<'a> Injector<'a> {
                     );
                 }
             }
+            FaultKind::Pause if !self.clusters.is_empty() => self.pause_node(),
             FaultKind::Pause => {
                 let up = self.masters_in(&[MasterState::Up]);
                 let Some(i) = self.pick(&up, "pause skipped: no master up") else {
@@ -459,8 +566,154 @@ impl<'a> Injector<'a> {
                 ));
             }
             FaultKind::Failover => self.cut_off_replicas(),
+            FaultKind::Reshard | FaultKind::ClusterFailover | FaultKind::KillShard => {
+                self.cluster_fault(kind)
+            }
             FaultKind::None => {}
         }
+    }
+
+    /// A pause in cluster mode: one node (master or replica) of a member that is up, SIGSTOP
+    /// for 100–2000 ms.
+    fn pause_node(&mut self) {
+        let up = self.members_up();
+        let Some(m) = self.pick(&up, "pause skipped: no member up") else {
+            return;
+        };
+        let nodes = self.clusters[m].len();
+        let node = self.rng().random_range(0..nodes);
+        let ms = self.rng().random_range(100..=2_000);
+        self.clusters[m].node(node).pause();
+        self.cluster_state[m] = MasterState::Paused;
+        self.counts.pauses += 1;
+        self.after(ms, Action::ResumeNode { member: m, node });
+        let port = self.clusters[m].node(node).port();
+        self.log(format!(
+            "pause: member {m}'s node {port} SIGSTOP for {ms} ms"
+        ));
+    }
+
+    /// A reshard or a `CLUSTER FAILOVER` on a member that is up (no node paused, down or cut
+    /// off: its commands would time out), run to its end here; or the first half of a
+    /// shard master's kill.
+    fn cluster_fault(&mut self, kind: FaultKind) {
+        let up = self.members_up();
+        let skipped = format!("{} skipped: no member up", kind.name());
+        let Some(m) = self.pick(&up, &skipped) else {
+            return;
+        };
+        let started = Instant::now();
+        let rng = &mut self.schedule.rng;
+        let outcome = match kind {
+            FaultKind::Reshard => self.clusters[m].reshard(rng).map(|(keys, what)| {
+                self.counts.reshards += 1;
+                self.counts.resharded_keys += keys;
+                what
+            }),
+            FaultKind::ClusterFailover => self.clusters[m]
+                .failover(rng)
+                .inspect(|_| self.counts.cluster_failovers += 1),
+            _ => {
+                self.cut_shards(m);
+                return;
+            }
+        };
+        let ms = started.elapsed().as_millis();
+        match outcome {
+            Ok(what) => self.log(format!("{}: member {m}: {what} ({ms} ms)", kind.name())),
+            Err(e) => {
+                self.counts.cluster_fault_failures += 1;
+                self.log(format!(
+                    "{} on member {m} failed after {ms} ms: {e}",
+                    kind.name()
+                ));
+            }
+        }
+    }
+
+    /// The first half of a kill-shard: a shard replica of member `m` (half the time of a
+    /// second member too) cut off from its master. The kill follows once a lock granted since
+    /// then is held with much of its promise left (see `run`): that lock is on the masters
+    /// only. One member losing it leaves it on a majority; two can hand it to someone else.
+    fn cut_shards(&mut self, m: usize) {
+        if self.shard_lag.is_some() {
+            self.log("kill-shard skipped: another one is under way".into());
+            return;
+        }
+        let others: Vec<usize> = self.members_up().into_iter().filter(|&i| i != m).collect();
+        let mut members = vec![m];
+        if !others.is_empty() && self.rng().random_bool(0.5) {
+            members.push(others[self.rng().random_range(0..others.len())]);
+        }
+        let mut cuts = Vec::new();
+        for i in members {
+            match self.clusters[i].cut(&mut self.schedule.rng) {
+                Ok(cut) => {
+                    self.cluster_state[i] = MasterState::Lagging;
+                    let (master, replica) = (
+                        self.clusters[i].node(cut.master).port(),
+                        self.clusters[i].node(cut.replica).port(),
+                    );
+                    self.log(format!(
+                        "kill-shard: member {i}'s replica {replica} frozen (SIGSTOP) and cut off \
+                         from its master {master}"
+                    ));
+                    cuts.push((i, cut));
+                }
+                Err(e) => {
+                    self.counts.cluster_fault_failures += 1;
+                    self.log(format!("kill-shard on member {i}: no replica cut off: {e}"));
+                }
+            }
+        }
+        if !cuts.is_empty() {
+            // Taken after the cuts: a lock granted from now on is surely not on the replicas.
+            self.shard_lag = Some(ShardLag {
+                cuts,
+                since: Instant::now(),
+                since_us: now_us(),
+            });
+        }
+    }
+
+    /// The second half: each cut shard's master killed and its replica promoted; the killed
+    /// nodes come back after a short downtime.
+    fn kill_shards(&mut self) {
+        let Some(lag) = self.shard_lag.take() else {
+            return;
+        };
+        let left = self.shared.longest_promise_left_ms(lag.since_us);
+        let lag_ms = lag.since.elapsed().as_millis();
+        for (m, cut) in lag.cuts {
+            let outcome = self.clusters[m].take_over(cut);
+            self.counts.shard_kills += 1;
+            self.cluster_state[m] = MasterState::Down;
+            let downtime_ms = self.rng().random_range(20..=150);
+            self.after(
+                downtime_ms,
+                Action::RejoinNode {
+                    member: m,
+                    node: cut.master,
+                    attempt: 0,
+                },
+            );
+            match outcome {
+                Ok(what) => self.log(format!(
+                    "kill-shard: member {m}: {what} after {lag_ms} ms of lag (longest promise \
+                     left of a lock granted meanwhile: {left} ms); back in {downtime_ms} ms"
+                )),
+                Err(e) => {
+                    self.counts.cluster_fault_failures += 1;
+                    self.log(format!("kill-shard: member {m}: the takeover failed: {e}"));
+                }
+            }
+        }
+    }
+
+    fn members_up(&self) -> Vec<usize> {
+        (0..self.clusters.len())
+            .filter(|&i| self.cluster_state[i] == MasterState::Up)
+            .collect()
     }
 
     /// The first half of a failover: one master's replica (half the time two masters')

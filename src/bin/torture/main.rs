@@ -6,13 +6,16 @@
 //! increase per key in real-time order. With `--mode permits` the clients take permits of
 //! `--permits N`-permit semaphores (`LOCK key ttl PERMITS N`) and at most N may hold a key at
 //! once; with `--mode rw` they take read locks (`SHARED`) and write locks (plain `LOCK`) of
-//! the same keys, and no writer may overlap any other holder.
+//! the same keys, and no writer may overlap any other holder. With `--cluster-shards N` every
+//! member is a Redis Cluster, and the faults move slots between its shards, fail its shards
+//! over and kill its shard masters (see `cluster`).
 //!
 //! Exit code: 0 no violation, 1 at least one violation or fence regression, 2 the run could not
 //! be set up, 130 interrupted (Ctrl-C) without either.
 
 mod checker;
 mod clients;
+mod cluster;
 mod conn;
 mod faults;
 mod masters;
@@ -31,6 +34,7 @@ use rand::rngs::StdRng;
 
 use checker::Hold;
 use clients::{Counters, Mode, Shared};
+use cluster::ClusterMember;
 use faults::{FaultKind, Injector, Schedule};
 use masters::Master;
 use procs::{ProxyProc, ProxySpec, RunDir};
@@ -68,7 +72,7 @@ struct Args {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     duration_secs: u64,
 
-    /// Redis masters to start
+    /// Redis masters to start (with `--cluster-shards`, members: one Redis Cluster each)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
     masters: u64,
 
@@ -83,6 +87,13 @@ struct Args {
     /// Lock keys the clients contend for
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1_000))]
     keys: u64,
+
+    /// Make every member a Redis Cluster of N shard masters (each with one replica when
+    /// `cluster-failover` or `kill-shard` is among the faults), reached by the proxies as
+    /// `redis+cluster://`. Takes the faults `pause` (any node), `kill-proxy`, `reshard`,
+    /// `cluster-failover` and `kill-shard`. At least 3, as `redis-cli --cluster create` asks
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(3..=8))]
+    cluster_shards: Option<u64>,
 
     /// Fault kinds, comma-separated, or `none`
     #[arg(
@@ -176,6 +187,28 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         .filter(|k| *k != FaultKind::None)
         .collect();
     let kind_names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    let cluster_kinds = [
+        FaultKind::Reshard,
+        FaultKind::ClusterFailover,
+        FaultKind::KillShard,
+    ];
+    let (for_clusters, for_masters): (Vec<FaultKind>, Vec<FaultKind>) =
+        kinds.iter().partition(|k| {
+            cluster_kinds.contains(k) || **k == FaultKind::Pause || **k == FaultKind::KillProxy
+        });
+    match args.cluster_shards {
+        Some(_) if !for_masters.is_empty() => {
+            return Err(
+                "with --cluster-shards the faults are pause, kill-proxy, reshard, \
+                        cluster-failover and kill-shard"
+                    .into(),
+            );
+        }
+        None if for_clusters.iter().any(|k| cluster_kinds.contains(k)) => {
+            return Err("reshard, cluster-failover and kill-shard take --cluster-shards".into());
+        }
+        _ => {}
+    }
     println!(
         "torture: seed {seed}, {} masters, {} proxies, {} clients, {} keys, max-ttl {} ms, \
          faults [{}] every ~{} ms, {} s of traffic, mode {}{}{}",
@@ -195,6 +228,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         },
         if args.fence { ", FENCE" } else { "" }
     );
+    if let Some(n) = args.cluster_shards {
+        println!("every member is a Redis Cluster of {n} shard masters");
+    }
     if let Some(ms) = args.fence_idle_ms {
         println!("fence counters idle for {ms} ms expire");
     }
@@ -223,8 +259,23 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         .contains(&FaultKind::Failover)
         .then(|| runtime.handle());
     let mut masters: Vec<Master> = Vec::new();
-    for _ in 0..args.masters {
-        masters.push(Master::start(&args.redis_server, failover)?);
+    let mut clusters: Vec<ClusterMember> = Vec::new();
+    if let Some(shards) = args.cluster_shards {
+        let replicas = kinds
+            .iter()
+            .any(|k| matches!(k, FaultKind::ClusterFailover | FaultKind::KillShard));
+        for _ in 0..args.masters {
+            clusters.push(ClusterMember::start(
+                &args.redis_server,
+                shards as usize,
+                replicas,
+                runtime.handle(),
+            )?);
+        }
+    } else {
+        for _ in 0..args.masters {
+            masters.push(Master::start(&args.redis_server, failover)?);
+        }
     }
     for m in &masters {
         m.wait_in_sync(masters::SYNC_WITHIN)?;
@@ -239,7 +290,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         program,
         config: procs::write_config(&dir.path, args.persistent_masters, args.fence_idle_ms)
             .map_err(|e| format!("cannot write the proxy configuration: {e}"))?,
-        masters: masters.iter().map(Master::port).collect(),
+        backends: masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port()))
+            .chain(clusters.iter().map(ClusterMember::backend))
+            .collect(),
         max_ttl_ms: args.max_ttl_ms,
     };
     let mut proxies: Vec<ProxyProc> = Vec::new();
@@ -249,7 +304,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     println!(
         "[{}] masters on ports {:?}; proxies on {:?}",
         clock::secs(clock::now_us()),
-        masters.iter().map(Master::describe).collect::<Vec<_>>(),
+        masters
+            .iter()
+            .map(Master::describe)
+            .chain(clusters.iter().map(|c| format!("cluster {:?}", c.ports())))
+            .collect::<Vec<_>>(),
         proxies.iter().map(|p| p.addr().port()).collect::<Vec<_>>()
     );
 
@@ -309,7 +368,13 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         interval_ms: args.fault_interval_ms,
         rng: StdRng::seed_from_u64(seed),
     };
-    let mut injector = Injector::new(&mut masters, &mut proxies, schedule, shared.clone());
+    let mut injector = Injector::new(
+        &mut masters,
+        &mut clusters,
+        &mut proxies,
+        schedule,
+        shared.clone(),
+    );
     injector.run();
     let fault_counts = injector.counts;
     let events = std::mem::take(&mut injector.events);
@@ -357,6 +422,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     println!("{}", summary.json());
     drop(proxies);
     drop(masters);
+    drop(clusters);
     Ok(if !report.is_safe() {
         ExitCode::from(1)
     } else if stop.load(Ordering::Relaxed) {

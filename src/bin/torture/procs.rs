@@ -57,8 +57,8 @@ pub struct ProxySpec {
     pub program: PathBuf,
     /// The generated configuration file.
     pub config: PathBuf,
-    /// The masters' ports on 127.0.0.1.
-    pub masters: Vec<u16>,
+    /// The members' `--backend` addresses.
+    pub backends: Vec<String>,
     /// `--max-ttl-ms`.
     pub max_ttl_ms: u64,
 }
@@ -161,8 +161,8 @@ impl ProxyProc {
             .arg(&self.spec.config)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--max-ttl-ms", &self.spec.max_ttl_ms.to_string()]);
-        for m in &self.spec.masters {
-            cmd.args(["--backend", &format!("127.0.0.1:{m}")]);
+        for b in &self.spec.backends {
+            cmd.args(["--backend", b]);
         }
         cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())

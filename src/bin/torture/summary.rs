@@ -99,6 +99,18 @@ impl Summary<'_> {
             f.compound,
             f.restart_failures
         );
+        if self.args.cluster_shards.is_some() {
+            let _ = writeln!(
+                out,
+                "cluster      {} reshards ({} keys moved), {} CLUSTER FAILOVERs, {} shard \
+                 masters killed, {} cluster faults failed",
+                f.reshards,
+                f.resharded_keys,
+                f.cluster_failovers,
+                f.shard_kills,
+                f.cluster_fault_failures
+            );
+        }
         if self.stuck_clients > 0 {
             let _ = writeln!(
                 out,
@@ -183,6 +195,7 @@ impl Summary<'_> {
             permits: (a.mode == crate::clients::Mode::Permits).then_some(a.permits),
             max_ttl_ms: a.max_ttl_ms,
             persistent_masters: a.persistent_masters,
+            cluster_shards: a.cluster_shards,
             faults: self.kinds,
             attempts: Counters::get(&c.attempts),
             grants: Counters::get(&c.grants),
@@ -243,6 +256,8 @@ struct Line<'a> {
     permits: Option<u32>,
     max_ttl_ms: u64,
     persistent_masters: bool,
+    /// Shard masters per member when members are Redis Clusters.
+    cluster_shards: Option<u64>,
     faults: &'a [&'a str],
     attempts: u64,
     grants: u64,
@@ -398,6 +413,7 @@ mod tests {
                 double_failovers: 1,
                 compound: 5,
                 restart_failures: 0,
+                ..FaultCounts::default()
             },
             report: &report,
             stuck_clients: 0,
@@ -405,11 +421,14 @@ mod tests {
         let expected = concat!(
             r#"{"torture":1,"seed":7,"duration_s":1.250,"masters":3,"proxies":2,"clients":16,"#,
             r#""keys":3,"mode":"mutex","permits":null,"max_ttl_ms":3000,"persistent_masters":false,"#,
+            r#""cluster_shards":null,"#,
             r#""faults":["restart-empty","pause"],"attempts":9,"grants":5,"#,
             r#""grants_per_s":4.00,"counted":3,"not_counted":0,"refused":1,"noquorum":2,"#,
             r#""errors":0,"conn_errors":3,"unlocked":4,"unlock_missed":1,"unlock_failed":0,"#,
             r#""master_restarts":2,"double_restarts":1,"pauses":3,"proxy_kills":4,"#,
-            r#""failovers":3,"double_failovers":1,"compound_faults":5,"restart_failures":0,"stuck_clients":0,"violations":1,"#,
+            r#""failovers":3,"double_failovers":1,"compound_faults":5,"restart_failures":0,"#,
+            r#""reshards":0,"resharded_keys":0,"cluster_failovers":0,"shard_kills":0,"#,
+            r#""cluster_fault_failures":0,"stuck_clients":0,"violations":1,"#,
             r#""violating_holds":2,"violation_examples":[{"key":"k","overlap_us":50000,"#,
             r#""first":{"client":1,"proxy":1,"token":"a","sent_us":0,"start_us":0,"#,
             r#""end_us":100000,"promised_validity_ms":500,"fence":3},"second":{"client":2,"#,
