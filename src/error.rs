@@ -88,6 +88,11 @@ impl From<locks::Error> for Error {
                 describe(held),
                 describe(asked)
             )),
+            locks::Error::NotASemaphore { key, held } => Error::WrongKind(format!(
+                "'{}' is held as {}, not as a semaphore: ZREM releases a semaphore's permits",
+                String::from_utf8_lossy(&key[..key.len().min(128)]),
+                describe(held)
+            )),
             locks::Error::TooManyWaits { max } => Error::Request(format!(
                 "max number of LOCK ... WAIT per connection reached ({max}, max_waits_per_client)"
             )),

@@ -140,6 +140,19 @@ async fn three_clusters_serve_every_command_on_every_shard_and_mix_with_a_single
         assert_eq!(int(&ca.call(&["UNLOCK", k, &again]).await), 1);
         assert_eq!(int(&ca.call(&["UNLOCK", k, &second]).await), 1);
     }
+    // redis-semaphore's Semaphore by its identifiers: taken, refreshed (the slot found by
+    // name on each node) and released by ZREM.
+    let acquire = "43ebdb49120d170e08af560cb4e46e36f8585936";
+    let refresh = "999a49a1d07671a8027165641001f5bad44608b3";
+    for k in ["semaphore:a", "semaphore:b", "semaphore:c"] {
+        let sem = |sha, id| ["EVALSHA", sha, "1", k, "1", id, "5000", "1"];
+        assert_eq!(int(&ca.call(&sem(acquire, "x")).await), 1);
+        assert_eq!(int(&cb.call(&sem(acquire, "y")).await), 0);
+        assert_eq!(int(&cb.call(&sem(refresh, "x")).await), 1);
+        assert_eq!(int(&cb.call(&["ZREM", k, "x"]).await), 1);
+        assert_eq!(int(&cb.call(&sem(acquire, "y")).await), 1);
+        assert_eq!(int(&ca.call(&["ZREM", k, "y"]).await), 1);
+    }
     for k in ["rw:a", "rw:b", "rw:c"] {
         let r1 = text(&ca.call(&["LOCK", k, "5000", "SHARED"]).await);
         let r2 = text(&cb.call(&["LOCK", k, "5000", "SHARED"]).await);

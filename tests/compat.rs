@@ -653,7 +653,7 @@ async fn aioredlock() {
 }
 
 #[tokio::test]
-async fn redis_semaphore_mutex() {
+async fn redis_semaphore() {
     node_modules();
     let cluster = Cluster::start().await;
     let out = run_node("redis_semaphore.js", &cluster.args()).await;
@@ -665,7 +665,10 @@ async fn redis_semaphore_mutex() {
             "refresh",
             "release",
             "redlock_mutex",
-            "semaphore_refused",
+            "semaphore",
+            "multi_semaphore",
+            "redlock_semaphores",
+            "semaphore_bound",
         ],
     );
 }

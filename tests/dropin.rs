@@ -233,7 +233,7 @@ async fn unknown_scripts_get_noscript_or_a_clear_refusal() {
         b"-NOSCRIPT No matching script. Please use EVAL.\r\n",
     )
     .await;
-    let refusal = "ERR only the lock scripts of known client libraries are supported (redis-py Lock, node-redlock, redsync, Redisson RLock and FencedLock, python-redis-lock, pottery, aioredlock, redis-semaphore Mutex, redlock-rb, RedLock.net; see docs/clients.md); this script's sha1 is e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+    let refusal = "ERR only the lock scripts of known client libraries are supported (redis-py Lock, node-redlock, redsync, Redisson RLock and FencedLock, python-redis-lock, pottery, aioredlock, redis-semaphore Mutex, Semaphore and MultiSemaphore, redlock-rb, RedLock.net; see docs/clients.md); this script's sha1 is e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
     assert_eq!(error(&c.call(&["EVAL", "return 1", "0"]).await), refusal);
     assert_eq!(
         error(&c.call(&["SCRIPT", "LOAD", "return 1"]).await),

@@ -749,37 +749,147 @@ async fn python_redis_lock_signal_resp3() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// redis-semaphore's counting semaphores: refused, by SHA and by body, naming what to use
+// redis-semaphore's counting semaphores, mapped onto PERMITS: holders by their identifiers
 
+const SEM_ACQUIRE: &str = "43ebdb49120d170e08af560cb4e46e36f8585936";
+const SEM_REFRESH: &str = "999a49a1d07671a8027165641001f5bad44608b3";
+const SEM_REFRESH_OLD: &str = "e30ad491f44e8ff122037a52cb0b0148234a6a4e";
+const MULTI_ACQUIRE: &str = "10c1c2e05e7c48aa5824d227b8c51abcde87b18e";
+const MULTI_REFRESH: &str = "2327bcdc5edb5b8687f6d19b5e1f42b815ebddab";
+const MULTI_RELEASE: &str = "0bd1010c98f1ddd70a6024fd374489a8ea3d2c12";
+
+/// redis-semaphore's `Semaphore` script `sha` on `key` for `id`: ARGV limit, identifier,
+/// lock timeout, the client's time.
+async fn semaphore(c: &mut Conn, sha: &str, key: &str, limit: &str, id: &str) -> i64 {
+    let now = "1767225600000";
+    support::int(
+        &c.call(&["evalsha", sha, "1", key, limit, id, "2000", now])
+            .await,
+    )
+}
+
+/// redis-semaphore's `MultiSemaphore` script `sha` on `key`: `permits` of `limit` for `id`.
+async fn multi(c: &mut Conn, sha: &str, key: &str, limit: &str, permits: &str, id: &str) -> i64 {
+    let now = "1767225600000";
+    let args = ["evalsha", sha, "1", key, limit, permits, id, "2000", now];
+    support::int(&c.call(&args).await)
+}
+
+/// A `Semaphore` of 2 holds at most two identifiers through either proxy; its refresh keeps
+/// only a holder's permit; a plain `ZREM` of the identifier releases it through the other
+/// proxy; a `MultiSemaphore` takes its permits all or none from the same count; and every
+/// misuse is an error naming it.
 #[tokio::test]
-async fn redis_semaphore_semaphores_are_refused() {
-    let cluster = Cluster::start().await;
-    let mut c = conn(&cluster.a, 2).await;
-    let acquire = body("redis-semaphore", "semaphore acquire");
-    for args in [
-        vec![
+async fn redis_semaphore_semaphores_map_onto_permits() {
+    for protocol in [2, 3] {
+        let (_cluster, mut a, mut b) = two(protocol).await;
+        let key = "semaphore:printer";
+        assert_eq!(semaphore(&mut a, SEM_ACQUIRE, key, "2", "id-1").await, 1);
+        assert_eq!(semaphore(&mut b, SEM_ACQUIRE, key, "2", "id-2").await, 1);
+        assert_eq!(semaphore(&mut a, SEM_ACQUIRE, key, "2", "id-3").await, 0);
+        assert_eq!(semaphore(&mut b, SEM_ACQUIRE, key, "2", "id-3").await, 0);
+        // The refresh extends a holder's permit, and takes none for anyone else; the old one
+        // (before 5.3.1) takes one where there is room.
+        assert_eq!(semaphore(&mut b, SEM_REFRESH, key, "2", "id-1").await, 1);
+        assert_eq!(semaphore(&mut a, SEM_REFRESH, key, "2", "id-3").await, 0);
+        assert_eq!(
+            semaphore(&mut a, SEM_REFRESH_OLD, key, "2", "id-3").await,
+            0
+        );
+        // Released with a plain ZREM of the identifier, through the other proxy.
+        assert_eq!(support::int(&b.call(&["zrem", key, "id-1"]).await), 1);
+        assert_eq!(support::int(&b.call(&["zrem", key, "id-1"]).await), 0);
+        assert_eq!(semaphore(&mut a, SEM_REFRESH, key, "2", "id-1").await, 0);
+        assert_eq!(
+            semaphore(&mut a, SEM_REFRESH_OLD, key, "2", "id-3").await,
+            1
+        );
+        assert_eq!(semaphore(&mut b, SEM_ACQUIRE, key, "2", "id-4").await, 0);
+        let released = b.call(&["zrem", key, "id-2", "id-3", "nobody"]).await;
+        assert_eq!(support::int(&released), 2);
+        // Another limit on a semaphore in use is a conflict naming both counts.
+        assert_eq!(semaphore(&mut a, SEM_ACQUIRE, key, "2", "id-5").await, 1);
+        let args = ["evalsha", SEM_ACQUIRE, "1", key, "3", "id-6", "2000", "1"];
+        err_with(&mut b, &args, &["WRONGTYPE", "PERMITS 2", "PERMITS 3"]).await;
+        assert_eq!(support::int(&a.call(&["zrem", key, "id-5"]).await), 1);
+
+        // A MultiSemaphore of 3 takes 2 permits, all or none, from the count a Semaphore of 3
+        // shares.
+        let key = "semaphore:scanner";
+        assert_eq!(multi(&mut a, MULTI_ACQUIRE, key, "3", "2", "m").await, 1);
+        assert_eq!(multi(&mut b, MULTI_ACQUIRE, key, "3", "2", "n").await, 0);
+        assert_eq!(semaphore(&mut b, SEM_ACQUIRE, key, "3", "s").await, 1);
+        assert_eq!(semaphore(&mut a, SEM_ACQUIRE, key, "3", "t").await, 0);
+        assert_eq!(multi(&mut b, MULTI_REFRESH, key, "3", "2", "m").await, 1);
+        assert_eq!(multi(&mut b, MULTI_REFRESH, key, "3", "2", "n").await, 0);
+        let release = ["evalsha", MULTI_RELEASE, "1", key, "2", "m"];
+        assert_eq!(support::int(&b.call(&release).await), 2);
+        assert_eq!(support::int(&a.call(&release).await), 0);
+        assert_eq!(multi(&mut a, MULTI_ACQUIRE, key, "3", "2", "n").await, 1);
+        // ZREM of one of its members releases that permit alone, as in Redis.
+        assert_eq!(support::int(&a.call(&["zrem", key, "n_1"]).await), 1);
+        assert_eq!(semaphore(&mut a, SEM_ACQUIRE, key, "3", "t").await, 1);
+
+        // Misuse: more permits than the limit, a limit out of range, ZREM on another kind.
+        let args = [
             "evalsha",
-            "43ebdb49120d170e08af560cb4e46e36f8585936",
+            MULTI_ACQUIRE,
             "1",
-            "semaphore:s",
-        ],
-        vec!["eval", &acquire, "1", "semaphore:s"],
-    ] {
-        let mut args = args.clone();
-        args.extend(["3", "id", "10000", "1767225600000"]);
-        err_with(&mut c, &args, &["redis-semaphore", "Semaphore", "Mutex"]).await;
+            key,
+            "3",
+            "4",
+            "x",
+            "2000",
+            "1",
+        ];
+        err_with(&mut a, &args, &["permits", "between 1 and the limit (3)"]).await;
+        let args = [
+            "evalsha",
+            SEM_ACQUIRE,
+            "1",
+            "semaphore:z",
+            "0",
+            "x",
+            "2000",
+            "1",
+        ];
+        err_with(&mut a, &args, &["limit", "between 1 and 1024"]).await;
+        let args = [
+            "evalsha",
+            SEM_ACQUIRE,
+            "1",
+            "semaphore:z",
+            "2",
+            "x",
+            "abc",
+            "1",
+        ];
+        err_with(&mut a, &args, &["ERR"]).await;
+        a.call(&["LOCK", "plain", "5000"]).await;
+        err_with(
+            &mut b,
+            &["zrem", "plain", "x"],
+            &["WRONGTYPE", "exclusive", "ZREM"],
+        )
+        .await;
+        assert_eq!(support::int(&b.call(&["zrem", "free", "x"]).await), 0);
     }
-    let multi = "10c1c2e05e7c48aa5824d227b8c51abcde87b18e";
-    let args = [
-        "evalsha",
-        multi,
-        "1",
-        "semaphore:m",
-        "3",
-        "2",
-        "id",
-        "10000",
-        "1",
-    ];
-    err_with(&mut c, &args, &["redis-semaphore", "MultiSemaphore"]).await;
+}
+
+/// The scripts' bodies run by `EVAL` too (redis-semaphore falls back to it after NOSCRIPT).
+#[tokio::test]
+async fn redis_semaphore_scripts_run_by_their_bodies() {
+    let (_cluster, mut a, mut b) = two(2).await;
+    let acquire = body("redis-semaphore", "semaphore acquire");
+    let take = |id| ["eval", &acquire, "1", "semaphore:s", "1", id, "2000", "1"];
+    assert_eq!(support::int(&a.call(&take("x")).await), 1);
+    assert_eq!(support::int(&b.call(&take("y")).await), 0);
+    let release = body("redis-semaphore", "multiSemaphore release");
+    let args = ["eval", &release, "1", "semaphore:s", "1", "x"];
+    assert_eq!(support::int(&b.call(&args).await), 0);
+    assert_eq!(
+        support::int(&b.call(&["zrem", "semaphore:s", "x"]).await),
+        1
+    );
+    assert_eq!(support::int(&b.call(&take("y")).await), 1);
 }

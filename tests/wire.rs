@@ -388,7 +388,7 @@ async fn connection_commands_clients_send_on_connect() {
     );
     assert_eq!(text(&c.call(&["INFO", "nonesuch"]).await), "");
     let count = int(&c.call(&["COMMAND", "COUNT"]).await);
-    assert_eq!(count, 34);
+    assert_eq!(count, 35);
     let docs = c.call(&["COMMAND", "DOCS", "lock"]).await;
     let rendered = support::flatten(&docs);
     for needle in [

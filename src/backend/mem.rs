@@ -216,6 +216,27 @@ impl Keyspace {
         true
     }
 
+    /// Moves the expiry of the slot holding a permit taken under any of `names` to `expires`,
+    /// and the count's with it: the slot (see [`Master::extend_named_permit`]).
+    pub fn extend_named_permit(
+        &mut self,
+        key: &[u8],
+        slots: &[Bytes],
+        names: &[Bytes],
+        expires: Instant,
+        now: Instant,
+    ) -> Option<u32> {
+        let count = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+        for (slot, name) in (0..count).zip(slots) {
+            for base in names {
+                if self.extend_permit(key, name, &permit_token(base, slot, count), expires, now) {
+                    return Some(slot);
+                }
+            }
+        }
+        None
+    }
+
     /// Adds reader `token` to `key` until `expires`, unless a writer holds the key or waits
     /// (`writers` is marked), or a semaphore uses it.
     pub fn acquire_shared(
@@ -656,6 +677,18 @@ impl Master for MemMaster {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<> {
         reply(self.apply(|m, now| m.extend_permit(key, slot, token, after(now, ttl_ms), now)))
+    }
+
+    fn extend_named_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        names: &[Bytes],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send + use<> {
+        reply(
+            self.apply(|m, now| m.extend_named_permit(key, slots, names, after(now, ttl_ms), now)),
+        )
     }
 
     fn acquire_shared(

@@ -198,6 +198,16 @@ impl Master for Member {
         each!(self, m => m.extend_permit(key, slot, token, ttl_ms))
     }
 
+    fn extend_named_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        names: &[Bytes],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send + use<> {
+        each!(self, m => m.extend_named_permit(key, slots, names, ttl_ms))
+    }
+
     fn acquire_shared(
         &self,
         key: &[u8],

@@ -396,6 +396,19 @@ pub trait Master: Send + Sync + 'static {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send + use<Self>;
 
+    /// Sets the TTL of the slot among `slots` (a semaphore of `slots.len()` permits) that holds
+    /// a permit taken under any of `names` (its token is [`permit_token`]`(name, slot, count)`)
+    /// to `ttl_ms`, and keeps the count at `key` at least that long: the slot extended, `None`
+    /// when no slot holds one. For a holder known only by the name it gave (a library's own
+    /// identifier), whose slot the proxy did not tell it.
+    fn extend_named_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        names: &[Bytes],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send + use<Self>;
+
     /// Adds `token` to the readers of `key` for `ttl_ms`, in one step with the checks: refused
     /// when a writer holds `key` or some writer is named in `writers` (it waits), a conflict
     /// when `key` is a semaphore, an error when the run marker is missing.

@@ -1,9 +1,13 @@
 //! The lock scripts of common client libraries, known by SHA1, each served as the matching
 //! quorum operation with the reply that library expects. Scripts are recognised only by the
 //! hash of their exact body — never by guessing — so an unknown script is refused rather than
-//! misread. Scripts the proxy cannot honour safely (redis-semaphore's counting semaphores,
-//! python-redis-lock's `reset_all`) are known too, and refused with an error that names the
-//! library and what to use instead.
+//! misread. Scripts the proxy cannot honour safely (python-redis-lock's `reset_all`, the
+//! versions of libraries whose scripts differ in ways that matter) are known too, and refused
+//! with an error that names the library and what to use instead.
+//!
+//! redis-semaphore's counting `Semaphore` and `MultiSemaphore` map onto `PERMITS`: their
+//! holders are known by the identifier the library gives, so each of their scripts (and the
+//! plain `ZREM` that releases a `Semaphore`, see `zrem`) finds the permit by that name.
 //!
 //! Redisson's reentrant lock has a room of its own, `redisson`.
 
@@ -15,7 +19,7 @@ use futures_util::future::join_all;
 use super::redisson::{self, Fence, Taken, Unlock};
 use super::{Client, Outcome, Shared, parse_int, parse_ttl_ms, ttl_ms_in_range};
 use crate::error::Error;
-use crate::locks::{self, Acquire, Locks};
+use crate::locks::{self, Acquire, Locks, MAX_PERMITS};
 use crate::protocol::Reply;
 
 /// What a known script does, as a lock operation, and so the reply it gets.
@@ -71,6 +75,15 @@ enum Op {
     RedissonRenew,
     /// Redisson batched renewal: KEYS names; ARGV lease ms, owners → [1/0 per name].
     RedissonRenewAll,
+    /// redis-semaphore's counting semaphores. `Semaphore` (not `multi`): KEYS[1], ARGV limit,
+    /// identifier, lock timeout ms, the client's time (unused); `MultiSemaphore` (`multi`):
+    /// ARGV limit, permits, identifier, lock timeout ms, time. The acquire (`refresh` `None`)
+    /// → 1 taken, 0 not; the refresh → 1 extended, 0 not held, and before 5.3.1
+    /// (`Some(true)`) it also takes what the identifier does not hold.
+    Semaphore { multi: bool, refresh: Option<bool> },
+    /// redis-semaphore MultiSemaphore release: KEYS[1], ARGV permits, identifier → how many
+    /// permits were released.
+    MultiRelease,
     /// Known, and refused: the proxy cannot honour it. The text says why and what to use.
     Refused(&'static str),
 }
@@ -89,10 +102,6 @@ const fn known(sha: &'static str, library: &'static str, op: Op) -> Known {
     Known { sha, library, op }
 }
 
-const SEMAPHORE: &str = "redis-semaphore's Semaphore and MultiSemaphore are not supported by the \
-     proxy: they count permits in a sorted set scored by each client's clock, which a quorum of \
-     masters cannot keep safe; use LOCK key ttl-ms PERMITS n (a semaphore of n permits over the \
-     quorum), or its Mutex or RedlockMutex (one holder at a time)";
 const RESET_ALL: &str = "python-redis-lock's reset_all() is not supported by the proxy: it \
      would have to scan every master for lock:*; reset each lock with Lock.reset() (or DEL \
      lock:<name>)";
@@ -351,37 +360,55 @@ pub const KNOWN: &[Known] = &[
     known(
         "43ebdb49120d170e08af560cb4e46e36f8585936",
         "redis-semaphore Semaphore acquire",
-        Op::Refused(SEMAPHORE),
+        Op::Semaphore {
+            multi: false,
+            refresh: None,
+        },
     ),
     known(
         "999a49a1d07671a8027165641001f5bad44608b3",
         "redis-semaphore Semaphore refresh",
-        Op::Refused(SEMAPHORE),
+        Op::Semaphore {
+            multi: false,
+            refresh: Some(false),
+        },
     ),
     known(
         "e30ad491f44e8ff122037a52cb0b0148234a6a4e",
         "redis-semaphore Semaphore refresh (before 5.3.1)",
-        Op::Refused(SEMAPHORE),
+        Op::Semaphore {
+            multi: false,
+            refresh: Some(true),
+        },
     ),
     known(
         "10c1c2e05e7c48aa5824d227b8c51abcde87b18e",
         "redis-semaphore MultiSemaphore acquire",
-        Op::Refused(SEMAPHORE),
+        Op::Semaphore {
+            multi: true,
+            refresh: None,
+        },
     ),
     known(
         "2327bcdc5edb5b8687f6d19b5e1f42b815ebddab",
         "redis-semaphore MultiSemaphore refresh",
-        Op::Refused(SEMAPHORE),
+        Op::Semaphore {
+            multi: true,
+            refresh: Some(false),
+        },
     ),
     known(
         "fbd0699b47ff9ffcd58dcfc4937c5373669018f4",
         "redis-semaphore MultiSemaphore refresh (before 5.3.1)",
-        Op::Refused(SEMAPHORE),
+        Op::Semaphore {
+            multi: true,
+            refresh: Some(true),
+        },
     ),
     known(
         "0bd1010c98f1ddd70a6024fd374489a8ea3d2c12",
         "redis-semaphore MultiSemaphore release",
-        Op::Refused(SEMAPHORE),
+        Op::MultiRelease,
     ),
     // redlock-rb (Ruby)
     known(
@@ -454,7 +481,7 @@ pub fn unknown_body(body: &[u8]) -> Error {
     Error::Request(format!(
         "only the lock scripts of known client libraries are supported (redis-py Lock, \
          node-redlock, redsync, Redisson RLock and FencedLock, python-redis-lock, pottery, \
-         aioredlock, redis-semaphore Mutex, redlock-rb, RedLock.net; see docs/clients.md); \
+         aioredlock, redis-semaphore Mutex, Semaphore and MultiSemaphore, redlock-rb, RedLock.net; see docs/clients.md); \
          this script's sha1 is {}",
         sha1_hex(body)
     ))
@@ -531,6 +558,22 @@ fn shape_of(op: Op) -> Shape {
             more_keys: true,
             ..shape(1, 2, "lock names, a lease time and an owner per name")
         },
+        Op::Semaphore { multi: false, .. } => shape(
+            1,
+            4,
+            "the semaphore's key, its limit, an identifier, a lock timeout and the time",
+        ),
+        Op::Semaphore { multi: true, .. } => shape(
+            1,
+            5,
+            "the semaphore's key, its limit, a number of permits, an identifier, a lock timeout \
+             and the time",
+        ),
+        Op::MultiRelease => shape(
+            1,
+            2,
+            "the semaphore's key, a number of permits and an identifier",
+        ),
         Op::Refused(_) => shape(0, 0, ""),
     }
 }
@@ -786,6 +829,25 @@ pub fn run(
                 Ok(Reply::Array(replies))
             })
         }
+        Op::Semaphore { multi, refresh } => {
+            let limit = limit(&args[0], library)?;
+            let (names, ttl_ms) = if multi {
+                (multi_names(&args[1], &args[2], limit, library)?, ttl(3)?)
+            } else {
+                (vec![args[1].clone()], ttl(2)?)
+            };
+            Outcome::later(async move {
+                let taken = permits(&locks, db, &keys[0], &names, limit, ttl_ms, refresh).await?;
+                Ok(Reply::Integer(i64::from(taken)))
+            })
+        }
+        Op::MultiRelease => {
+            let names = multi_names(&args[0], &args[1], MAX_PERMITS, library)?;
+            Outcome::later(async move {
+                let released = locks.release_named(db, &keys[0], &names).await;
+                integer(released.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+            })
+        }
         Op::Refused(_) => unreachable!("refused above"),
     };
     Ok(outcome)
@@ -793,6 +855,63 @@ pub fn run(
 
 fn integer(r: Result<i64, locks::Error>) -> Result<Reply, Error> {
     Ok(Reply::Integer(r?))
+}
+
+/// A redis-semaphore semaphore's limit: a `PERMITS` count the proxy keeps.
+fn limit(arg: &[u8], library: &str) -> Result<u32, Error> {
+    u32::try_from(parse_int(arg)?)
+        .ok()
+        .filter(|n| (1..=MAX_PERMITS).contains(n))
+        .ok_or_else(|| {
+            Error::Request(format!(
+                "the {library} script's limit must be between 1 and {MAX_PERMITS} (the most \
+                 permits a semaphore may have)"
+            ))
+        })
+}
+
+/// The holder names of a MultiSemaphore's `permits` permits (of a semaphore of at most
+/// `limit`): `<identifier>_<i>`, as the library names them in its sorted set.
+fn multi_names(
+    permits: &[u8],
+    identifier: &[u8],
+    limit: u32,
+    library: &str,
+) -> Result<Vec<Bytes>, Error> {
+    let permits = u32::try_from(parse_int(permits)?)
+        .ok()
+        .filter(|n| (1..=limit).contains(n))
+        .ok_or_else(|| {
+            Error::Request(format!(
+                "the {library} script's permits must be between 1 and the limit ({limit})"
+            ))
+        })?;
+    let mut i = itoa::Buffer::new();
+    Ok((0..permits)
+        .map(|n| Bytes::from([identifier, b"_", i.format(n).as_bytes()].concat()))
+        .collect())
+}
+
+/// redis-semaphore's acquire (`refresh` `None`) or refresh of the permits `names` hold on the
+/// semaphore of `limit` on `key`: true when they are all held for `ttl_ms` now. A refresh
+/// with `or_acquire` (before 5.3.1) takes them when it holds none of them; an extension goes
+/// first, since an acquire by a holder would take more permits.
+async fn permits(
+    locks: &Locks,
+    db: u32,
+    key: &[u8],
+    names: &[Bytes],
+    limit: u32,
+    ttl_ms: u64,
+    refresh: Option<bool>,
+) -> Result<bool, Error> {
+    if refresh.is_some() && locks.extend_named(db, key, names, limit, ttl_ms).await? {
+        return Ok(true);
+    }
+    if refresh == Some(false) {
+        return Ok(false);
+    }
+    Ok(locks.acquire_named(db, key, names, limit, ttl_ms).await?)
 }
 
 /// Extends `key` if it holds `token`, else takes it if it is free: true when it is held with
@@ -856,14 +975,14 @@ mod tests {
 
     #[test]
     fn refused_scripts_say_which_library_and_what_to_use() {
-        let semaphore = by_sha(b"43ebdb49120d170e08af560cb4e46e36f8585936").unwrap();
-        let text = refusal(semaphore).unwrap().to_string();
+        let reset_all = by_sha(b"b121d3548d693116c3851b63befe947e49f28c7c").unwrap();
+        let text = refusal(reset_all).unwrap().to_string();
         assert!(
-            text.contains("redis-semaphore")
-                && text.contains("PERMITS n")
-                && text.contains("Mutex"),
+            text.contains("python-redis-lock") && text.contains("Lock.reset()"),
             "{text}"
         );
+        let semaphore = by_sha(b"43ebdb49120d170e08af560cb4e46e36f8585936").unwrap();
+        assert!(refusal(semaphore).is_none());
         let mutex = by_sha(b"7157921a7cc7cfba979acf6d63f073151df17d12").unwrap();
         assert!(refusal(mutex).is_none());
     }

@@ -33,6 +33,7 @@ mod set;
 pub mod subscribe;
 mod unlock;
 mod wait;
+mod zrem;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ pub static COMMANDS: &[&Spec] = &[
     &pttl::TTL,
     &exists::SPEC,
     &del::SPEC,
+    &zrem::SPEC,
     &eval::EVALSHA,
     &eval::EVAL,
     &script::SPEC,

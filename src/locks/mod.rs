@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Master, Member, Names};
 use crate::redlock::token::{self, Holds};
-use crate::redlock::{Counted, LockError, LockKey, Redlock};
+use crate::redlock::{Counted, LockError, LockKey, Redlock, Taker};
 use crate::stats::Stats;
 use keys::Schema;
 use waiters::Waiters;
@@ -69,6 +69,15 @@ pub enum Error {
         held: Kind,
         /// What the request asked for.
         asked: Kind,
+    },
+    /// A release of a semaphore's permits (by its holders' names) on a key in use as another
+    /// kind of lock.
+    #[error("'{}' is held as {held:?}, not as a semaphore", String::from_utf8_lossy(.key))]
+    NotASemaphore {
+        /// The client's key.
+        key: Bytes,
+        /// What a quorum of masters use it as.
+        held: Kind,
     },
     /// The connection already has as many `WAIT`s waiting as it may.
     #[error("this connection has {max} LOCK ... WAIT waiting, the most it may")]
@@ -304,7 +313,11 @@ impl<M: Master> LockService<M> {
             }
             Kind::Permits(n) => {
                 let slots = self.keys.permits(want.db, want.key, n);
-                Box::pin(self.redlock.lock_permit(lock, &slots, token, ttl_ms)).await?
+                Box::pin(
+                    self.redlock
+                        .lock_permit(lock, &slots, Taker::Token(&token), ttl_ms),
+                )
+                .await?
             }
         };
         match counted {
@@ -360,7 +373,8 @@ impl<M: Master> LockService<M> {
             Kind::Shared => self.redlock.abandon_shared(want.lock, token),
             Kind::Permits(n) => {
                 let slots = self.keys.permits(want.db, want.key, n);
-                self.redlock.abandon_permits(want.lock, &slots, token);
+                self.redlock
+                    .abandon_permits(want.lock, &slots, Taker::Token(token));
             }
         }
     }
@@ -490,6 +504,121 @@ impl<M: Master> LockService<M> {
             Some((token, _)) => self.release_lock(db, key, &lock, &token).await,
             None => Ok(false),
         }
+    }
+
+    /// Takes a permit of the semaphore of `permits` on `key` in `db` for each of `names`, for
+    /// `ttl_ms`, all or none: on any refusal the permits taken are released. True when all
+    /// were granted.
+    ///
+    /// Each name is a holder as a client library names it (redis-semaphore's identifier, or
+    /// `<identifier>_<i>` for the i-th permit of its MultiSemaphore): the library never learns
+    /// a token, so [`LockService::extend_named`] and [`LockService::release_named`] find the
+    /// permit by the name. Each permit is an ordinary one (see `redlock::counted`): a slot
+    /// mutex taken by a quorum, so the semaphore's bound holds however the holders are named.
+    pub async fn acquire_named(
+        &self,
+        db: u32,
+        key: &[u8],
+        names: &[Bytes],
+        permits: u32,
+        ttl_ms: u64,
+    ) -> Result<bool, Error> {
+        let lock = self.keys.lock(db, key);
+        let slots = self.keys.permits(db, key, permits);
+        let takes = names.iter().map(|name| {
+            self.redlock
+                .lock_permit(&lock, &slots, Taker::Named(name), ttl_ms)
+        });
+        let results = join_all(takes).await;
+        let granted = |r: &Result<Counted, LockError>| matches!(r, Ok(Counted::Granted { .. }));
+        if results.iter().all(granted) {
+            for _ in names {
+                Stats::bump(&self.stats.granted);
+                Stats::bump(&self.stats.granted_permits);
+            }
+            return Ok(true);
+        }
+        let taken = names
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| granted(r))
+            .map(|(name, _)| self.redlock.unlock_named_permit(&lock, &slots, name));
+        join_all(taken).await;
+        Stats::bump(&self.stats.refused);
+        for r in results {
+            match r? {
+                Counted::Conflict(held) => {
+                    return Err(Error::WrongKind {
+                        key: Bytes::copy_from_slice(key),
+                        held,
+                        asked: Kind::Permits(permits),
+                    });
+                }
+                Counted::Granted { .. } | Counted::Held => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sets the TTL of the permit each of `names` holds on the semaphore of `permits` on `key`
+    /// in `db` (see [`LockService::acquire_named`]): true only when a quorum extended every
+    /// one in time.
+    pub async fn extend_named(
+        &self,
+        db: u32,
+        key: &[u8],
+        names: &[Bytes],
+        permits: u32,
+        ttl_ms: u64,
+    ) -> Result<bool, Error> {
+        let (name, slots) = (self.keys.key(db, key), self.keys.permits(db, key, permits));
+        let extends = names.iter().map(|holder| {
+            self.redlock
+                .extend_named_permit(&name, &slots, holder, ttl_ms)
+        });
+        let mut all = true;
+        for extended in join_all(extends).await {
+            let extended = extended?.is_some();
+            if extended {
+                Stats::bump(&self.stats.extended);
+            }
+            all &= extended;
+        }
+        Ok(all)
+    }
+
+    /// Releases the permits `names` hold on the semaphore on `key` in `db` (see
+    /// [`LockService::acquire_named`]), whatever its count, which is read from the masters
+    /// first: how many a quorum released. A free key releases nothing; a key in use as another
+    /// kind is an error.
+    pub async fn release_named(&self, db: u32, key: &[u8], names: &[Bytes]) -> Result<u64, Error> {
+        let lock = self.keys.lock(db, key);
+        let permits = match self.redlock.held_as(&lock.key).await? {
+            None => return Ok(0),
+            Some(Kind::Permits(n)) if n <= MAX_PERMITS => n,
+            Some(Kind::Permits(_)) => return Ok(0),
+            Some(held) => {
+                return Err(Error::NotASemaphore {
+                    key: Bytes::copy_from_slice(key),
+                    held,
+                });
+            }
+        };
+        let slots = self.keys.permits(db, key, permits);
+        let frees = names
+            .iter()
+            .map(|holder| self.redlock.unlock_named_permit(&lock, &slots, holder));
+        let mut released = 0;
+        for freed in join_all(frees).await {
+            if freed? {
+                released += 1;
+                Stats::bump(&self.stats.released);
+            }
+        }
+        if released > 0 {
+            self.waiters.wake(&lock.key);
+        }
+        Ok(released)
     }
 
     /// Takes every key with one token, or none: on any refusal the keys taken are released.

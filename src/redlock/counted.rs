@@ -104,12 +104,13 @@ impl<M: Master> Redlock<M> {
     }
 
     /// Tries to take a permit of the semaphore at `lock` whose slots are `slots`, for `ttl_ms`,
-    /// with a token made from `base` (one of its [`round_base`]s) and the slot.
+    /// for `taker`: the token is the name of the round that took it ([`Taker::round`]) and the
+    /// slot.
     pub async fn lock_permit(
         &self,
         lock: &LockKey,
         slots: &[Bytes],
-        base: Bytes,
+        taker: Taker<'_>,
         ttl_ms: u64,
     ) -> Result<Counted, LockError> {
         let count = u32::try_from(slots.len()).unwrap_or(u32::MAX);
@@ -119,7 +120,7 @@ impl<M: Master> Redlock<M> {
         for round in 0..PERMIT_ROUNDS {
             // Each round takes slots under a name of its own: a release of an earlier round's
             // slots that reaches a master late frees nothing this round took.
-            let base = round_base(&base, round);
+            let base = taker.round(round);
             let start = Instant::now();
             let n = self.masters.len();
             let answers = self
@@ -172,12 +173,12 @@ impl<M: Master> Redlock<M> {
         outcome
     }
 
-    /// Sends every master the release of the slots any round of the acquire with `base` took,
+    /// Sends every master the release of the slots any round of `taker`'s acquire took,
     /// and waits for nothing: for a taker that is gone before it could learn whether it was
     /// granted.
-    pub fn abandon_permits(&self, lock: &LockKey, slots: &[Bytes], base: &[u8]) {
+    pub fn abandon_permits(&self, lock: &LockKey, slots: &[Bytes], taker: Taker<'_>) {
         for round in 0..PERMIT_ROUNDS {
-            self.free_permits(lock, slots, &round_base(base, round), None);
+            self.free_permits(lock, slots, &taker.round(round), None);
         }
     }
 
@@ -240,6 +241,72 @@ impl<M: Master> Redlock<M> {
     ) -> Result<Option<u64>, LockError> {
         self.extend_round(ttl_ms, |m| m.extend_permit(key, slot, token, ttl_ms))
             .await
+    }
+
+    /// Releases the permit a named taker holds (whichever round took it): true when a quorum
+    /// freed one.
+    pub async fn unlock_named_permit(
+        &self,
+        lock: &LockKey,
+        slots: &[Bytes],
+        name: &[u8],
+    ) -> Result<bool, LockError> {
+        let names = Taker::Named(name).rounds();
+        self.release_round(|m| {
+            let frees: Vec<_> = names
+                .iter()
+                .map(|base| m.release_permit(&lock.key, &lock.marker, slots, base, None))
+                .collect();
+            async move {
+                let (mut freed, mut failed) = (false, None);
+                for free in frees {
+                    match free.await {
+                        Ok(yes) => freed |= yes,
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                match failed {
+                    Some(e) if !freed => Err(e),
+                    _ => Ok(freed),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sets the TTL of the permit a named taker holds on the semaphore `key` (whichever slot
+    /// and round it is): the validity left when a quorum extended the same slot in time.
+    pub async fn extend_named_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        name: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, LockError> {
+        let names = Taker::Named(name).rounds();
+        let start = Instant::now();
+        let (q, n) = (self.quorum(), self.masters.len());
+        let as_take = |slot: Option<u32>| slot.map_or(Take::Held, Take::Taken);
+        let answers = self
+            .gather(
+                self.wait_for(ttl_ms),
+                |m| {
+                    let extended = m.extend_named_permit(key, slots, &names, ttl_ms);
+                    async move { extended.await.map(as_take) }
+                },
+                |a| {
+                    let best = most_taken(a).map_or(0, |(_, c)| c);
+                    best >= q || best + (n - a.len()) < q || a.len() == n
+                },
+            )
+            .await;
+        match most_taken(&answers) {
+            Some((_, extended)) if extended >= q => {
+                Ok(quorum::validity_ms(ttl_ms, start.elapsed()))
+            }
+            _ if answers.iter().filter(|(c, _)| *c).count() >= q => Ok(None),
+            _ => Err(self.no_quorum(answers.iter().filter(|(c, _)| *c).count())),
+        }
     }
 
     /// Tries to take a read lock on `lock` for `ttl_ms` with `token`, unless a writer holds it
@@ -411,17 +478,41 @@ pub(super) fn extended<M: Master>(
     }
 }
 
-/// The name round `round` of a permit acquire takes its slots under: `base` (a generated
-/// token) with its last hex digit moved by the round, so still a generated token's form.
-fn round_base(base: &[u8], round: usize) -> Bytes {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut name = base.to_vec();
-    if let Some(last) = name.last_mut()
-        && let Some(digit) = HEX.iter().position(|h| h == last)
-    {
-        *last = HEX[(digit + round) % 16];
+/// Whom a permit is taken for, and so the names its rounds take slots under: each round has a
+/// name of its own, so a late release of an earlier round's slots frees nothing a later round
+/// took.
+#[derive(Debug, Clone, Copy)]
+pub enum Taker<'a> {
+    /// A `LOCK ... PERMITS n`: a generated token, whose last hex digit each round moves (so
+    /// every name is still a generated token's form, and its permit's token says what it is).
+    Token(&'a [u8]),
+    /// A library's holder known by the name it gave (redis-semaphore's identifier): round r
+    /// takes `<r>:<name>`, which no generated token starts with and no other name gives.
+    Named(&'a [u8]),
+}
+
+impl Taker<'_> {
+    /// The name round `round` takes its slots under.
+    pub fn round(&self, round: usize) -> Bytes {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        match *self {
+            Taker::Token(base) => {
+                let mut name = base.to_vec();
+                if let Some(last) = name.last_mut()
+                    && let Some(digit) = HEX.iter().position(|h| h == last)
+                {
+                    *last = HEX[(digit + round) % 16];
+                }
+                Bytes::from(name)
+            }
+            Taker::Named(name) => Bytes::from([&[HEX[round % 16], b':'], name].concat()),
+        }
     }
-    Bytes::from(name)
+
+    /// The names of every round an acquire may take.
+    pub fn rounds(&self) -> Vec<Bytes> {
+        (0..PERMIT_ROUNDS).map(|r| self.round(r)).collect()
+    }
 }
 
 /// The slot the most voting masters took, and how many took it.

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Ask, KeyState, Master, Votes};
 use ballot::Ballot;
-pub use counted::Counted;
+pub use counted::{Counted, Taker};
 use quorum::{Tally, Verdict};
 
 /// The names one lock has on the masters: the key that holds its token, and its waiting marker

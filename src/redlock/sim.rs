@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::quorum::quorum;
-use super::{Redlock, key};
+use super::{Redlock, Taker, key};
 use crate::backend::mem::Keyspace;
 use crate::backend::{BackendError, FencePage, HeldAs, KeyState, Master, Take};
 
@@ -508,6 +508,21 @@ impl Master for SimMaster {
         })
     }
 
+    fn extend_named_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        names: &[Bytes],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send + use<> {
+        let (key, slots, names) = (Bytes::copy_from_slice(key), slots.to_vec(), names.to_vec());
+        self.request(move |s, now| {
+            let expires = expiry(now, ttl_ms, s.skew_permille);
+            s.data
+                .extend_named_permit(&key, &slots, &names, expires, now)
+        })
+    }
+
     fn acquire_shared(
         &self,
         key: &[u8],
@@ -843,6 +858,9 @@ fn with_all_rules_a_failover_and_a_flush_grant_nothing_twice() {
 enum Model {
     /// A semaphore of this many permits: at most that many holds of the key at once.
     Permits(u32),
+    /// The same, its takers named as a library names its holders (redis-semaphore's
+    /// identifiers): each releases by that name, whichever round and slot took it.
+    NamedPermits(u32),
     /// A read/write lock, one writer to three readers: a writer's hold overlaps no other.
     ReadWrite,
 }
@@ -859,7 +877,7 @@ fn breaches(mut holds: Vec<(Instant, Instant, bool)>, model: Model) -> usize {
             .map(|h| h.2)
             .collect();
         breaches += usize::from(match model {
-            Model::Permits(n) => on.len() >= n as usize,
+            Model::Permits(n) | Model::NamedPermits(n) => on.len() >= n as usize,
             Model::ReadWrite => !on.is_empty() && (exclusive || on.iter().any(|w| *w)),
         });
     }
@@ -896,7 +914,9 @@ fn simulate_counted(schedule: &Schedule, rules: Rules, model: Model) -> (usize, 
         }
         let holds: Arc<Mutex<Vec<(Instant, Instant, bool)>>> = Arc::default();
         let slots: Vec<Bytes> = match model {
-            Model::Permits(n) => (0..n).map(|i| Bytes::from(format!("p:{i}:k"))).collect(),
+            Model::Permits(n) | Model::NamedPermits(n) => {
+                (0..n).map(|i| Bytes::from(format!("p:{i}:k"))).collect()
+            }
             Model::ReadWrite => Vec::new(),
         };
         let mut clients = Vec::new();
@@ -909,10 +929,16 @@ fn simulate_counted(schedule: &Schedule, rules: Rules, model: Model) -> (usize, 
                 for _ in 0..attempts {
                     let ttl = 20 + rng.below(MAX_TTL_MS - 20);
                     let exclusive = model == Model::ReadWrite && rng.chance(25);
+                    let mut named: Option<Bytes> = None;
                     let granted = match model {
-                        Model::Permits(_) => {
+                        Model::Permits(n) | Model::NamedPermits(n) => {
                             let base = super::token::generate();
-                            match redlock.lock_permit(&lock, &slots, base, ttl).await {
+                            named = (model != Model::Permits(n)).then(|| base.clone());
+                            let taker = match &named {
+                                Some(name) => Taker::Named(name),
+                                None => Taker::Token(&base),
+                            };
+                            match redlock.lock_permit(&lock, &slots, taker, ttl).await {
                                 Ok(super::Counted::Granted { token, validity_ms }) => {
                                     Some((token, validity_ms))
                                 }
@@ -941,6 +967,10 @@ fn simulate_counted(schedule: &Schedule, rules: Rules, model: Model) -> (usize, 
                         if rng.chance(80) {
                             holds.lock().unwrap().push((now, Instant::now(), exclusive));
                             let _ = match super::token::holds(&token) {
+                                _ if named.is_some() => {
+                                    let name = named.take().unwrap_or_default();
+                                    redlock.unlock_named_permit(&lock, &slots, &name).await
+                                }
                                 super::token::Holds::Permit { base, .. } => {
                                     redlock.unlock_permit(&lock, &slots, &base).await
                                 }
@@ -990,7 +1020,7 @@ fn any_fault(seed: u64) -> Fault {
 /// with loss and skew, and grant plenty.
 #[test]
 fn permits_and_read_write_locks_keep_their_bounds_under_faults() {
-    for model in [Model::Permits(2), Model::ReadWrite] {
+    for model in [Model::Permits(2), Model::NamedPermits(2), Model::ReadWrite] {
         let mut grants = 0;
         for seed in 0..60 {
             let mut schedule = contended_counted(seed, any_fault(seed));

@@ -825,6 +825,18 @@ impl Master for ClusterMember {
             m => m.extend_permit(&key, &slot, &token, ttl_ms))
     }
 
+    fn extend_named_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        names: &[Bytes],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send + use<> {
+        let (slots, names) = (slots.to_vec(), names.to_vec());
+        routed!(self, Need::Vote, key, [key],
+            m => m.extend_named_permit(&key, &slots, &names, ttl_ms))
+    }
+
     fn acquire_shared(
         &self,
         key: &[u8],

@@ -695,6 +695,34 @@ impl Master for RedisMaster {
         async move { expect_bool(reply.await) }
     }
 
+    fn extend_named_permit(
+        &self,
+        key: &[u8],
+        slots: &[Bytes],
+        names: &[Bytes],
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send + use<> {
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(1 + slots.len());
+        keys.push(key);
+        keys.extend(slots.iter().map(|s| &s[..]));
+        let (mut ttl, mut n) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let mut argv = vec![
+            ttl.format(ttl_ms).as_bytes(),
+            n.format(slots.len()).as_bytes(),
+        ];
+        argv.extend(names.iter().map(|s| &s[..]));
+        let reply = self.eval_on(key, &scripts::EXTEND_NAMED_PERMIT, &keys, &argv);
+        async move {
+            match reply.await? {
+                Frame::Integer(-1) => Ok(None),
+                Frame::Integer(slot) => u32::try_from(slot)
+                    .map(Some)
+                    .map_err(|_| BackendError::Unexpected(slot.to_string())),
+                other => Err(BackendError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
     fn acquire_shared(
         &self,
         key: &[u8],

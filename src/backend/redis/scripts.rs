@@ -212,6 +212,20 @@ pub static EXTEND_PERMIT: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Sets the TTL of the slot among `KEYS[2..]` (a semaphore of `ARGV[2]` permits) that holds a
+/// permit taken under any of the names `ARGV[3..]` (`<name>:<slot>:<count>`) to `ARGV[1]` ms,
+/// and the count `KEYS[1]` to at least as long: the slot extended, -1 when none holds one.
+pub static EXTEND_NAMED_PERMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "for i = 0, tonumber(ARGV[2]) - 1 do local v = redis.call('GET', KEYS[2 + i]) \
+         if v then for j = 3, #ARGV do if v == ARGV[j] .. ':' .. i .. ':' .. ARGV[2] then \
+         redis.call('PEXPIRE', KEYS[2 + i], ARGV[1]) \
+         if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+         return i end end end end \
+         return -1",
+    )
+});
+
 /// Adds reader `ARGV[1]` to the read lock `KEYS[1]` (a sorted set: token → expiry in the
 /// master's ms) for `ARGV[2]` ms, after dropping expired readers; the set lives as long as its
 /// latest reader. `{1, 'taken', 0}`; `{0, 'exclusive', 0}` when a writer holds the key (a
@@ -330,7 +344,7 @@ pub static LINEAGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Every script, for loading on connect.
-pub fn all_scripts() -> [&'static Script; 19] {
+pub fn all_scripts() -> [&'static Script; 20] {
     [
         &RELEASE,
         &MARK_WAITING,
@@ -347,6 +361,7 @@ pub fn all_scripts() -> [&'static Script; 19] {
         &ACQUIRE_PERMIT,
         &RELEASE_PERMIT,
         &EXTEND_PERMIT,
+        &EXTEND_NAMED_PERMIT,
         &ACQUIRE_SHARED,
         &RELEASE_SHARED,
         &EXTEND_SHARED,
