@@ -93,23 +93,13 @@ impl Kind {
 }
 
 /// A connection's subscriptions, and the messages waiting for it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Subscriptions {
     /// Channel and kind → what stops its watchers.
     channels: HashMap<(Kind, Bytes), CancellationToken>,
-    messages: mpsc::Sender<Reply>,
-    inbox: mpsc::Receiver<Reply>,
-}
-
-impl Default for Subscriptions {
-    fn default() -> Self {
-        let (messages, inbox) = mpsc::channel(QUEUED_MESSAGES);
-        Subscriptions {
-            channels: HashMap::new(),
-            messages,
-            inbox,
-        }
-    }
+    /// The messages' queue, made at the first subscription: a channel's first block of slots
+    /// is over a kilobyte, which thousands of connections that never subscribe need not hold.
+    mail: Option<(mpsc::Sender<Reply>, mpsc::Receiver<Reply>)>,
 }
 
 impl Subscriptions {
@@ -120,11 +110,22 @@ impl Subscriptions {
 
     /// The next message for the client; pending while there is none.
     pub async fn next(&mut self) -> Reply {
-        match self.inbox.recv().await {
-            Some(message) => message,
-            // Never: `self` holds a sender.
+        match &mut self.mail {
+            Some((_, inbox)) => match inbox.recv().await {
+                Some(message) => message,
+                // Never: `self` holds a sender.
+                None => std::future::pending().await,
+            },
             None => std::future::pending().await,
         }
+    }
+
+    /// Where the watchers of a new subscription put their messages.
+    fn messages(&mut self) -> mpsc::Sender<Reply> {
+        let (messages, _) = self
+            .mail
+            .get_or_insert_with(|| mpsc::channel(QUEUED_MESSAGES));
+        messages.clone()
     }
 
     fn count(&self, kind: Kind) -> i64 {
@@ -202,7 +203,7 @@ fn subscribe(
         {
             let stop = CancellationToken::new();
             for lock in locks {
-                let (messages, channel) = (client.subscriptions.messages.clone(), channel.clone());
+                let (messages, channel) = (client.subscriptions.messages(), channel.clone());
                 let released = move || {
                     let push = Reply::Push(vec![
                         Reply::bulk(message),
