@@ -612,9 +612,22 @@ impl Master for RedisMaster {
         &self,
         key: &[u8],
     ) -> impl Future<Output = Result<Option<HeldAs>, BackendError>> + Send + use<> {
-        let reply = self.eval(&scripts::HELD_AS, key, &[]);
+        // A refused LOCK asks this: `TYPE` costs the master a small part of what a script does,
+        // and only a semaphore's key needs the script, for its count.
+        let home = self.home(key);
+        let typed = self.send(home, encode(&[b"TYPE", key]));
+        let (this, key) = (self.clone(), Bytes::copy_from_slice(key));
         async move {
-            match reply.await? {
+            match typed.await? {
+                Frame::SimpleString(t) | Frame::BulkString(t) => match &t[..] {
+                    b"none" => return Ok(None),
+                    b"string" => return Ok(Some(HeldAs::Exclusive)),
+                    b"zset" => return Ok(Some(HeldAs::Shared)),
+                    _ => {}
+                },
+                other => return Err(BackendError::Unexpected(format!("{other:?}"))),
+            }
+            match this.eval(&scripts::HELD_AS, &key, &[]).await? {
                 Frame::Null => Ok(None),
                 Frame::Array(items) => match &items[..] {
                     [Frame::BulkString(kind), Frame::Integer(n)] => held_as(kind, *n).map(Some),
