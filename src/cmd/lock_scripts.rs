@@ -481,8 +481,8 @@ pub fn unknown_body(body: &[u8]) -> Error {
     Error::Request(format!(
         "only the lock scripts of known client libraries are supported (redis-py Lock, \
          node-redlock, redsync, Redisson RLock and FencedLock, python-redis-lock, pottery, \
-         aioredlock, redis-semaphore Mutex, Semaphore and MultiSemaphore, redlock-rb, RedLock.net; see docs/clients.md); \
-         this script's sha1 is {}",
+         aioredlock, redis-semaphore Mutex, Semaphore and MultiSemaphore, redlock-rb, \
+         RedLock.net; see docs/clients.md); this script's sha1 is {}",
         sha1_hex(body)
     ))
 }
