@@ -14,6 +14,7 @@
 //!
 //! Both count only the answers of masters that may vote, as every round does.
 
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,7 +116,7 @@ impl<M: Master> Redlock<M> {
     ) -> Result<Counted, LockError> {
         let count = u32::try_from(slots.len()).unwrap_or(u32::MAX);
         let q = self.quorum();
-        let mut offset = rand::random_range(0..count.max(1));
+        let mut offset = taker.first_slot(count);
         let mut outcome = Ok(Counted::Held);
         for round in 0..PERMIT_ROUNDS {
             // Each round takes slots under a name of its own: a release of an earlier round's
@@ -478,6 +479,14 @@ pub(super) fn extended<M: Master>(
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Switches the per-round names off on this thread (every round takes the first round's
+    /// name), so the simulation can show what they prevent.
+    pub(super) static ONE_NAME_FOR_ALL_ROUNDS: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
 /// Whom a permit is taken for, and so the names its rounds take slots under: each round has a
 /// name of its own, so a late release of an earlier round's slots frees nothing a later round
 /// took.
@@ -495,6 +504,12 @@ impl Taker<'_> {
     /// The name round `round` takes its slots under.
     pub fn round(&self, round: usize) -> Bytes {
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        #[cfg(test)]
+        let round = if ONE_NAME_FOR_ALL_ROUNDS.get() {
+            0
+        } else {
+            round
+        };
         match *self {
             Taker::Token(base) => {
                 let mut name = base.to_vec();
@@ -507,6 +522,15 @@ impl Taker<'_> {
             }
             Taker::Named(name) => Bytes::from([&[HEX[round % 16], b':'], name].concat()),
         }
+    }
+
+    /// The slot the first round starts from, among `count`: spread over the slots by the
+    /// taker's name (a random token, or a library's identifier), so takers start apart, and a
+    /// run with the same names (the simulation's) takes the same slots.
+    fn first_slot(&self, count: u32) -> u32 {
+        let (Taker::Token(name) | Taker::Named(name)) = *self;
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
+        u32::try_from(hash % u64::from(count.max(1))).unwrap_or(0)
     }
 
     /// The names of every round an acquire may take.

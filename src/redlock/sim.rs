@@ -932,7 +932,9 @@ fn simulate_counted(schedule: &Schedule, rules: Rules, model: Model) -> (usize, 
                     let mut named: Option<Bytes> = None;
                     let granted = match model {
                         Model::Permits(n) | Model::NamedPermits(n) => {
-                            let base = super::token::generate();
+                            // From the schedule's seed: the first slot tried follows the name.
+                            let base = format!("{:016x}{:016x}", rng.next(), rng.next());
+                            let base = Bytes::from(base);
                             named = (model != Model::Permits(n)).then(|| base.clone());
                             let taker = match &named {
                                 Some(name) => Taker::Named(name),
@@ -966,18 +968,17 @@ fn simulate_counted(schedule: &Schedule, rules: Rules, model: Model) -> (usize, 
                         tokio::time::sleep(work).await;
                         if rng.chance(80) {
                             holds.lock().unwrap().push((now, Instant::now(), exclusive));
-                            let _ = match super::token::holds(&token) {
-                                _ if named.is_some() => {
-                                    let name = named.take().unwrap_or_default();
+                            let _ = match (named, super::token::holds(&token)) {
+                                (Some(name), _) => {
                                     redlock.unlock_named_permit(&lock, &slots, &name).await
                                 }
-                                super::token::Holds::Permit { base, .. } => {
+                                (None, super::token::Holds::Permit { base, .. }) => {
                                     redlock.unlock_permit(&lock, &slots, &base).await
                                 }
-                                super::token::Holds::Shared => {
+                                (None, super::token::Holds::Shared) => {
                                     redlock.unlock_shared(&lock, &token).await
                                 }
-                                super::token::Holds::Exclusive => {
+                                (None, super::token::Holds::Exclusive) => {
                                     redlock.unlock(&lock, &token).await
                                 }
                             };
@@ -1047,6 +1048,25 @@ fn without_quarantine_permits_and_read_write_locks_break_their_bounds() {
         let needed = found.expect("no breach in 500 schedules") + 1;
         println!("{model:?} without quarantine: the first breach came in schedule {needed}");
     }
+}
+
+/// With one name for all of an acquire's rounds (a generated token's or a library's), a late
+/// release of an earlier round frees a slot a later round was granted, and a semaphore admits
+/// a third holder: the per-round names are what prevents it.
+#[test]
+fn without_a_name_per_round_a_semaphore_breaks_its_bound() {
+    super::counted::ONE_NAME_FOR_ALL_ROUNDS.set(true);
+    for model in [Model::Permits(2), Model::NamedPermits(2)] {
+        let found = (0..500u64).position(|seed| {
+            let mut schedule = contended_counted(seed, any_fault(seed));
+            schedule.loss_percent = 5;
+            schedule.skews_permille = vec![10, -10, 0, 0, 0];
+            simulate_counted(&schedule, Rules::default(), model).1 > 0
+        });
+        let needed = found.expect("no breach in 500 schedules") + 1;
+        println!("{model:?} with one name for all rounds: first breach in schedule {needed}");
+    }
+    super::counted::ONE_NAME_FOR_ALL_ROUNDS.set(false);
 }
 
 #[test]
